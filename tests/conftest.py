@@ -1,0 +1,15 @@
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(1)  # tiny models gain nothing from threads, and results stay repeatable
+
+
+@pytest.fixture
+def tiny():
+    from tether.models.tiny import tiny_llama
+
+    return tiny_llama(seed=0)

@@ -1,0 +1,185 @@
+"""Typed run configs: YAML recipes plus ``key.sub=value`` overrides, validated by pydantic.
+
+Every section forbids unknown keys, and the error names the closest valid key, so a typo in a
+recipe fails at load time instead of silently training with a default.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tether.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraSettings(Section):
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+class ModelSettings(Section):
+    path: str = "default"  # "default" is the bundled SmolLM2-135M-Instruct
+    lora: LoraSettings | None = None
+
+
+class DataSettings(Section):
+    train: str
+    eval: str | None = None
+    max_length: int = Field(512, gt=8)
+    max_prompt_tokens: int | None = Field(None, gt=0)
+    truncation: Literal["error", "truncate_left", "drop"] = "error"
+    # "bucket" groups similar lengths to waste little padding; "pack" concatenates sequences
+    # into one row with position ids restarting per sequence (padding-free).
+    batching: Literal["bucket", "pack"] = "bucket"
+
+
+class OptimSettings(Section):
+    lr: float = Field(2e-5, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+
+
+class TrainSettings(Section):
+    run_name: str = "run"
+    output_dir: str = "runs"
+    seed: int = 0
+    max_steps: int | None = Field(None, gt=0)  # wins over epochs when set
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(8, gt=0)  # sequences per micro-batch (a token budget when packing)
+    grad_accum: int = Field(1, gt=0)
+    bf16: bool = False  # bf16 autocast; fast on CPUs with AMX, weights stay float32
+    log_every: int = Field(1, gt=0)
+    save_every: int | None = Field(None, gt=0)  # None: only at the end
+    keep_last: int = Field(2, gt=0)
+    eval_every: int | None = Field(None, gt=0)  # None: evaluate only at the end
+    resume: bool = False
+    progress: bool = True
+    tensorboard: bool = True
+    threads: int | None = Field(None, gt=0)  # torch intra-op threads; None keeps torch's default
+
+
+class RunConfig(Section):
+    """Sections every trainer shares. Algorithm configs subclass this and add their own."""
+
+    model: ModelSettings = ModelSettings()
+    data: DataSettings
+    optim: OptimSettings = OptimSettings()
+    train: TrainSettings = TrainSettings()
+
+    def run_dir(self) -> Path:
+        return Path(self.train.output_dir) / self.train.run_name
+
+
+class SFTConfig(RunConfig):
+    @model_validator(mode="after")
+    def _pack_needs_token_budget(self) -> "SFTConfig":
+        if self.data.batching == "pack" and self.train.batch_size < self.data.max_length:
+            raise ValueError("with data.batching=pack, train.batch_size is a token budget and must be "
+                             f">= data.max_length ({self.data.max_length}); got {self.train.batch_size}")
+        return self
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``optim.lr=1e-4`` -> (["optim", "lr"], 1e-4); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override '{text}' has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for override in overrides:
+        parts, value = parse_override(override)
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def _fields_at(model_cls: type[BaseModel], path: tuple) -> list[str]:
+    """Valid keys of the section at ``path`` (for 'did you mean' hints)."""
+    cls = model_cls
+    for part in path:
+        field = cls.model_fields.get(str(part))
+        if field is None:
+            return []
+        candidates = [field.annotation, *getattr(field.annotation, "__args__", ())]
+        sub = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if sub is None:
+            return []
+        cls = sub
+    return list(cls.model_fields)
+
+
+def _explain(error: ValidationError, model_cls: type[BaseModel], source: str) -> ConfigError:
+    lines = []
+    for item in error.errors():
+        location = tuple(item["loc"])
+        dotted = ".".join(str(p) for p in location)
+        if item["type"] == "extra_forbidden":
+            valid = _fields_at(model_cls, location[:-1])
+            close = difflib.get_close_matches(str(location[-1]), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean '{'.'.join([*map(str, location[:-1]), close[0]])}'?" if close else ""
+            lines.append(f"unknown key '{dotted}'{hint} (valid keys here: {', '.join(valid)})")
+        elif item["type"] == "missing":
+            lines.append(f"missing required key '{dotted}'")
+        else:
+            lines.append(f"'{dotted}': {item['msg']} (got {item.get('input')!r})" if dotted
+                         else item["msg"])
+    return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(lines))
+
+
+def load_config(model_cls: type[ConfigT], path: str | Path | None = None,
+                overrides: list[str] | None = None) -> ConfigT:
+    """Read a YAML recipe (optional), apply dotted overrides, validate into ``model_cls``."""
+    data: dict = {}
+    source = "(overrides)"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+        source = str(path)
+    apply_overrides(data, overrides or [])
+    try:
+        return model_cls.model_validate(data)
+    except ValidationError as exc:
+        raise _explain(exc, model_cls, source) from None
+
+
+def save_config(config: BaseModel, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))

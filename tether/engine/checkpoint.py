@@ -1,0 +1,118 @@
+"""Atomic checkpoints with exact resume.
+
+A checkpoint is a folder ``checkpoint-STEP`` holding
+  model.safetensors   trainable parameters only (LoRA runs save just the adapters)
+  trainer.pt          optimizer, scheduler and RNG states (tensors and plain containers only,
+                      loaded with ``weights_only=True``: no arbitrary pickle)
+  state.json          the step reached, and anything else the trainer needs (data position)
+It is written under a temporary name and renamed when complete, so a run killed mid-save
+leaves the previous checkpoint intact and never a half-written one under a real name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tether.engine.determinism import capture_rng_state, restore_rng_state
+from tether.errors import CheckpointError
+
+_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: param.detach().contiguous() for name, param in model.named_parameters()
+            if param.requires_grad}
+
+
+def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler, *, keep_last: int = 2,
+                    extra_state: dict | None = None) -> Path:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"checkpoint-{step:07d}"
+    tmp = directory / f".checkpoint-{step:07d}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(trainable_state(model), str(tmp / "model.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng": capture_rng_state()}, tmp / "trainer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **(extra_state or {})}, indent=2))
+    _fsync_tree(tmp)
+    if final.exists():  # the same step saved again (e.g. after a resume): replace it whole
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync_dir(directory)
+    for old in list_checkpoints(directory)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir()
+             if p.is_dir() and (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    checkpoints = list_checkpoints(directory)
+    return checkpoints[-1] if checkpoints else None
+
+
+def remove_partial_checkpoints(directory: str | Path) -> None:
+    """Temp folders left by a run killed mid-save."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for path in directory.glob(".checkpoint-*.tmp-*"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler) -> dict:
+    """Restore weights, optimizer, scheduler and RNG; return ``state.json``'s contents."""
+    path = Path(path)
+    for name in ("model.safetensors", "trainer.pt", "state.json"):
+        if not (path / name).is_file():
+            raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
+    weights = load_file(str(path / "model.safetensors"))
+    expected = {name for name, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != expected:
+        missing = sorted(expected - set(weights))[:3]
+        unexpected = sorted(set(weights) - expected)[:3]
+        raise CheckpointError(f"checkpoint {path} does not match this model's trainable parameters "
+                              f"(missing e.g. {missing}, unexpected e.g. {unexpected}); was it "
+                              "saved by a run with another model or LoRA setting?")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    trainer = torch.load(path / "trainer.pt", weights_only=True)
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    restore_rng_state(trainer["rng"])
+    return json.loads((path / "state.json").read_text())
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.iterdir():
+        with open(path, "rb") as handle:
+            os.fsync(handle.fileno())
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,45 @@
+"""AdamW with decoupled weight decay (none on biases and norms) and warmup + decay schedules."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from tether.config import OptimSettings
+
+
+def build_optimizer(model: torch.nn.Module, settings: OptimSettings) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        # 1-D tensors are biases and norm scales: decaying them only hurts.
+        (no_decay if param.ndim < 2 else decay).append(param)
+    if not decay and not no_decay:
+        raise ValueError("the model has no trainable parameters")
+    groups = [{"params": decay, "weight_decay": settings.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr,
+                             betas=settings.betas, eps=settings.eps)
+
+
+def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """Linear warmup to 1, then cosine/linear decay to 0 at ``total_steps`` (or constant)."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    progress = min(max(progress, 0.0), 1.0)
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, settings: OptimSettings,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_multiplier(step, total_steps=total_steps,
+                                   warmup_steps=settings.warmup_steps, schedule=settings.schedule))
