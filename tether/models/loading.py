@@ -1,0 +1,222 @@
+"""Load and save causal language models from local paths only. tether never downloads.
+
+A model name is one of:
+  - ``"default"`` (or ``"smollm2"``, ``"SmolLM2-135M-Instruct"``): the bundled default model;
+  - a local Hugging Face checkpoint directory (``config.json`` + safetensors + tokenizer);
+  - a local directory holding a PEFT/LoRA adapter (``adapter_config.json``): the base model it
+    names is loaded first, then the adapter is applied.
+
+Anything else (a Hub id like ``meta-llama/Llama-3.2-1B``, a missing path) raises
+``ModelNotFoundError`` before ``transformers`` is asked, so no code path can reach the network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import torch
+from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedModel,
+                          PreTrainedTokenizerBase)
+
+from tether.errors import ModelNotFoundError, TetherError
+from tether.models.default_model import (
+    DEFAULT_ALIASES,
+    default_model_cache_dir,
+    default_model_dir,
+    is_default_name,
+)
+
+ADAPTER_NOTE_FILE = "tether_adapter.json"
+# "org/name" with Hub-legal characters: what a user copies from a model page.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def load_model(name_or_path: str | os.PathLike = "default", *, dtype: torch.dtype = torch.float32
+               ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load ``(model, tokenizer)`` from the bundled default model or a local directory.
+
+    The model is returned in eval mode (call ``.train()`` to train) in ``dtype``. The tokenizer
+    always has a pad token and pads on the right (see ``prepare_tokenizer``).
+    A LoRA adapter directory returns a ``peft.PeftModel`` with trainable adapter weights, so
+    training can continue from it; wrap inference in ``torch.no_grad()`` as usual.
+
+    Raises:
+        ModelNotFoundError: the name is not ``"default"`` and not a local checkpoint directory.
+    """
+    path = _resolve(str(name_or_path))
+    if (path / "adapter_config.json").is_file():
+        return _load_adapter(path, dtype)
+    _require_config(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True)
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
+    _sync_generation_config(model, tokenizer)
+    return model.eval(), tokenizer
+
+
+def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """Give the tokenizer a pad token and right padding, as training batches expect.
+
+    Modifies and returns ``tokenizer``.
+    """
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise TetherError(
+                f"tokenizer {tokenizer.name_or_path!r} has neither a pad token nor an eos token; "
+                "set tokenizer.pad_token before training."
+            )
+        # Many causal LMs ship without a pad token. Padded positions are excluded by the
+        # attention mask and the loss mask, so the id that fills them never enters a gradient;
+        # eos is always in the vocabulary, and reusing it avoids adding a token, which would
+        # resize the embedding matrix and change the model. Code must therefore find padding
+        # through attention_mask, never by comparing ids to pad_token_id.
+        tokenizer.pad_token = tokenizer.eos_token
+    # Right padding keeps every sequence starting at position 0, so position ids and the
+    # one-token label shift line up across the batch. Batched generation pads left itself.
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def save_model(model, tokenizer, directory: str | os.PathLike) -> Path:
+    """Save a model (safetensors) and its tokenizer so that ``load_model(directory)`` reloads it.
+
+    A ``PeftModel`` saves only its adapter, plus ``tether_adapter.json`` naming the base model
+    to load it onto ("default" when the base is the bundled model, so the adapter stays portable
+    across machines with different caches). Use ``merge_lora`` first for a standalone model.
+
+    Atomic: everything is written to a temporary directory beside ``directory`` and renamed into
+    place, so a crash leaves either the previous contents or the new ones, never a mix. An
+    existing ``directory`` is replaced.
+    """
+    directory = Path(directory).expanduser().resolve()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    # mkdir (not mkdtemp, which is private 0700) so checkpoints get the user's usual permissions.
+    build = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
+    build.mkdir()
+    try:
+        model.save_pretrained(build)  # PeftModel: adapter_config.json + adapter_model.safetensors
+        tokenizer.save_pretrained(build)
+        if _is_peft(model):
+            note = {"base_model": _base_model_name(model)}
+            (build / ADAPTER_NOTE_FILE).write_text(json.dumps(note, indent=2) + "\n")
+        _replace_dir(build, directory)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+    return directory
+
+
+def _resolve(name: str) -> Path:
+    """A model name -> an existing local directory, or ModelNotFoundError."""
+    if is_default_name(name):
+        return default_model_dir()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    raise ModelNotFoundError(_not_found_message(name, path))
+
+
+def _require_config(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"{path} is a directory but not a model checkpoint: it has neither config.json "
+            "(a Hugging Face model) nor adapter_config.json (a PEFT/LoRA adapter)."
+        )
+
+
+def _not_found_message(name: str, path: Path) -> str:
+    aliases = ", ".join(f"'{alias}'" for alias in sorted(DEFAULT_ALIASES))
+    instead = (f"Pass a local checkpoint directory (config.json + *.safetensors + tokenizer "
+               f"files, e.g. one written by tether.models.save_model), or one of {aliases} for the "
+               "bundled SmolLM2-135M-Instruct.")
+    if path.exists():
+        return f"Model path {name!r} is a file, not a checkpoint directory. {instead}"
+    if _HUB_ID.match(name) and not name.startswith((".", "~")):
+        return (f"Model {name!r} is not a local directory, and it looks like a Hugging Face Hub "
+                "id. tether has no network access and never downloads models. Download it "
+                "elsewhere and copy the folder here, then pass that path. " + instead)
+    resolved = "" if path.is_absolute() else f" (resolved to {path.absolute()})"
+    return (f"Model path {name!r} does not exist{resolved}. tether has no network access, so "
+            "it only loads local directories. " + instead)
+
+
+def _load_adapter(path: Path, dtype: torch.dtype):
+    from peft import PeftModel
+
+    base_name = _adapter_base_name(path)
+    try:
+        base_path = _resolve(base_name)
+        if (base_path / "adapter_config.json").is_file():
+            raise ModelNotFoundError(f"{base_path} is itself an adapter; merge it first "
+                                     "(merge_lora, then save_model) to use it as a base.")
+        _require_config(base_path)
+    except ModelNotFoundError as error:
+        raise ModelNotFoundError(
+            f"LoRA adapter {path} was trained on base model {base_name!r}, which cannot be "
+            f"loaded: {error}"
+        ) from None
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype, local_files_only=True)
+    # The adapter directory holds the tokenizer it was trained with (save_model writes it);
+    # adapters saved by other tools often do not, so fall back to the base's.
+    has_tokenizer = (path / "tokenizer_config.json").is_file()
+    tokenizer = AutoTokenizer.from_pretrained(path if has_tokenizer else base_path,
+                                              local_files_only=True)
+    tokenizer = prepare_tokenizer(tokenizer)
+    _sync_generation_config(base, tokenizer)
+    model = PeftModel.from_pretrained(base, path, is_trainable=True, local_files_only=True)
+    return model.eval(), tokenizer
+
+
+def _adapter_base_name(path: Path) -> str:
+    note = path / ADAPTER_NOTE_FILE
+    if note.is_file():
+        return json.loads(note.read_text())["base_model"]
+    base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ModelNotFoundError(f"LoRA adapter {path} does not name its base model "
+                                 "(adapter_config.json has no base_model_name_or_path).")
+    return base
+
+
+def _base_model_name(model) -> str:
+    """How a saved adapter should name its base: "default" for the bundled model, else its path."""
+    base = model.get_base_model().name_or_path
+    if base and Path(base).expanduser().resolve() == default_model_cache_dir().resolve():
+        return "default"
+    if not base or not Path(base).is_dir():
+        # A model built in memory (tests, from_config) has no path to reload it from; the
+        # adapter is still saved, and load_model will report the missing base clearly.
+        return base or "<unsaved base model>"
+    return str(Path(base).resolve())
+
+
+def _is_peft(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def _sync_generation_config(model: PreTrainedModel, tokenizer) -> None:
+    # generate() warns and guesses when pad_token_id is unset; use the tokenizer's.
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def _replace_dir(build: Path, directory: Path) -> None:
+    """Rename ``build`` to ``directory``; an existing ``directory`` is moved aside, then removed.
+
+    POSIX rename cannot replace a non-empty directory, so replacing takes two renames; between
+    them ``directory`` is briefly absent, but it is never partially written.
+    """
+    if not directory.exists():
+        os.rename(build, directory)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+    os.rename(directory, old / directory.name)
+    os.rename(build, directory)
+    shutil.rmtree(old, ignore_errors=True)
