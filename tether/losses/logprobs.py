@@ -1,0 +1,129 @@
+"""Per-token log-probabilities of given tokens, without a float32 copy of the full-vocabulary logits.
+
+A (B, T, V) float32 log-softmax is the largest tensor in preference training: 8 x 1024 tokens
+over a 150k vocabulary is 5 GB. Only one entry per row is needed,
+
+    log p(y | x) = z_y - logsumexp_v z_v,
+
+so we gather z_y and compute the logsumexp a block of rows at a time, casting only that block
+to float32. The backward pass is written by hand for the same reason: autograd would otherwise
+keep every float32 block alive until backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+DEFAULT_CHUNK_SIZE = 256  # rows per block: 256 x 150k vocab x 4 bytes = 150 MB at most
+
+
+class _SelectiveLogSoftmax(torch.autograd.Function):
+    """log_softmax(logits)[index] for (B, N, V) logits; saves only the (B, N) logsumexp for backward.
+
+    Blocks are rows of one batch element, so a sliced ``logits[:, :-1]`` is read in place, never copied.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, index: Tensor, chunk_size: int) -> Tensor:  # (B, N, V), (B, N) -> (B, N)
+        logsumexp = torch.empty(index.shape, dtype=torch.float32, device=logits.device)  # (B, N)
+        for b in range(logits.shape[0]):
+            for start in range(0, logits.shape[1], chunk_size):
+                block = logits[b, start:start + chunk_size].float()  # (n, V), the only float32 copy
+                logsumexp[b, start:start + chunk_size] = torch.logsumexp(block, dim=-1)
+        target = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1).float()  # (B, N)
+        ctx.save_for_backward(logits, index, logsumexp)
+        ctx.chunk_size = chunk_size
+        return target - logsumexp
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: Tensor):  # (B, N) -> (B, N, V)
+        logits, index, logsumexp = ctx.saved_tensors
+        grad_output = grad_output.float()
+        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        # d/dz_v [z_y - logsumexp(z)] = 1[v = y] - softmax(z)_v
+        for b in range(logits.shape[0]):
+            for start in range(0, logits.shape[1], ctx.chunk_size):
+                rows = slice(start, start + ctx.chunk_size)
+                grad = grad_output[b, rows, None]  # (n, 1)
+                block = -torch.exp(logits[b, rows].float() - logsumexp[b, rows, None]) * grad  # (n, V)
+                block.scatter_add_(-1, index[b, rows, None], grad)
+                grad_logits[b, rows] = block.to(logits.dtype)
+        return grad_logits, None, None
+
+
+def selective_log_softmax(logits: Tensor, index: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
+    """``log_softmax(logits, -1).gather(-1, index)`` computed block by block, in float32.
+
+    Works for float32, bfloat16 and float16 logits; the result is always float32. Differentiable
+    (once) with respect to ``logits``; the gradient is ``grad * (onehot(index) - softmax(logits))``.
+
+    Shape:
+        logits: (..., V)
+        index: (...), integer token ids in [0, V)
+        output: (...), float32
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    if logits.shape[:-1] != index.shape:
+        raise ValueError(f"index shape {tuple(index.shape)} must equal logits shape without the vocabulary "
+                         f"dimension, {tuple(logits.shape[:-1])}")
+    shape = index.shape
+    if logits.dim() == 1:
+        logits, index = logits[None, None], index[None, None]
+    elif logits.dim() == 2:
+        logits, index = logits[None], index[None]
+    elif logits.dim() > 3:
+        logits, index = logits.flatten(0, -3), index.flatten(0, -2)
+    return _SelectiveLogSoftmax.apply(logits, index.long(), chunk_size).reshape(shape)
+
+
+def token_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *, start: int = 1,
+                chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
+    """log p(x_t | x_<t) for every position t in [start, T), under a causal language model.
+
+    Standard causal shift: the logits at position t-1 predict token t. With ``start > 1`` the model
+    is asked for logits only at positions start-1 .. T-1 (``logits_to_keep``), which skips the
+    lm_head over a shared prompt prefix.
+
+    Shape:
+        input_ids, attention_mask: (B, T)
+        output: (B, T - start), float32; column j is the log-prob of input_ids[:, start + j]
+    """
+    seq_len = input_ids.shape[1]
+    if not 1 <= start < seq_len:
+        raise ValueError(f"start must be in [1, {seq_len}) for sequences of length {seq_len}, got {start}")
+    kwargs = {"logits_to_keep": seq_len - start + 1} if start > 1 else {}
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
+    logits = logits[:, -(seq_len - start + 1):-1]  # (B, T - start, V): positions start-1 .. T-2
+    return selective_log_softmax(logits, input_ids[:, start:], chunk_size)  # (B, T - start)
+
+
+def completion_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor, *,
+                     average: bool = False, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
+    """Log-probability of each sequence's completion: log pi(y | x) = sum_t m_t log p(x_t | x_<t).
+
+    ``completion_mask`` marks completion tokens in ``input_ids`` (1 for y, 0 for prompt and
+    padding). With ``average=True`` the sum is divided by the number of completion tokens
+    (length-normalised, as TRL's IPO loss uses). Rows without completion tokens give 0.
+
+    Shape:
+        input_ids, attention_mask, completion_mask: (B, T)
+        output: (B,), float32
+    """
+    if completion_mask.shape != input_ids.shape:
+        raise ValueError(f"completion_mask shape {tuple(completion_mask.shape)} must equal input_ids shape "
+                         f"{tuple(input_ids.shape)}")
+    mask = completion_mask.bool()  # (B, T)
+    if mask[:, 0].any():
+        raise ValueError("completion_mask marks position 0, which has no preceding token to predict it from")
+    has_completion = mask.any(dim=0)  # (T,)
+    # Positions before the earliest completion token in the batch need no logits.
+    start = int(has_completion.float().argmax()) if has_completion.any() else input_ids.shape[1] - 1
+    logps = token_logps(model, input_ids, attention_mask, start=start, chunk_size=chunk_size)  # (B, T - start)
+    mask = mask[:, start:].to(logps.dtype)  # (B, T - start)
+    total = (logps * mask).sum(dim=1)  # (B,)
+    if average:
+        return total / mask.sum(dim=1).clamp(min=1.0)
+    return total
