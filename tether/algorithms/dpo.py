@@ -1,0 +1,143 @@
+"""Direct Preference Optimization (and IPO, hinge, robust/conservative variants).
+
+    tether train dpo --config recipes/safety-dpo.yaml dpo.beta=0.1
+
+The reference model's log-probabilities are computed once, before training, with the initial
+weights; no second model sits in memory while the policy trains.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tether.algorithms.common import epoch_schedule, load_policy
+from tether.config import DPOConfig
+from tether.data import encode_preference, load_records, pad_batch
+from tether.engine import BatchPlan, console, fit, progress_bar, start_run
+from tether.losses.dpo import dpo_loss, dpo_metrics
+from tether.losses.logprobs import completion_logps
+from tether.models import save_model
+
+
+@dataclass
+class PreferenceExamples:
+    """Tokenized pairs plus their reference log-probs, filled in once by ``compute_reference``."""
+
+    encoded: list[dict]
+    ref_chosen: torch.Tensor | None = None  # (N,)
+    ref_rejected: torch.Tensor | None = None  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+
+def encode_pairs(path: str, tokenizer, config: DPOConfig) -> PreferenceExamples:
+    records = load_records(path, "preference", tokenizer=tokenizer, truncation=config.data.truncation,
+                           max_prompt_tokens=config.data.max_prompt_tokens)
+    return PreferenceExamples([encode_preference(r, tokenizer, config.data.max_length) for r in records])
+
+
+def collate_pairs(examples: PreferenceExamples, indices: list[int], pad_id: int) -> dict:
+    """Chosen rows first, then rejected rows, in one padded batch: one forward pass for both.
+
+    Shape: input_ids, attention_mask, completion_mask (2B, T); ref_* (B,).
+    """
+    pairs = [examples.encoded[i] for i in indices]
+    rows = [{"input_ids": p["prompt_ids"] + p[side], "completion": [0] * len(p["prompt_ids"]) + [1] * len(p[side])}
+            for side in ("chosen_ids", "rejected_ids") for p in pairs]
+    batch = pad_batch([{"input_ids": r["input_ids"], "labels": r["completion"]} for r in rows], pad_id)
+    batch["completion_mask"] = (batch.pop("labels") == 1).long()  # padding was filled with -100
+    batch["num_items"] = len(indices)
+    if examples.ref_chosen is not None:
+        batch["ref_chosen"] = examples.ref_chosen[indices]
+        batch["ref_rejected"] = examples.ref_rejected[indices]
+    return batch
+
+
+def pair_logps(model, batch: dict, *, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    logps = completion_logps(model, batch["input_ids"], batch["attention_mask"],
+                             batch["completion_mask"], average=average)  # (2B,)
+    half = batch["num_items"]
+    return logps[:half], logps[half:]
+
+
+@torch.no_grad()
+def compute_reference(model, examples: PreferenceExamples, pad_id: int, config: DPOConfig,
+                      label: str = "reference log-probs") -> None:
+    """log pi_ref(y | x) for every pair, with the model as it is now (before training)."""
+    if config.dpo.reference_free:
+        examples.ref_chosen = examples.ref_rejected = torch.zeros(len(examples))
+        return
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    size = config.train.batch_size
+    with progress_bar(label, len(examples), enabled=config.train.progress) as bar:
+        for start in range(0, len(examples), size):
+            batch = collate_pairs(examples, list(range(start, min(start + size, len(examples)))), pad_id)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.bf16):
+                c, r = pair_logps(model, batch, average=config.dpo.length_normalize)
+            chosen.append(c.float())
+            rejected.append(r.float())
+            bar.advance(batch["num_items"])
+    examples.ref_chosen, examples.ref_rejected = torch.cat(chosen), torch.cat(rejected)
+    model.train(was_training)
+
+
+def dpo_step_loss(model, batch: dict, config: DPOConfig):
+    policy_chosen, policy_rejected = pair_logps(model, batch, average=config.dpo.length_normalize)
+    out = dpo_loss(policy_chosen, policy_rejected, batch["ref_chosen"], batch["ref_rejected"],
+                   beta=config.dpo.beta, loss_type=config.dpo.loss_type,
+                   label_smoothing=config.dpo.label_smoothing,
+                   reference_free=config.dpo.reference_free)
+    metrics = dpo_metrics(out)
+    metrics["logps/chosen"] = policy_chosen.detach().mean().item()
+    metrics["logps/rejected"] = policy_rejected.detach().mean().item()
+    return out.losses.mean(), metrics
+
+
+def evaluate_pairs(model, examples: PreferenceExamples, pad_id: int, config: DPOConfig) -> dict[str, float]:
+    """Held-out DPO loss and reward accuracy/margin (implicit rewards against the reference)."""
+    totals: dict[str, float] = {}
+    size = config.train.batch_size
+    for start in range(0, len(examples), size):
+        batch = collate_pairs(examples, list(range(start, min(start + size, len(examples)))), pad_id)
+        loss, metrics = dpo_step_loss(model, batch, config)
+        for key, value in {"loss": loss.item(), **metrics}.items():
+            totals[key] = totals.get(key, 0.0) + value * batch["num_items"]
+    return {key: value / len(examples) for key, value in totals.items()}
+
+
+def train_dpo(config: DPOConfig) -> Path:
+    run_dir = start_run(config)
+    model, tokenizer = load_policy(config.model)
+    pad_id = tokenizer.pad_token_id
+
+    # ---- data, validated in full before anything runs ----------------------------------
+    train = encode_pairs(config.data.train, tokenizer, config)
+    held_out = encode_pairs(config.data.eval, tokenizer, config) if config.data.eval else None
+    console.print(f"{len(train)} training pairs" + (f", {len(held_out)} held out" if held_out else ""))
+
+    # ---- reference log-probs, once, from the initial weights ----------------------------
+    compute_reference(model, train, pad_id, config)
+    if held_out is not None:
+        compute_reference(model, held_out, pad_id, config, label="held-out reference log-probs")
+
+    # ---- train ------------------------------------------------------------------------
+    lengths = [len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in train.encoded]
+    plan = BatchPlan(epoch_schedule(lengths, config.data, config.train.batch_size),
+                     seed=config.train.seed, grad_accum=config.train.grad_accum,
+                     max_steps=config.train.max_steps, epochs=config.train.epochs)
+    console.print(f"{plan.total_steps} optimizer steps of {config.train.batch_size * config.train.grad_accum} pairs")
+    fit(model, plan, lambda indices: collate_pairs(train, indices, pad_id),
+        lambda model, batch: dpo_step_loss(model, batch, config), config,
+        evaluate=(lambda model: evaluate_pairs(model, held_out, pad_id, config)) if held_out else None,
+        eval_every=config.train.eval_every)
+
+    final_dir = run_dir / "final"
+    save_model(model, tokenizer, final_dir)
+    console.print(f"DPO done; model saved to {final_dir}")
+    return final_dir

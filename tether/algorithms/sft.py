@@ -1,0 +1,72 @@
+"""Supervised fine-tuning: next-token loss on completion tokens only.
+
+    tether train sft --config recipes/sft-demo.yaml optim.lr=1e-4
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tether.algorithms.common import epoch_schedule, load_policy
+from tether.config import SFTConfig
+from tether.data import encode_sft, load_records, pack_batch, pad_batch
+from tether.engine import BatchPlan, console, fit, start_run
+from tether.losses.sft import sft_loss
+from tether.models import save_model
+
+
+def train_sft(config: SFTConfig) -> Path:
+    run_dir = start_run(config)
+    model, tokenizer = load_policy(config.model)
+
+    # ---- data: validated in full before any training step -------------------------------
+    def encode(path: str) -> list[dict]:
+        records = load_records(path, "sft", tokenizer=tokenizer, truncation=config.data.truncation,
+                               max_prompt_tokens=config.data.max_prompt_tokens)
+        return [encode_sft(record, tokenizer, config.data.max_length) for record in records]
+
+    examples = encode(config.data.train)
+    eval_examples = encode(config.data.eval) if config.data.eval else []
+    packing = config.data.batching == "pack"
+
+    def collate(indices: list[int], source: list[dict] = examples) -> dict:
+        chosen = [source[i] for i in indices]
+        batch = pack_batch(chosen) if packing else pad_batch(chosen, tokenizer.pad_token_id)
+        batch["num_items"] = int((batch["labels"][:, 1:] != -100).sum())  # completion tokens
+        return batch
+
+    plan = BatchPlan(epoch_schedule([len(e["input_ids"]) for e in examples], config.data,
+                                    config.train.batch_size),
+                     seed=config.train.seed, grad_accum=config.train.grad_accum,
+                     max_steps=config.train.max_steps, epochs=config.train.epochs)
+    console.print(f"{len(examples)} training examples, {plan.total_steps} optimizer steps")
+
+    # ---- the loss ------------------------------------------------------------------------
+    def compute_loss(model, batch):
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        # No KV cache: with one, transformers ignores packed position ids and attends across sequences.
+        logits = model(**inputs, use_cache=False).logits  # (B, T, V)
+        loss, num_tokens = sft_loss(logits, batch["labels"])
+        return loss, {"tokens": float(num_tokens)}
+
+    def evaluate(model) -> dict[str, float]:
+        total_loss, total_tokens = 0.0, 0
+        for start in range(0, len(eval_examples), config.train.batch_size):
+            indices = list(range(start, min(start + config.train.batch_size, len(eval_examples))))
+            batch = pad_batch([eval_examples[i] for i in indices], tokenizer.pad_token_id)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss, num_tokens = sft_loss(logits, batch["labels"])
+            total_loss += loss.item() * num_tokens
+            total_tokens += num_tokens
+        return {"loss": total_loss / max(total_tokens, 1)}
+
+    # ---- train ---------------------------------------------------------------------------
+    result = fit(model, plan, collate, compute_loss, config,
+                 evaluate=evaluate if eval_examples else None,
+                 eval_every=config.train.eval_every)
+    final_dir = run_dir / "final"
+    save_model(model, tokenizer, final_dir)
+    if result.history:
+        first, last = result.history[0]["loss"], result.history[-1]["loss"]
+        console.print(f"SFT done: loss {first:.4f} -> {last:.4f}; model saved to {final_dir}")
+    return final_dir
