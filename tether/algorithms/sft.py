@@ -54,7 +54,8 @@ def train_sft(config: SFTConfig) -> Path:
         for start in range(0, len(eval_examples), config.train.batch_size):
             indices = list(range(start, min(start + config.train.batch_size, len(eval_examples))))
             batch = pad_batch([eval_examples[i] for i in indices], tokenizer.pad_token_id)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits
             loss, num_tokens = sft_loss(logits, batch["labels"])
             total_loss += loss.item() * num_tokens
             total_tokens += num_tokens

@@ -1,0 +1,75 @@
+"""DPO end to end on a tiny model: the chosen-vs-rejected margin rises on held-out pairs."""
+
+import json
+
+import pytest
+import torch
+
+from tether.algorithms.dpo import collate_pairs, encode_pairs, train_dpo
+from tether.config import DPOConfig, load_config
+from tether.engine import read_metrics
+from tether.models import load_model
+from tether.models.tiny import save_tiny_llama
+from tether.audit.safety_eval import preference_accuracy
+from tether.data import load_records
+
+
+def write_pairs(path, numbers):
+    with path.open("w") as handle:
+        for i in numbers:
+            handle.write(json.dumps({"prompt": f"Tell me about {i}.", "chosen": f"Sure: {i} is a number.",
+                                     "rejected": "No."}) + "\n")
+
+
+@pytest.fixture
+def job(tmp_path):
+    save_tiny_llama(tmp_path / "model")
+    write_pairs(tmp_path / "train.jsonl", range(0, 40))
+    write_pairs(tmp_path / "heldout.jsonl", range(100, 112))
+    return tmp_path
+
+
+def config_for(job, *overrides):
+    return load_config(DPOConfig, None, [
+        f"model.path={job / 'model'}", f"data.train={job / 'train.jsonl'}",
+        f"data.eval={job / 'heldout.jsonl'}", f"train.output_dir={job / 'runs'}",
+        "train.batch_size=4", "train.max_steps=15", "optim.lr=3e-3", "train.progress=false",
+        "train.tensorboard=false", *overrides])
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo", "hinge", "robust"])
+def test_dpo_raises_the_held_out_margin(job, loss_type):
+    extra = ["dpo.length_normalize=true", "dpo.beta=0.5"] if loss_type == "ipo" else []
+    extra += ["dpo.label_smoothing=0.1"] if loss_type == "robust" else []
+    config = config_for(job, f"train.run_name={loss_type}", f"dpo.loss_type={loss_type}", *extra)
+    final = train_dpo(config)
+    history = read_metrics(config.run_dir())
+    assert history[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-4)  # policy == reference
+    last = history[-1]
+    assert last["eval/rewards/margins"] > 0.5
+    assert last["eval/rewards/accuracies"] == 1.0
+
+    base, tokenizer = load_model(job / "model")
+    trained, _ = load_model(final)
+    pairs = load_records(str(job / "heldout.jsonl"), "preference")
+    assert preference_accuracy(trained, tokenizer, pairs) > preference_accuracy(base, tokenizer, pairs)
+
+
+def test_lora_dpo_trains_only_adapters_and_saves_them(job):
+    config = config_for(job, "train.run_name=lora", "model.lora.r=4", "optim.lr=1e-2")
+    final = train_dpo(config)
+    assert (final / "adapter_config.json").is_file()
+    assert read_metrics(config.run_dir())[-1]["eval/rewards/margins"] > 0.5
+
+
+def test_reference_logps_are_computed_once_from_the_initial_weights(job):
+    config = config_for(job)
+    model, tokenizer = load_model(job / "model")
+    examples = encode_pairs(config.data.train, tokenizer, config)
+    from tether.algorithms.dpo import compute_reference, pair_logps
+
+    compute_reference(model, examples, tokenizer.pad_token_id, config)
+    batch = collate_pairs(examples, [0, 1, 2], tokenizer.pad_token_id)
+    chosen, rejected = pair_logps(model, batch, average=False)
+    torch.testing.assert_close(batch["ref_chosen"], chosen.detach(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(batch["ref_rejected"], rejected.detach(), atol=1e-5, rtol=0)
