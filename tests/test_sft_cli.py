@@ -87,3 +87,18 @@ def test_bad_data_fails_before_training_with_file_and_line(workdir):
     assert result.returncode == 2
     assert f"{workdir / 'bad.jsonl'}:2: field 'prompt'" in result.stderr
     assert not (workdir / "runs" / "bad" / "metrics.jsonl").exists()
+
+
+def test_packed_sft_trains_and_counts_the_same_tokens(workdir):
+    run_tether(workdir, "train.run_name=packed", "train.max_steps=20", "data.batching=pack",
+               "data.max_length=64", "train.batch_size=96")
+    history = read_metrics(workdir / "runs" / "packed")
+    assert history[-1]["loss"] < history[0]["loss"] * 0.7
+    assert all(row["tokens"] > 0 for row in history)
+
+
+def test_overrides_may_follow_options(workdir):
+    command = tether_command(workdir, "train.run_name=mixed")
+    command.insert(command.index("train") + 2, "--resume")  # `train sft --resume a=b ...`
+    result = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
+    assert result.returncode == 2 and "no checkpoint in" in result.stderr

@@ -61,7 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub at run time
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come before or after options (`--config X a.b=c --resume a.d=e`); argparse
+    # only gathers the first run of positionals, so collect the rest here.
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if item.startswith("-") or "=" not in item]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if extra:
+        args.overrides = list(getattr(args, "overrides", [])) + extra
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # tether draws its own bars; per-file loading bars are noise
     try:
         args.handler(args)
     except TetherError as error:

@@ -11,9 +11,19 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tether.errors import ConfigError
+
+
+BUNDLED_PREFIX = "tether:"
+
+
+def resolve_bundled(path: str) -> str:
+    """``tether:resources/x.jsonl`` names a file shipped inside the package; other paths pass."""
+    if path.startswith(BUNDLED_PREFIX):
+        return str(Path(__file__).parent / path[len(BUNDLED_PREFIX):])
+    return path
 
 
 class Section(BaseModel):
@@ -41,6 +51,11 @@ class DataSettings(Section):
     # "bucket" groups similar lengths to waste little padding; "pack" concatenates sequences
     # into one row with position ids restarting per sequence (padding-free).
     batching: Literal["bucket", "pack"] = "bucket"
+
+    @field_validator("train", "eval")
+    @classmethod
+    def _bundled_paths(cls, value: str | None) -> str | None:
+        return resolve_bundled(value) if value else value
 
 
 class OptimSettings(Section):
@@ -91,6 +106,19 @@ class SFTConfig(RunConfig):
             raise ValueError("with data.batching=pack, train.batch_size is a token budget and must be "
                              f">= data.max_length ({self.data.max_length}); got {self.train.batch_size}")
         return self
+
+
+class DPOSettings(Section):
+    beta: float = Field(0.1, gt=0)
+    loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = "sigmoid"
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    reference_free: bool = False
+    # Average log-probs over completion tokens instead of summing them (TRL's IPO does this).
+    length_normalize: bool = False
+
+
+class DPOConfig(RunConfig):
+    dpo: DPOSettings = DPOSettings()
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

@@ -66,24 +66,27 @@ def pair_logps(model, batch: dict, *, average: bool) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def compute_reference(model, examples: PreferenceExamples, pad_id: int, config: DPOConfig,
-                      label: str = "reference log-probs") -> None:
-    """log pi_ref(y | x) for every pair, with the model as it is now (before training)."""
+                      indices: list[int] | None = None, label: str = "reference log-probs") -> None:
+    """log pi_ref(y | x) with the model as it is now (before training), for the pairs in
+    ``indices`` (default: all); a run shorter than an epoch scores only the pairs it will see."""
     if config.dpo.reference_free:
         examples.ref_chosen = examples.ref_rejected = torch.zeros(len(examples))
         return
+    indices = sorted(set(range(len(examples)) if indices is None else indices))
+    examples.ref_chosen = torch.full((len(examples),), float("nan"))
+    examples.ref_rejected = torch.full((len(examples),), float("nan"))
     was_training = model.training
     model.eval()
-    chosen, rejected = [], []
     size = config.train.batch_size
-    with progress_bar(label, len(examples), enabled=config.train.progress) as bar:
-        for start in range(0, len(examples), size):
-            batch = collate_pairs(examples, list(range(start, min(start + size, len(examples)))), pad_id)
+    with progress_bar(label, len(indices), enabled=config.train.progress) as bar:
+        for start in range(0, len(indices), size):
+            chunk = indices[start:start + size]
+            batch = collate_pairs(examples, chunk, pad_id)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.bf16):
-                c, r = pair_logps(model, batch, average=config.dpo.length_normalize)
-            chosen.append(c.float())
-            rejected.append(r.float())
-            bar.advance(batch["num_items"])
-    examples.ref_chosen, examples.ref_rejected = torch.cat(chosen), torch.cat(rejected)
+                chosen, rejected = pair_logps(model, batch, average=config.dpo.length_normalize)
+            examples.ref_chosen[chunk] = chosen.float()
+            examples.ref_rejected[chunk] = rejected.float()
+            bar.advance(len(chunk))
     model.train(was_training)
 
 
@@ -121,17 +124,19 @@ def train_dpo(config: DPOConfig) -> Path:
     held_out = encode_pairs(config.data.eval, tokenizer, config) if config.data.eval else None
     console.print(f"{len(train)} training pairs" + (f", {len(held_out)} held out" if held_out else ""))
 
-    # ---- reference log-probs, once, from the initial weights ----------------------------
-    compute_reference(model, train, pad_id, config)
-    if held_out is not None:
-        compute_reference(model, held_out, pad_id, config, label="held-out reference log-probs")
-
-    # ---- train ------------------------------------------------------------------------
     lengths = [len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in train.encoded]
     plan = BatchPlan(epoch_schedule(lengths, config.data, config.train.batch_size),
                      seed=config.train.seed, grad_accum=config.train.grad_accum,
                      max_steps=config.train.max_steps, epochs=config.train.epochs)
     console.print(f"{plan.total_steps} optimizer steps of {config.train.batch_size * config.train.grad_accum} pairs")
+
+    # ---- reference log-probs, once, from the initial weights ----------------------------
+    used = [i for step in range(plan.total_steps) for batch in plan.micro_batches(step) for i in batch]
+    compute_reference(model, train, pad_id, config, indices=used)
+    if held_out is not None:
+        compute_reference(model, held_out, pad_id, config, label="held-out reference log-probs")
+
+    # ---- train ------------------------------------------------------------------------
     fit(model, plan, lambda indices: collate_pairs(train, indices, pad_id),
         lambda model, batch: dpo_step_loss(model, batch, config), config,
         evaluate=(lambda model: evaluate_pairs(model, held_out, pad_id, config)) if held_out else None,

@@ -1,0 +1,65 @@
+"""Before/after numbers for safety alignment: refusal rates and preference accuracy.
+
+- refusal rate on harmful prompts (should rise after safety training),
+- refusal rate on benign look-alikes ("how do I kill a Python process": should stay low),
+- preference accuracy: how often the model gives the chosen answer a higher mean per-token
+  log-probability than the rejected one, on held-out pairs. Per token, because summed
+  log-probs favour whichever answer is shorter (a one-line refusal beats any real answer).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tether.audit.refusal import is_refusal
+from tether.data import PreferenceRecord, encode_preference, pad_batch
+from tether.losses.logprobs import completion_logps
+from tether.rollout.generate import generate_responses
+
+
+@torch.no_grad()
+def preference_accuracy(model, tokenizer, pairs: list[PreferenceRecord], *, max_length: int = 512,
+                        batch_size: int = 8, bf16: bool = False) -> float:
+    was_training = model.training
+    model.eval()
+    wins = 0
+    for start in range(0, len(pairs), batch_size):
+        encoded = [encode_preference(p, tokenizer, max_length) for p in pairs[start:start + batch_size]]
+        rows = [{"input_ids": e["prompt_ids"] + e[side], "labels": [0] * len(e["prompt_ids"]) + [1] * len(e[side])}
+                for side in ("chosen_ids", "rejected_ids") for e in encoded]
+        batch = pad_batch(rows, tokenizer.pad_token_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logps = completion_logps(model, batch["input_ids"], batch["attention_mask"],
+                                     (batch["labels"] == 1).long(), average=True)  # (2B,)
+        chosen, rejected = logps[:len(encoded)], logps[len(encoded):]
+        wins += int((chosen > rejected).sum())
+    model.train(was_training)
+    return wins / max(len(pairs), 1)
+
+
+def safety_report(model, tokenizer, rows: list[dict], *, max_new_tokens: int = 48,
+                  batch_size: int = 16, bf16: bool = False, progress: bool = True) -> dict:
+    """``rows`` are held-out records with ``prompt``, ``chosen``, ``rejected`` and ``kind``
+    ("harmful" or "benign_lookalike"). Returns the rates and every generated response."""
+    prompts = [row["prompt"] for row in rows]
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        responses = generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                       batch_size=batch_size, progress=progress,
+                                       description="generate held-out answers")
+    refused = [is_refusal(text) for text in responses]
+
+    def rate(kind: str) -> float:
+        flags = [r for r, row in zip(refused, rows) if row["kind"] == kind]
+        return sum(flags) / max(len(flags), 1)
+
+    pairs = [PreferenceRecord(prompt=row["prompt"], chosen=row["chosen"], rejected=row["rejected"])
+             for row in rows]
+    return {
+        "refusal_rate_harmful": rate("harmful"),
+        "refusal_rate_benign": rate("benign_lookalike"),
+        "preference_accuracy": preference_accuracy(model, tokenizer, pairs, bf16=bf16),
+        "num_harmful": sum(row["kind"] == "harmful" for row in rows),
+        "num_benign": sum(row["kind"] == "benign_lookalike" for row in rows),
+        "samples": [{"prompt": row["prompt"], "kind": row["kind"], "response": text, "refused": flag}
+                    for row, text, flag in zip(rows, responses, refused)],
+    }
