@@ -6,6 +6,8 @@ from tether.engine.loop import FitResult, fit
 from tether.engine.metrics import MetricsLogger, read_metrics
 from tether.engine.progress import console, progress_bar
 from tether.engine.run import start_run
+from tether.engine.session import TrainingSession, run_eval
 
-__all__ = ["BatchPlan", "FitResult", "MetricsLogger", "console", "fit", "latest_checkpoint",
-           "load_checkpoint", "progress_bar", "read_metrics", "save_checkpoint", "start_run"]
+__all__ = ["BatchPlan", "FitResult", "MetricsLogger", "TrainingSession", "console", "fit",
+           "latest_checkpoint", "load_checkpoint", "progress_bar", "read_metrics", "run_eval",
+           "save_checkpoint", "start_run"]

@@ -1,0 +1,115 @@
+"""One training run's machinery, shared by every loop: optimizer and schedule, the NaN guard,
+metrics, checkpoints and exact resume.
+
+``fit`` (supervised trainers) and the RL loops (rollout, then several updates) both drive a
+``TrainingSession``, so none of them repeats this code.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from tether.config import RunConfig
+from tether.engine.checkpoint import (latest_checkpoint, load_checkpoint,
+                                      remove_partial_checkpoints, save_checkpoint)
+from tether.engine.metrics import MetricsLogger
+from tether.engine.optim import build_optimizer, build_scheduler
+from tether.engine.progress import console
+from tether.errors import CheckpointError, TrainingDivergedError
+
+
+class TrainingSession:
+    def __init__(self, model: torch.nn.Module, config: RunConfig, total_steps: int):
+        self.model = model
+        self.config = config
+        self.total_steps = total_steps
+        self.run_dir = config.run_dir()
+        self.checkpoint_dir = self.run_dir / "checkpoints"
+        self.optimizer = build_optimizer(model, config.optim)
+        self.scheduler = build_scheduler(self.optimizer, config.optim, total_steps)
+        self.start_step, self.resumed_from = 0, None
+        if config.train.resume:
+            self._resume()
+        self.metrics = MetricsLogger(self.run_dir, tensorboard=config.train.tensorboard,
+                                     resume_step=self.resumed_from)
+        self._window_start = time.perf_counter()
+        self._window_items = 0
+
+    def _resume(self) -> None:
+        remove_partial_checkpoints(self.checkpoint_dir)
+        last = latest_checkpoint(self.checkpoint_dir)
+        if last is None:
+            raise CheckpointError(f"--resume: no checkpoint in {self.checkpoint_dir}")
+        state = load_checkpoint(last, self.model, self.optimizer, self.scheduler)
+        if state.get("total_steps", self.total_steps) != self.total_steps:
+            raise CheckpointError(f"{last} was saved by a run of {state['total_steps']} steps; "
+                                  f"this config plans {self.total_steps}. Resume with the same config.")
+        self.start_step = self.resumed_from = state["step"]
+        console.print(f"resuming from {last} (step {self.start_step}/{self.total_steps})")
+
+    def autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.train.bf16)
+
+    def backward(self, loss: torch.Tensor, step: int, weight: float = 1.0) -> None:
+        """``(loss * weight).backward()``, refusing a NaN/inf loss before it touches the weights."""
+        if not torch.isfinite(loss):
+            self.diverged(f"loss is {loss.item()} at step {step + 1}")
+        (loss * weight).backward()
+
+    def optimizer_step(self, step: int, items: int) -> dict[str, float]:
+        """Clip, step optimizer and schedule, clear gradients; returns grad_norm and lr."""
+        grad_norm = _clip(self.model, self.config.optim.max_grad_norm)
+        if not torch.isfinite(grad_norm):
+            self.diverged(f"gradient norm is {grad_norm.item()} at step {step + 1}")
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self._window_items += items
+        return {"grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0]}
+
+    def should_log(self, done: int) -> bool:
+        return done == self.total_steps or done % self.config.train.log_every == 0
+
+    def log(self, done: int, metrics: dict[str, float]) -> None:
+        """Write one metrics line; adds throughput since the previous line."""
+        elapsed = time.perf_counter() - self._window_start
+        metrics["items_per_s"] = self._window_items / max(elapsed, 1e-9)
+        self._window_start, self._window_items = time.perf_counter(), 0
+        self.metrics.log(done, metrics)
+
+    def end_step(self, done: int) -> None:
+        """Checkpoint when due (every ``train.save_every`` steps, and at the end)."""
+        every = self.config.train.save_every
+        if done == self.total_steps or (every and done % every == 0):
+            save_checkpoint(self.checkpoint_dir, done, self.model, self.optimizer, self.scheduler,
+                            keep_last=self.config.train.keep_last,
+                            extra_state={"total_steps": self.total_steps})
+
+    def close(self) -> None:
+        self.metrics.close()
+
+    def diverged(self, what: str) -> None:
+        last = latest_checkpoint(self.checkpoint_dir)
+        kept = f"the last good checkpoint is kept at {last}" if last else "no checkpoint was saved yet"
+        raise TrainingDivergedError(f"training diverged: {what}; {kept}. Lower optim.lr, enable "
+                                    "optim.max_grad_norm, or check the data for empty completions.")
+
+
+def _clip(model: torch.nn.Module, max_norm: float | None) -> torch.Tensor:
+    params = [p for p in model.parameters() if p.grad is not None]
+    if max_norm is None:
+        return torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def run_eval(model: torch.nn.Module, evaluate) -> dict[str, float]:
+    """``evaluate(model)`` in eval mode without gradients, keys prefixed ``eval/``."""
+    model.eval()
+    try:
+        with torch.no_grad():
+            return {f"eval/{key}": value for key, value in evaluate(model).items()}
+    finally:
+        model.train()
