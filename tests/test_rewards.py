@@ -1,0 +1,278 @@
+"""Reward functions: combining with weights, failures that name the sample, math, format, code."""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+
+import pytest
+
+from tether.errors import ConfigError
+from tether.rewards import (
+    RewardError,
+    RewardSpec,
+    code_test_reward,
+    combine_rewards,
+    extract_answer,
+    extract_code,
+    extract_final_answer,
+    make_code_test_reward,
+    math_answer_reward,
+    think_answer_format_reward,
+)
+
+# ---------------------------------------------------------------- combine_rewards
+
+
+def length_reward(prompts, completions, **_):
+    return [float(len(c)) for c in completions]
+
+
+def only_even_reward(prompts, completions, index, **_):
+    return [1.0 if i % 2 == 0 else None for i in index]
+
+
+def test_weighted_sum_with_none_as_zero_and_metrics():
+    completions = ["a", "bbb", "cc"]
+    totals, per_reward, metrics = combine_rewards(
+        [RewardSpec("length", length_reward, weight=0.5), RewardSpec("even", only_even_reward, 2.0)],
+        prompts=["p0", "p1", "p2"], completions=completions, columns={"index": [0, 1, 2]})
+    # 0.5·len + 2·(1 | None→0): [0.5+2, 1.5+0, 1+2]
+    assert totals == [2.5, 1.5, 3.0]
+    assert per_reward == {"length": [1.0, 3.0, 2.0], "even": [1.0, None, 1.0]}
+    assert metrics["rewards/length/mean"] == 2.0
+    assert metrics["rewards/length/std"] == 1.0  # sqrt(((1-2)² + (3-2)² + 0) / (3-1))
+    assert metrics["rewards/even/mean"] == 1.0  # None is left out of the mean
+    assert metrics["rewards/even/std"] == 0.0
+    assert metrics["rewards/total/mean"] == pytest.approx(7 / 3)
+    assert metrics["rewards/total/std"] == pytest.approx(math.sqrt(((1 / 6) ** 2 + (5 / 6) ** 2 + (2 / 3) ** 2) / 2))
+    assert "rewards/length/failed" not in metrics
+
+
+def test_numpy_outputs_are_accepted():
+    import numpy as np
+
+    totals, per_reward, _ = combine_rewards(
+        [RewardSpec("np", lambda p, c, **_: np.array([0.25, 1.0], dtype=np.float32))], ["p"] * 2, ["a", "b"])
+    assert totals == [0.25, 1.0] and per_reward == {"np": [0.25, 1.0]}
+
+
+def test_a_reward_that_never_applies_has_nan_mean():
+    _, per_reward, metrics = combine_rewards(
+        [RewardSpec("none", lambda p, c, **_: [None] * len(c))], ["p"], ["c"])
+    assert per_reward == {"none": [None]}
+    assert math.isnan(metrics["rewards/none/mean"]) and math.isnan(metrics["rewards/none/std"])
+
+
+def fails_on_sample_1(prompts, completions, **_):
+    for completion in completions:
+        if completion.startswith("bad"):
+            raise ValueError("cannot score this")
+    return [1.0] * len(completions)
+
+
+def test_failure_names_reward_sample_prompt_completion_and_cause():
+    long_completion = "bad" + "x" * 1000 + "THE-END"
+    with pytest.raises(RewardError) as caught:
+        combine_rewards([RewardSpec("picky", fails_on_sample_1)],
+                        prompts=["first prompt", "What is 2+2?", "third"],
+                        completions=["ok", long_completion, "ok"])
+    message = str(caught.value)
+    assert caught.value.index == 1 and caught.value.reward == "picky"
+    assert "reward 'picky' failed on sample 1: ValueError: cannot score this" in message
+    assert "'What is 2+2?'" in message
+    assert "badxxx" in message and "THE-END" in message  # both ends of the completion ...
+    assert "[... 610 chars cut ...]" in message  # ... but not the middle: 1010 - 2·200
+    assert len(message) < 700
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
+def test_score_failed_gives_failed_score_and_warns_once(caplog):
+    with caplog.at_level(logging.WARNING, logger="tether.rewards.base"):
+        totals, per_reward, metrics = combine_rewards(
+            [RewardSpec("picky", fails_on_sample_1), RewardSpec("length", length_reward)],
+            prompts=["p"] * 4, completions=["ok", "bad1", "bad2", "fine"],
+            on_error="score_failed", failed_score=-1.0)
+    assert per_reward["picky"] == [1.0, -1.0, -1.0, 1.0]
+    assert totals == [3.0, 3.0, 3.0, 5.0]
+    assert metrics["rewards/picky/failed"] == 2.0
+    assert metrics["rewards/length/failed"] == 0.0
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("reward 'picky' failed on 2 of 4 samples, scored -1.0")
+
+
+@pytest.mark.parametrize("bad_reward, problem", [
+    (lambda p, c, **_: [1.0] * (len(c) - 1), "returned 2 values for 3 completions"),
+    (lambda p, c, **_: 1.0, "returned a float for 3 completions"),
+])
+def test_wrong_number_of_values_is_a_reward_error(bad_reward, problem):
+    with pytest.raises(RewardError, match=problem):
+        combine_rewards([RewardSpec("broken", bad_reward)], ["p"] * 3, ["c"] * 3)
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("1.0", "returned str '1.0', not a number or None"),
+    (float("nan"), "returned nan; rewards must be finite"),
+])
+def test_a_value_that_is_not_a_finite_number_is_a_reward_error(value, problem):
+    def reward(prompts, completions, **_):
+        return [0.0, value, 0.0]
+
+    with pytest.raises(RewardError, match="failed on sample 1: " + problem):
+        combine_rewards([RewardSpec("typed", reward)], ["p"] * 3, ["c"] * 3)
+    _, per_reward, metrics = combine_rewards([RewardSpec("typed", reward)], ["p"] * 3, ["c"] * 3,
+                                             on_error="score_failed")
+    assert per_reward["typed"] == [0.0, 0.0, 0.0] and metrics["rewards/typed/failed"] == 1.0
+
+
+def test_a_reward_that_fails_only_on_the_whole_batch_says_so():
+    def batch_of_two_only(prompts, completions, **_):
+        if len(completions) == 2:
+            raise RuntimeError("batch assumption")
+        return [1.0] * len(completions)
+
+    with pytest.raises(RewardError, match="failed on the batch but on no single sample: "
+                                          "RuntimeError: batch assumption"):
+        combine_rewards([RewardSpec("batchy", batch_of_two_only)], ["p"] * 2, ["c"] * 2)
+
+
+def test_bad_specs_and_columns_are_config_errors():
+    spec = RewardSpec("length", length_reward)
+    with pytest.raises(ConfigError, match="unique"):
+        combine_rewards([spec, spec], ["p"], ["c"])
+    with pytest.raises(ConfigError, match="column 'answer' has 2 values for 1 completions"):
+        combine_rewards([spec], ["p"], ["c"], {"answer": ["1", "2"]})
+
+
+# ---------------------------------------------------------------- format
+
+
+@pytest.mark.parametrize("completion, expected", [
+    ("<think>2+2 is 4</think><answer>4</answer>", 1.0),
+    ("<think>\nreasoning\n</think>\n\n<answer> 4 </answer>\n", 1.0),
+    ("<think></think><answer>4</answer>", 1.0),  # an empty think block is still the format
+    ("<think>x</think><answer>  </answer>", 0.0),  # a blank answer is not
+    ("<think>x</think><answer>4</answer> and more", 0.0),
+    ("Sure! <think>x</think><answer>4</answer>", 0.0),
+    ("<answer>4</answer><think>x</think>", 0.0),
+    ("<think>x</think>", 0.0),
+    ("<think>x</think><answer>4</answer><answer>5</answer>", 0.0),
+    ("<think>x<think>y</think><answer>4</answer>", 0.0),
+    ("<think>x</think><answer>4", 0.0),
+])
+def test_think_answer_format_reward(completion, expected):
+    assert think_answer_format_reward(["p"], [completion]) == [expected]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("<think>t</think><answer> 42 </answer>", "42"),
+    ("<answer>draft</answer> then <answer>final</answer>", "final"),
+    ("<answer>\n</answer>", None),
+    ("<answer>truncated", None),
+    ("no tags", None),
+])
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+# ---------------------------------------------------------------- math
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("<answer>7</answer> though \\boxed{8} and 9", "7"),
+    ("so \\boxed{\\frac{1}{2}} since 3", "\\frac{1}{2}"),
+    ("first \\boxed{1} then \\boxed{\\sqrt{x^{2}}}", "\\sqrt{x^{2}}"),
+    ("we get 12 apples, costing 1,000.50 dollars", "1,000.50"),
+    ("half is 1/2", "1/2"),
+    ("temperature -3", "-3"),
+    ("no numbers here", None),
+])
+def test_extract_final_answer(text, expected):
+    assert extract_final_answer(text) == expected
+
+
+MATH_CASES = [  # (completion, gold, reward)
+    ("<answer>0.5</answer>", "1/2", 1.0),
+    ("<answer>1/2</answer>", "0.5", 1.0),
+    ("The answer is \\boxed{\\frac{1}{2}}.", "0.5", 1.0),
+    ("<answer>\\dfrac{2}{4}</answer>", "\\frac{1}{2}", 1.0),
+    ("<answer>x=3</answer>", "3", 1.0),
+    ("<answer>3</answer>", "x = 3", 1.0),
+    ("so the total is 1,000", "1000", 1.0),
+    ("<answer>1000</answer>", "1,000", 1.0),
+    ("<answer>$\\sqrt{2}$</answer>", "2^{1/2}", 1.0),
+    ("<answer>42.</answer>", "42", 1.0),
+    ("<answer>0.51</answer>", "1/2", 0.0),
+    ("<answer>x=4</answer>", "3", 0.0),
+    ("I do not know", "3", 0.0),
+]
+
+
+def test_math_answer_reward_equivalences():
+    completions, gold, expected = zip(*MATH_CASES)
+    assert math_answer_reward([None] * len(gold), list(completions), answer=list(gold)) == list(expected)
+
+
+def test_math_answer_reward_from_a_worker_thread():
+    # math-verify's signal.alarm timeouts raise ValueError outside the main thread unless turned off
+    completions, gold, expected = zip(*MATH_CASES[:6])
+    results, errors = [], []
+
+    def work():
+        try:
+            results.append(math_answer_reward([None] * 6, list(completions), answer=list(gold)))
+        except Exception as error:  # noqa: BLE001 — surfaced by the assert below
+            errors.append(error)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    assert errors == [] and results == [list(expected)]
+
+
+def test_math_answer_reward_gold_none_and_unreadable_gold():
+    assert math_answer_reward(["p", "p"], ["<answer>1</answer>", "<answer>1</answer>"],
+                              answer=[None, "1"]) == [None, 1.0]
+    with pytest.raises(RewardError, match="sample 1: ValueError: math-verify cannot parse the gold"):
+        combine_rewards([RewardSpec("math", math_answer_reward)], ["p", "q"],
+                        ["<answer>1</answer>", "<answer>2</answer>"], {"answer": ["1", ""]})
+
+
+def test_math_answer_reward_scores_an_oversized_answer_zero_without_parsing():
+    huge = "1" + "0" * 1000  # 1001 chars: equal to the gold, but past MAX_ANSWER_CHARS
+    assert math_answer_reward(["p"], [f"<answer>{huge}</answer>"], answer=[huge]) == [0.0]
+
+
+# ---------------------------------------------------------------- code
+
+
+def test_extract_code_prefers_the_last_python_block():
+    completion = ("Draft:\n```python\ndef f(): return 0\n```\nFinal:\n```python\ndef f(): return 1\n```\n"
+                  "Usage:\n```\nf()\n```")
+    assert extract_code(completion) == "def f(): return 1\n"
+    assert extract_code("<answer>def f(): return 2</answer>") == "def f(): return 2"
+    assert extract_code("<answer>```py\nx = 1\n```</answer>") == "x = 1\n"
+    assert extract_code("no code at all") is None
+
+
+def test_code_test_reward_runs_the_tests_against_the_code():
+    tests = "assert add(2, 3) == 5\nassert add(-1, 1) == 0"
+    completions = [
+        "Here you go:\n```python\ndef add(a, b):\n    return a + b\n```",
+        "```python\ndef add(a, b):\n    return a - b\n```",  # wrong answer
+        "```python\ndef add(a, b) return a + b\n```",  # syntax error
+        "I cannot write code.",
+        "```python\ndef add(a, b):\n    return a + b\n```",  # this sample has no tests
+    ]
+    scores = code_test_reward(["p"] * 5, completions, tests=[tests, tests, tests, tests, None])
+    assert scores == [1.0, 0.0, 0.0, 0.0, None]
+
+
+def test_code_test_reward_tests_as_a_list_and_a_hanging_solution():
+    reward = make_code_test_reward(timeout_s=1.0)
+    completions = ["<answer>def sq(x):\n    return x * x</answer>",
+                   "```python\ndef sq(x):\n    while True:\n        pass\n```"]
+    tests = [["assert sq(3) == 9", "assert sq(-2) == 4"], ["assert sq(3) == 9"]]
+    assert reward(["p", "p"], completions, tests=tests) == [1.0, 0.0]

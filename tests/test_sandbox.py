@@ -1,0 +1,254 @@
+"""The code sandbox against hostile programs: each is contained and reported with the right status."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+
+import pytest
+
+from tether.rewards import sandbox
+from tether.rewards.sandbox import processes_of, run_python
+
+ROOT = os.geteuid() == 0
+
+
+def test_stdout_stdin_and_exit_status_are_reported():
+    result = run_python("import sys\nprint(input()[::-1])\nprint('err', file=sys.stderr)",
+                        stdin="olleh\n")
+    assert (result.status, result.returncode) == ("ok", 0)
+    assert result.stdout == "hello\n"
+    assert result.stderr == "err\n"
+    assert not result.stdout_truncated
+
+    failed = run_python("exit(3)")  # exit() exists although `-S` skips site
+    assert (failed.status, failed.returncode, failed.stderr) == ("error", 3, "")
+
+    raised = run_python("x = 1\nraise ValueError('bad input')")
+    assert raised.status == "error"
+    assert 'File "main.py", line 2' in raised.stderr
+    assert raised.stderr.rstrip().endswith("ValueError: bad input")
+
+
+def test_infinite_loop_is_a_timeout():
+    start = time.monotonic()
+    result = run_python("while True:\n    pass", timeout_s=1.0)
+    assert result.status == "timeout"
+    assert result.returncode == -signal.SIGKILL
+    assert 1.0 <= result.wall_s < 2.5
+    assert time.monotonic() - start < 3.5
+
+
+def test_cpu_limit_is_a_timeout_before_the_wall_clock():
+    result = run_python("while True:\n    pass", timeout_s=10.0, cpu_s=1)
+    assert result.status == "timeout"
+    assert result.returncode == -signal.SIGXCPU  # the CPU limit's signal, not our SIGKILL
+    assert result.wall_s < 8.0
+
+
+def test_memory_hog_gets_memory_error():
+    result = run_python("hog = bytearray(1024 * 1024 * 1024)", memory_mb=128)
+    assert result.status == "memory"
+    assert result.stderr.rstrip().endswith("MemoryError")
+    assert result.wall_s < 5.0
+
+
+def test_huge_output_is_truncated_to_the_cap():
+    result = run_python("import sys\nsys.stdout.write('x' * 20_000_000)\n"
+                        "sys.stderr.write('e' * 100_000 + 'END')", max_output_bytes=1000)
+    assert result.status == "ok"
+    assert result.stdout == "x" * 1000 and result.stdout_truncated
+    # stderr keeps its end, where a traceback's message is
+    assert len(result.stderr) == 1000 and result.stderr.endswith("eEND")
+    assert result.stderr_truncated
+
+
+def test_environment_is_empty_of_the_parents_secrets(monkeypatch):
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    result = run_python("import os\nprint(os.environ.get('SECRET_TOKEN'))\n"
+                        "print(sorted(os.environ))")
+    assert result.stdout.splitlines() == ["None", "['HOME', 'LANG', 'LC_ALL', 'PATH']"]
+    assert "hunter2" not in result.stdout
+
+
+@pytest.mark.parametrize("namespaces", [True, False], ids=["mount_namespace", "uid_only"])
+def test_files_outside_the_working_directory_cannot_be_written(tmp_path, monkeypatch, namespaces):
+    python, available = sandbox._support()
+    if namespaces and not available:
+        pytest.skip("no mount namespace on this machine")
+    monkeypatch.setattr(sandbox, "_support", lambda: (python, namespaces))
+    outside_private = tmp_path / "pwned.txt"  # root-owned dir, like the repository
+    outside_public = f"/tmp/tether-pwned-{uuid.uuid4().hex}.txt"  # world-writable dir
+    program = f"""
+import os
+print(os.getcwd())
+for path in [{str(outside_private)!r}, {outside_public!r}]:
+    try:
+        open(path, "w").write("pwned")
+        print("wrote", path)
+    except OSError as error:
+        print(type(error).__name__, error.errno)
+open("inside.txt", "w").write("fine")
+print(open("inside.txt").read())
+"""
+    result = run_python(program)
+    assert result.status == "ok", result.stderr
+    lines = result.stdout.splitlines()
+    workdir = lines[0]
+    assert lines[-1] == "fine"  # the working directory itself is writable
+    assert not outside_private.exists()
+    if ROOT:  # the sandbox's uid may not even enter a root-owned 0700 directory
+        assert lines[1] == f"PermissionError {errno.EACCES}"
+    if "mountns" in result.isolation:  # all but the tmpfs working directory is read-only
+        assert lines[2] == f"OSError {errno.EROFS}"
+        assert not os.path.exists(outside_public)
+    else:  # without a mount namespace, world-writable directories stay writable
+        assert lines[2] == f"wrote {outside_public}"
+        os.remove(outside_public)
+    assert not os.path.exists(workdir)  # the throwaway directory is gone
+
+
+def test_file_size_limit():
+    result = run_python("open('big', 'wb').write(b'x' * (2 * 1024 * 1024))", max_file_size_mb=1)
+    assert result.status == "error"
+    assert "File too large" in result.stderr
+
+
+@pytest.fixture
+def listening_socket():
+    """A real server on 127.0.0.1 in this process, so a connection would have somewhere to go."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.setblocking(False)
+    yield server
+    server.close()
+
+
+def _connect_program(port: int) -> str:
+    return f"""
+import socket
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=1)
+    print("connected")
+except OSError as error:
+    print(type(error).__name__, error.errno)
+"""
+
+
+def test_network_is_unreachable(listening_socket):
+    port = listening_socket.getsockname()[1]
+    result = run_python(_connect_program(port))
+    assert result.status == "ok", result.stderr
+    with pytest.raises(BlockingIOError):
+        listening_socket.accept()  # nobody connected
+    if "netns" in result.isolation:  # a namespace whose loopback is down
+        assert result.stdout == f"OSError {errno.ENETUNREACH}\n"
+    else:
+        assert result.stdout == "PermissionError None\n"
+
+
+def test_socket_guard_when_there_is_no_network_namespace(monkeypatch, listening_socket):
+    python, _ = sandbox._support()
+    monkeypatch.setattr(sandbox, "_support", lambda: (python, False))
+    port = listening_socket.getsockname()[1]
+    result = run_python(_connect_program(port))
+    assert "socket_guard" in result.isolation and "netns" not in result.isolation
+    assert result.stdout == "PermissionError None\n"
+    with pytest.raises(BlockingIOError):
+        listening_socket.accept()
+    # Unix socket pairs (multiprocessing uses them) still work.
+    pair = run_python("import socket\na, b = socket.socketpair()\na.send(b'ok')\nprint(b.recv(2))")
+    assert pair.stdout == "b'ok'\n"
+
+
+needs_own_uid = pytest.mark.skipif(
+    not ROOT, reason="fork bombs are only contained by a uid of the sandbox's own (needs root)")
+
+
+@needs_own_uid
+def test_children_that_escape_the_process_group_are_killed():
+    program = """
+import os, sys, time
+print(os.getuid(), flush=True)
+if os.fork() == 0:
+    os.setsid()  # out of the sandbox's process group
+    time.sleep(60)
+"""
+    result = run_python(program, timeout_s=5.0)
+    uid = int(result.stdout.split()[0])
+    assert result.status == "ok"
+    assert result.wall_s < 2.0  # did not wait for the child holding stdout open
+    assert processes_of(uid) == []
+
+
+@needs_own_uid
+def test_fork_bomb_is_contained_and_cleaned_up():
+    # First a bounded fork loop: proves the process cap holds before an unbounded bomb runs.
+    bounded = """
+import os, time
+count = 0
+for _ in range(50):
+    try:
+        if os.fork() == 0:
+            time.sleep(30)
+            os._exit(0)
+        count += 1
+    except OSError:
+        break
+print(count)
+"""
+    capped = run_python(bounded, max_processes=8, timeout_s=5.0)
+    assert capped.status == "ok", capped.stderr
+    assert int(capped.stdout) == 7  # 8 processes in all, the parent included
+
+    bomb = """
+import os
+print(os.getuid(), flush=True)
+while True:
+    try:
+        if os.fork() == 0:
+            os.setsid()
+    except OSError:
+        pass
+"""
+    start = time.monotonic()
+    result = run_python(bomb, max_processes=8, timeout_s=1.5)
+    assert result.status == "timeout"
+    assert time.monotonic() - start < 5.0
+    assert processes_of(int(result.stdout.split()[0])) == []
+    # the machine is still healthy: the next program runs at once
+    after = run_python("print(6 * 7)")
+    assert (after.status, after.stdout) == ("ok", "42\n") and after.wall_s < 2.0
+
+
+def test_runs_from_a_worker_thread():
+    results = []
+    worker = threading.Thread(target=lambda: results.append(run_python("print('from a thread')")))
+    worker.start()
+    worker.join()
+    assert results[0].stdout == "from a thread\n"
+
+
+@pytest.mark.skipif(not ROOT, reason="the isolation a root run must get")
+def test_root_runs_drop_to_a_fresh_uid():
+    first, second = run_python("import os; print(os.getuid())"), run_python("import os; print(os.getuid())")
+    assert "uid" in first.isolation
+    assert int(first.stdout) >= sandbox._UID_RANGE[0]
+    assert first.stdout != second.stdout
+
+
+def test_without_root_the_limits_and_socket_guard_still_apply(monkeypatch):
+    # The non-root path, exercised here by pretending: no uid drop, no namespaces.
+    monkeypatch.setattr(sandbox, "_running_as_root", lambda: False)
+    monkeypatch.setattr(sandbox, "_support", lambda: (sandbox.sys.executable, False))
+    result = run_python("import resource\nprint(resource.getrlimit(resource.RLIMIT_AS))\n"
+                        "import socket\nsocket.socket()", memory_mb=200)
+    assert result.isolation == ("socket_guard",)
+    assert result.stdout == f"({200 * 1024 * 1024}, {200 * 1024 * 1024})\n"
+    assert result.status == "error" and "PermissionError: network access is disabled" in result.stderr

@@ -1,0 +1,218 @@
+"""The reward-function API, and combining several rewards into one score per completion.
+
+A reward function has TRL's signature, so users bring theirs unchanged::
+
+    reward(prompts: list, completions: list[str], **dataset_columns) -> list[float | None]
+
+one value per completion; ``None`` means "this reward does not apply to this sample" (a code
+reward on a math prompt). ``combine_rewards`` turns a list of weighted rewards into
+
+    total_i = Σ_k w_k · r_k,i        (r_k,i = None counts as 0)
+
+and logs per-reward mean/std over the samples where the reward applied.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from tether.errors import ConfigError, TetherError
+
+logger = logging.getLogger(__name__)
+
+RewardFn = Callable[..., Sequence["float | None"]]
+
+_SHOWN_CHARS = 200  # of a prompt or completion, at each end, in error messages
+
+
+class RewardError(TetherError):
+    """A reward function failed or returned something that is not one number (or None) per sample.
+
+    The message names the reward, the sample index, a shortened prompt and completion, and the
+    original exception, so a failure deep inside a training step can be reproduced by hand.
+    """
+
+    def __init__(self, reward: str, problem: str, *, index: int | None = None,
+                 prompt: Any = None, completion: Any = None):
+        self.reward = reward
+        self.problem = problem
+        self.index = index
+        message = f"reward '{reward}'"
+        if index is not None:
+            message += f" failed on sample {index}: {problem}"
+            message += f"\n  prompt: {shorten(prompt)}\n  completion: {shorten(completion)}"
+        else:
+            message += f": {problem}"
+        super().__init__(message)
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """One reward in a weighted sum. ``name`` keys the metrics (``rewards/{name}/mean``)."""
+
+    name: str
+    fn: RewardFn
+    weight: float = 1.0
+
+
+def shorten(value: Any, keep: int = _SHOWN_CHARS) -> str:
+    """``repr`` of a prompt/completion, with the middle cut out when longer than 2·keep chars."""
+    text = value if isinstance(value, str) else str(value)
+    if len(text) > 2 * keep:
+        text = f"{text[:keep]}[... {len(text) - 2 * keep} chars cut ...]{text[-keep:]}"
+    return repr(text)
+
+
+def combine_rewards(
+    specs: Sequence[RewardSpec],
+    prompts: Sequence[Any],
+    completions: Sequence[Any],
+    columns: dict[str, Sequence[Any]] | None = None,
+    *,
+    on_error: Literal["raise", "score_failed"] = "raise",
+    failed_score: float = 0.0,
+) -> tuple[list[float], dict[str, list[float | None]], dict[str, float]]:
+    """Score every completion with every reward and sum them with their weights.
+
+    Each reward is called once on the whole batch. If that raises, it is called again one sample
+    at a time to find which samples fail: ``on_error="raise"`` raises ``RewardError`` for the
+    first one; ``"score_failed"`` gives each failing sample ``failed_score``, logs one warning per
+    reward with the count, and reports the count as ``rewards/{name}/failed``.
+
+    Shape: prompts, completions and every column have length N; returns
+    ``totals`` (N,), ``per_reward[name]`` (N,), and ``metrics`` with ``rewards/{name}/mean``,
+    ``rewards/{name}/std`` (over non-None values; std with Bessel's correction as TRL logs it,
+    0.0 for one value, NaN for none) and ``rewards/total/mean``, ``rewards/total/std``.
+    """
+    columns = dict(columns or {})
+    if on_error not in ("raise", "score_failed"):
+        raise ConfigError(f"on_error must be 'raise' or 'score_failed', got {on_error!r}")
+    n = len(completions)
+    if len(prompts) != n:
+        raise ConfigError(f"{len(prompts)} prompts but {n} completions")
+    for key, values in columns.items():
+        if len(values) != n:
+            raise ConfigError(f"column '{key}' has {len(values)} values for {n} completions")
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names) or "total" in names:
+        raise ConfigError(f"reward names must be unique and not 'total', got {names}")
+
+    totals = [0.0] * n
+    per_reward: dict[str, list[float | None]] = {}
+    metrics: dict[str, float] = {}
+    for spec in specs:
+        values, failures = _score(spec, prompts, completions, columns, on_error, failed_score)
+        per_reward[spec.name] = values
+        for i, value in enumerate(values):
+            if value is not None:
+                totals[i] += spec.weight * value
+        applied = [v for v in values if v is not None]
+        metrics[f"rewards/{spec.name}/mean"], metrics[f"rewards/{spec.name}/std"] = _mean_std(applied)
+        if on_error == "score_failed":
+            metrics[f"rewards/{spec.name}/failed"] = float(len(failures))
+            if failures:
+                first = failures[0]
+                logger.warning("reward '%s' failed on %d of %d samples, scored %s; first failure: %s",
+                               spec.name, len(failures), n, failed_score, first)
+    metrics["rewards/total/mean"], metrics["rewards/total/std"] = _mean_std(totals)
+    return totals, per_reward, metrics
+
+
+def _score(spec: RewardSpec, prompts, completions, columns, on_error, failed_score
+           ) -> tuple[list[float | None], list[RewardError]]:
+    """One reward over the batch → (values, failures); raises on the first failure if asked to."""
+    n = len(completions)
+    try:
+        returned = spec.fn(list(prompts), list(completions), **{k: list(v) for k, v in columns.items()})
+    except Exception as batch_error:  # noqa: BLE001 — any failure is re-run per sample below
+        return _score_one_by_one(spec, prompts, completions, columns, on_error, failed_score,
+                                 batch_error)
+
+    raw = _as_list(returned)
+    if raw is None or len(raw) != n:
+        got = f"{len(raw)} values" if raw is not None else f"a {type(returned).__name__}"
+        error = RewardError(spec.name, f"returned {got} for {n} completions; "
+                                       "a reward must return one float (or None) per completion")
+        if on_error == "raise":
+            raise error
+        return [failed_score] * n, [error] * n
+
+    values: list[float | None] = []
+    failures: list[RewardError] = []
+    for i, value in enumerate(raw):
+        problem = _check_value(value)
+        if problem is None:
+            values.append(None if value is None else float(value))
+            continue
+        error = RewardError(spec.name, problem, index=i, prompt=prompts[i], completion=completions[i])
+        if on_error == "raise":
+            raise error
+        failures.append(error)
+        values.append(failed_score)
+    return values, failures
+
+
+def _score_one_by_one(spec, prompts, completions, columns, on_error, failed_score, batch_error):
+    values: list[float | None] = []
+    failures: list[RewardError] = []
+    for i in range(len(completions)):
+        one_columns = {key: [column[i]] for key, column in columns.items()}
+        try:
+            returned = spec.fn([prompts[i]], [completions[i]], **one_columns)
+            raw = _as_list(returned)
+            if raw is None or len(raw) != 1:
+                raise TypeError(f"returned {returned!r} for one completion")
+            problem = _check_value(raw[0])
+            if problem is not None:
+                raise TypeError(problem)
+        except Exception as error:  # noqa: BLE001 — reported with the sample below
+            failure = RewardError(spec.name, f"{type(error).__name__}: {error}", index=i,
+                                  prompt=prompts[i], completion=completions[i])
+            if on_error == "raise":
+                raise failure from error
+            failures.append(failure)
+            values.append(failed_score)
+            continue
+        values.append(None if raw[0] is None else float(raw[0]))
+    if not failures:
+        # The batch call failed but every sample alone succeeds: the fault is in the batch
+        # (e.g. the function assumes a batch size); say so rather than hide it.
+        error = RewardError(spec.name, f"failed on the batch but on no single sample: "
+                                       f"{type(batch_error).__name__}: {batch_error}")
+        if on_error == "raise":
+            raise error from batch_error
+        return [failed_score] * len(completions), [error] * len(completions)
+    return values, failures
+
+
+def _as_list(raw: Any) -> list | None:
+    """A reward's output as a list (lists, tuples, numpy arrays all do); None if not a sequence."""
+    if isinstance(raw, (str, bytes, dict)) or not hasattr(raw, "__len__") or not hasattr(raw, "__iter__"):
+        return None
+    return list(raw)
+
+
+def _check_value(value: Any) -> str | None:
+    """None if ``value`` is a valid reward (None or a finite real number), else the problem."""
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Real):
+        return f"returned {type(value).__name__} {value!r}, not a number or None"
+    if not math.isfinite(float(value)):
+        return f"returned {value!r}; rewards must be finite"
+    return None
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return mean, 0.0
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(variance)

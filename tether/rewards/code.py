@@ -1,0 +1,62 @@
+"""Code reward: run the completion's program followed by the sample's tests, in the sandbox."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tether.rewards.format import extract_answer
+from tether.rewards.sandbox import run_python
+
+_PYTHON_BLOCK = re.compile(r"```(?:python3?|py)[ \t]*\n(.*?)```", re.DOTALL | re.IGNORECASE)
+_ANY_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
+
+
+def extract_code(completion: str) -> str | None:
+    """The last ```python block (the final solution, after any drafts), else the last fenced
+    block of any language, else the ``<answer>`` content; None when there is none."""
+    for pattern in (_PYTHON_BLOCK, _ANY_BLOCK):
+        blocks = pattern.findall(completion)
+        if blocks:
+            return blocks[-1]
+    answer = extract_answer(completion)
+    if answer is not None:
+        blocks = _ANY_BLOCK.findall(answer + "\n")
+        return blocks[-1] if blocks else answer
+    return None
+
+
+def make_code_test_reward(*, timeout_s: float = 5.0, memory_mb: int = 256
+                          ) -> Callable[..., list[float | None]]:
+    """A ``code_test_reward`` with other sandbox limits (per program, tests included)."""
+
+    def code_test_reward(prompts: Sequence[Any], completions: Sequence[str],
+                         tests: Sequence[str | Sequence[str] | None], **_columns: Any
+                         ) -> list[float | None]:
+        """1.0 when the completion's code followed by the sample's ``tests`` exits 0, else 0.0.
+
+        ``tests`` holds one entry per sample: Python source (typically ``assert`` lines) or a
+        list of such lines. An empty or None entry scores None: the reward does not apply.
+        A completion without code scores 0.0.
+        """
+        scores: list[float | None] = []
+        for completion, sample_tests in zip(completions, tests, strict=True):
+            if not isinstance(sample_tests, str) and sample_tests is not None:
+                sample_tests = "\n".join(sample_tests)
+            if not sample_tests or not sample_tests.strip():
+                scores.append(None)
+                continue
+            code = extract_code(completion)
+            if code is None:
+                scores.append(0.0)
+                continue
+            result = run_python(f"{code}\n\n{sample_tests}\n", timeout_s=timeout_s,
+                                memory_mb=memory_mb)
+            scores.append(1.0 if result.status == "ok" else 0.0)
+        return scores
+
+    return code_test_reward
+
+
+code_test_reward = make_code_test_reward()
