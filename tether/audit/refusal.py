@@ -46,7 +46,7 @@ _ACT_VERBS = (
     "help", "assist", "aid", "provide", "give", "share", "offer", "supply", "create", "write",
     "generate", "produce", "make", "build", "draft", "compose", "do", "comply", "fulfill",
     "fulfil", "support", "answer", "respond", "engage", "participate", "teach", "describe",
-    "detail", "outline", "disclose", "reveal", "continue", "complete", "facilitate",
+    "detail", "outline", "discuss", "disclose", "reveal", "continue", "complete", "facilitate",
     "encourage", "endorse", "condone", "promote",
 )
 _ACT_PHRASES = (
