@@ -14,11 +14,11 @@ import sys
 
 from tether.errors import TetherError
 
-TRAINERS = ("sft", "dpo")
+TRAINERS = ("sft", "dpo", "grpo")
 
 
 def _train(args: argparse.Namespace) -> None:
-    from tether.config import DPOConfig, SFTConfig, load_config
+    from tether.config import DPOConfig, GRPOConfig, SFTConfig, load_config
 
     overrides = list(args.overrides) + (["train.resume=true"] if args.resume else [])
     if args.algorithm == "sft":
@@ -29,6 +29,10 @@ def _train(args: argparse.Namespace) -> None:
         from tether.algorithms.dpo import train_dpo
 
         train_dpo(load_config(DPOConfig, args.config, overrides))
+    elif args.algorithm == "grpo":
+        from tether.algorithms.grpo import train_grpo
+
+        train_grpo(load_config(GRPOConfig, args.config, overrides))
 
 
 def _demo(args: argparse.Namespace) -> None:

@@ -121,6 +121,40 @@ class DPOConfig(RunConfig):
     dpo: DPOSettings = DPOSettings()
 
 
+class RewardSettings(Section):
+    # A built-in ("math_answer", "think_answer_format", "code_tests") or "package.module:function".
+    name: str
+    weight: float = 1.0
+
+
+class GRPOSettings(Section):
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "gspo"] = "grpo"
+    num_generations: int = Field(8, gt=1)  # completions per prompt (the group)
+    prompts_per_step: int = Field(4, gt=0)
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    stop: list[str] = []
+    updates_per_rollout: int = Field(1, gt=0)  # policy updates on each rollout batch (clipped)
+    minibatch_rows: int | None = Field(None, gt=0)  # rows per backward pass; None: all at once
+    epsilon_low: float = Field(0.2, gt=0)
+    epsilon_high: float | None = Field(None, gt=0)  # DAPO's clip-higher uses 0.28
+    beta: float = Field(0.0, ge=0)  # KL-to-reference weight; 0 loads no reference model
+    # "group": (r - mean) / std per group (GRPO); "none": r - mean (Dr. GRPO); "batch": batch std.
+    advantage_scale: Literal["group", "batch", "none"] = "group"
+    rloo: bool = False  # leave-one-out baseline instead of the group mean
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
+    overlong_buffer: int | None = Field(None, ge=0)  # DAPO soft overlong penalty width, tokens
+    rewards: list[RewardSettings] = [RewardSettings(name="math_answer"),
+                                     RewardSettings(name="think_answer_format", weight=0.5)]
+    on_reward_error: Literal["raise", "score_failed"] = "raise"
+    eval_max_new_tokens: int | None = Field(None, gt=0)  # default: max_new_tokens
+
+
+class GRPOConfig(RunConfig):
+    grpo: GRPOSettings = GRPOSettings()
+
+
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 

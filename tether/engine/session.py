@@ -22,14 +22,17 @@ from tether.errors import CheckpointError, TrainingDivergedError
 
 
 class TrainingSession:
-    def __init__(self, model: torch.nn.Module, config: RunConfig, total_steps: int):
+    def __init__(self, model: torch.nn.Module, config: RunConfig, total_steps: int, *,
+                 optimizer_steps: int | None = None):
+        """``total_steps`` counts the run's steps (checkpoints, logs); ``optimizer_steps`` sizes the
+        learning-rate schedule when a step makes several updates (RL: updates per rollout)."""
         self.model = model
         self.config = config
         self.total_steps = total_steps
         self.run_dir = config.run_dir()
         self.checkpoint_dir = self.run_dir / "checkpoints"
         self.optimizer = build_optimizer(model, config.optim)
-        self.scheduler = build_scheduler(self.optimizer, config.optim, total_steps)
+        self.scheduler = build_scheduler(self.optimizer, config.optim, optimizer_steps or total_steps)
         self.start_step, self.resumed_from = 0, None
         if config.train.resume:
             self._resume()

@@ -80,21 +80,25 @@ def selective_log_softmax(logits: Tensor, index: Tensor, chunk_size: int = DEFAU
 
 
 def token_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *, start: int = 1,
-                chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
+                position_ids: Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
     """log p(x_t | x_<t) for every position t in [start, T), under a causal language model.
 
     Standard causal shift: the logits at position t-1 predict token t. With ``start > 1`` the model
     is asked for logits only at positions start-1 .. T-1 (``logits_to_keep``), which skips the
     lm_head over a shared prompt prefix.
 
+    Pass ``position_ids`` for left-padded rows (rollouts), so padding does not count as positions.
+
     Shape:
-        input_ids, attention_mask: (B, T)
+        input_ids, attention_mask, position_ids: (B, T)
         output: (B, T - start), float32; column j is the log-prob of input_ids[:, start + j]
     """
     seq_len = input_ids.shape[1]
     if not 1 <= start < seq_len:
         raise ValueError(f"start must be in [1, {seq_len}) for sequences of length {seq_len}, got {start}")
     kwargs = {"logits_to_keep": seq_len - start + 1} if start > 1 else {}
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **kwargs).logits
     logits = logits[:, -(seq_len - start + 1):-1]  # (B, T - start, V): positions start-1 .. T-2
     return selective_log_softmax(logits, input_ids[:, start:], chunk_size)  # (B, T - start)

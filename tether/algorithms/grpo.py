@@ -1,0 +1,207 @@
+"""GRPO and its family (Dr. GRPO, DAPO, GSPO, RLOO) with verifiable rewards.
+
+    tether train grpo --config recipes/arith-grpo.yaml grpo.loss_type=dapo
+
+One step: sample ``num_generations`` completions for each of ``prompts_per_step`` prompts,
+score them with the rewards, turn rewards into group-relative advantages, then make
+``updates_per_rollout`` clipped policy updates on that batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from tether.algorithms.common import load_policy
+from tether.config import GRPOConfig
+from tether.data import load_records
+from tether.engine import BatchPlan, TrainingSession, console, progress_bar, start_run
+from tether.engine.plots import plot_metrics
+from tether.losses.grpo import (group_advantages, overlong_penalty, policy_loss, rloo_advantages,
+                                zero_variance_groups)
+from tether.losses.kl import masked_mean
+from tether.losses.logprobs import token_logps
+from tether.models import reference_mode, save_model
+from tether.rewards.base import combine_rewards
+from tether.rewards.resolve import reward_specs
+from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSampler
+
+
+def completion_token_logps(model, rollout: RolloutBatch, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """log pi(y_t | x, y_<t) of every completion token, teacher-forced. Shape: (rows, L)."""
+    rows = slice(None) if rows is None else rows
+    input_ids, attention_mask, position_ids = rollout.sequences()
+    prompt_width = rollout.prompt_ids.shape[1]
+    return token_logps(model, input_ids[rows], attention_mask[rows], start=prompt_width,
+                       position_ids=position_ids[rows])  # (rows, L)
+
+
+def compute_advantages(rewards: torch.Tensor, config: GRPOConfig) -> torch.Tensor:
+    settings = config.grpo
+    if settings.rloo:
+        return rloo_advantages(rewards, settings.num_generations)
+    return group_advantages(rewards, settings.num_generations, scale=settings.advantage_scale)
+
+
+def reference_logps(model, reference, rollout: RolloutBatch) -> torch.Tensor:
+    """The reference policy's log-probs: the LoRA-disabled base, or a separate frozen model."""
+    with torch.no_grad():
+        if reference is None:
+            with reference_mode(model):
+                return completion_token_logps(model, rollout)
+        return completion_token_logps(reference, rollout)
+
+
+def evaluate_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> dict[str, float]:
+    """Greedy answers to held-out tasks; the mean of each reward (accuracy for math_answer)."""
+    sampler = TransformersSampler(model, tokenizer)
+    settings = config.grpo
+    rollout = sampler.sample([r.prompt for r in records], RolloutConfig(
+        num_samples=1, temperature=0.0, stop=settings.stop,
+        max_new_tokens=settings.eval_max_new_tokens or settings.max_new_tokens))
+    columns = {"answer": [r.answer for r in records]}
+    for key in records[0].extras:
+        columns[key] = [r.extras.get(key) for r in records]
+    _, per_reward, _ = combine_rewards(specs, [r.prompt for r in records], rollout.texts, columns,
+                                       on_error="score_failed")
+    metrics = {}
+    for name, values in per_reward.items():
+        scored = [v for v in values if v is not None]
+        metrics[name] = sum(scored) / max(len(scored), 1)
+    metrics["completion_length"] = rollout.completion_mask.sum(1).float().mean().item()
+    return metrics
+
+
+def train_grpo(config: GRPOConfig) -> Path:
+    settings = config.grpo
+    run_dir = start_run(config)
+    model, tokenizer = load_policy(config.model)
+    specs = reward_specs(settings.rewards)
+
+    # ---- tasks, validated in full before anything runs ----------------------------------
+    def load(path):
+        return load_records(path, "verifiable", tokenizer=tokenizer, truncation=config.data.truncation,
+                            max_prompt_tokens=config.data.max_prompt_tokens)
+
+    tasks = load(config.data.train)
+    held_out = load(config.data.eval) if config.data.eval else []
+    console.print(f"{len(tasks)} training tasks" + (f", {len(held_out)} held out" if held_out else ""))
+
+    # beta = 0 needs no reference at all; with LoRA the base (adapters off) is the reference.
+    reference = None
+    if settings.beta > 0 and config.model.lora is None:
+        from tether.models import load_model
+
+        reference, _ = load_model(config.model.path)
+        reference.requires_grad_(False)
+
+    def shuffled_prompts(seed: int) -> list[list[int]]:
+        order = torch.randperm(len(tasks), generator=torch.Generator().manual_seed(seed)).tolist()
+        size = settings.prompts_per_step
+        return [order[i:i + size] for i in range(0, len(order) - size + 1, size)]
+
+    plan = BatchPlan(shuffled_prompts, seed=config.train.seed, grad_accum=1,
+                     max_steps=config.train.max_steps, epochs=config.train.epochs)
+    session = TrainingSession(model, config, plan.total_steps,
+                              optimizer_steps=plan.total_steps * settings.updates_per_rollout)
+    sampler = TransformersSampler(model, tokenizer)
+
+    def evaluate() -> dict[str, float]:
+        model.eval()
+        with torch.no_grad(), session.autocast():
+            metrics = evaluate_tasks(model, tokenizer, held_out, specs, config)
+        model.train()
+        return {f"eval/{key}": value for key, value in metrics.items()}
+
+    if held_out and session.start_step == 0:
+        session.log(0, evaluate())
+
+    model.train()
+    with progress_bar(f"grpo {config.train.run_name}", plan.total_steps, completed=session.start_step,
+                      enabled=config.train.progress) as bar:
+        for step in range(session.start_step, plan.total_steps):
+            batch_tasks = [tasks[i] for i in plan.micro_batches(step)[0]]
+            n = settings.num_generations
+
+            # ---- rollout: N completions per prompt, the prompt's KV cache shared -----------
+            model.eval()
+            with torch.no_grad(), session.autocast():
+                rollout = sampler.sample([t.prompt for t in batch_tasks], RolloutConfig(
+                    num_samples=n, temperature=settings.temperature, top_p=settings.top_p,
+                    max_new_tokens=settings.max_new_tokens, stop=settings.stop,
+                    seed=config.train.seed * 1_000_003 + step))  # per-step seed: exact resume
+            model.train()
+
+            # ---- rewards and advantages ----------------------------------------------------
+            columns = {"answer": [t.answer for t in batch_tasks for _ in range(n)]}
+            for key in batch_tasks[0].extras:
+                columns[key] = [t.extras.get(key) for t in batch_tasks for _ in range(n)]
+            prompts = [t.prompt for t in batch_tasks for _ in range(n)]
+            totals, _, metrics = combine_rewards(specs, prompts, rollout.texts, columns,
+                                                 on_error=settings.on_reward_error)
+            rewards = torch.tensor(totals)  # (P*N,)
+            lengths = rollout.completion_mask.sum(1)  # (P*N,)
+            if settings.overlong_buffer is not None:
+                rewards = rewards + overlong_penalty(lengths, settings.max_new_tokens, settings.overlong_buffer)
+            advantages = compute_advantages(rewards, config)  # (P*N,)
+            flat_groups = zero_variance_groups(rewards, n)  # (P,)
+            keep = torch.ones(len(rewards), dtype=torch.bool)
+            if settings.dynamic_sampling:
+                keep = ~flat_groups.repeat_interleave(n)  # a group with equal rewards teaches nothing
+            rows = keep.nonzero().squeeze(1)
+
+            # ---- clipped policy updates on this batch ---------------------------------------
+            mask = rollout.completion_mask.bool()  # (P*N, L)
+            old_logps = rollout.model_logps  # the sampling policy at temperature 1
+            ref_logps = reference_logps(model, reference, rollout) if settings.beta > 0 else None
+            chunk = settings.minibatch_rows or max(len(rows), 1)
+            num_tokens = int(mask[rows].sum())
+            update_metrics: dict[str, float] = {}
+            for update in range(settings.updates_per_rollout if len(rows) else 0):
+                for start in range(0, len(rows), chunk):
+                    part = rows[start:start + chunk]
+                    with session.autocast():
+                        logps = completion_token_logps(model, rollout, part)  # (rows, L)
+                        loss, loss_metrics = policy_loss(
+                            logps, old_logps[part], advantages[part], mask[part],
+                            loss_type=settings.loss_type, epsilon_low=settings.epsilon_low,
+                            epsilon_high=settings.epsilon_high, beta=settings.beta,
+                            ref_logps=None if ref_logps is None else ref_logps[part],
+                            max_completion_length=settings.max_new_tokens,
+                            num_tokens=num_tokens if settings.loss_type == "dapo" else None)
+                    # dapo already divides by the batch's token count; others average over rows.
+                    share = 1.0 if settings.loss_type == "dapo" else len(part) / len(rows)
+                    session.backward(loss, step, share)
+                    for key, value in {"loss": loss.item(), **loss_metrics}.items():
+                        update_metrics[key] = update_metrics.get(key, 0.0) + float(value) * share / settings.updates_per_rollout
+                update_metrics.update(session.optimizer_step(step, len(rows)))
+
+            # ---- diagnostics -----------------------------------------------------------------
+            done = step + 1
+            metrics.update(update_metrics)
+            metrics.update({
+                "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
+                "frac_zero_variance_groups": flat_groups.float().mean().item(),
+                "completion_length": lengths.float().mean().item(),
+                "frac_truncated": sum(r == "length" for r in rollout.finish_reasons) / len(rollout),
+                "rows_trained": float(len(rows)),
+                "sampling_kl": masked_mean(old_logps - rollout.sampling_logps, mask).item()
+                if settings.temperature != 1.0 or settings.top_p < 1.0 else 0.0,
+            })
+            wants_eval = held_out and (done == plan.total_steps or
+                                       bool(config.train.eval_every and done % config.train.eval_every == 0))
+            if wants_eval:
+                metrics.update(evaluate())
+            if wants_eval or session.should_log(done):
+                session.log(done, metrics)
+            bar.advance(1, status=f"reward {metrics['reward/mean']:.3f}")
+            session.end_step(done)
+    session.close()
+
+    plot_metrics(run_dir, ["reward/mean", "eval/math_answer", "eval/think_answer_format"],
+                 run_dir / "curves.png", title=f"GRPO {config.train.run_name}")
+    final_dir = run_dir / "final"
+    save_model(model, tokenizer, final_dir)
+    console.print(f"GRPO done; model saved to {final_dir}; curves in {run_dir / 'curves.png'}")
+    return final_dir

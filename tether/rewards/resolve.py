@@ -1,0 +1,41 @@
+"""Turn the reward names of a recipe into reward functions."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+from tether.config import RewardSettings
+from tether.errors import ConfigError
+from tether.rewards.base import RewardSpec
+from tether.rewards.code import code_test_reward
+from tether.rewards.format import think_answer_format_reward
+from tether.rewards.math import math_answer_reward
+
+BUILT_IN: dict[str, Callable] = {
+    "math_answer": math_answer_reward,
+    "think_answer_format": think_answer_format_reward,
+    "code_tests": code_test_reward,
+}
+
+
+def resolve_reward(name: str) -> Callable:
+    """A built-in name, or ``package.module:function`` for a user's own reward function."""
+    if name in BUILT_IN:
+        return BUILT_IN[name]
+    if ":" not in name:
+        raise ConfigError(f"unknown reward {name!r}: use one of {', '.join(BUILT_IN)} "
+                          "or 'package.module:function'")
+    module_name, function_name = name.split(":", 1)
+    try:
+        function = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"cannot import reward {name!r}: {error}") from None
+    if not callable(function):
+        raise ConfigError(f"reward {name!r} is not callable")
+    return function
+
+
+def reward_specs(settings: list[RewardSettings]) -> list[RewardSpec]:
+    return [RewardSpec(name=s.name.rsplit(":", 1)[-1], fn=resolve_reward(s.name), weight=s.weight)
+            for s in settings]

@@ -1,0 +1,64 @@
+"""Arithmetic tasks with exact answers, for RL with verifiable rewards.
+
+Each task is a verifiable record ``{"id", "prompt", "answer", "kind"}``. The prompt asks for
+``<think>...</think><answer>...</answer>`` output. Train and held-out sets come from
+different seeds and share no question.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+SYSTEM_PROMPT = (
+    "You are a careful calculator. Think briefly inside <think> </think>, then give only the "
+    "final number inside <answer> </answer>. Example: <think>12 + 7 = 19</think><answer>19</answer>"
+)
+OPERATIONS = ("add", "subtract", "multiply")
+
+
+def arithmetic_task(rng: random.Random, operation: str, max_operand: int = 99) -> tuple[str, int]:
+    a, b = rng.randint(2, max_operand), rng.randint(2, max_operand)
+    if operation == "add":
+        return f"What is {a} + {b}?", a + b
+    if operation == "subtract":
+        a, b = max(a, b), min(a, b)
+        return f"What is {a} - {b}?", a - b
+    if operation == "multiply":
+        b = rng.randint(2, 9)  # one factor small: hard enough for a 135M model, not hopeless
+        return f"What is {a} * {b}?", a * b
+    raise ValueError(f"unknown operation {operation!r}; expected one of {', '.join(OPERATIONS)}")
+
+
+def make_tasks(count: int, *, seed: int, operations: tuple[str, ...] = OPERATIONS,
+               max_operand: int = 99, exclude: set[str] = frozenset()) -> list[dict]:
+    """``count`` distinct arithmetic tasks, none of whose questions is in ``exclude``."""
+    rng = random.Random(seed)
+    tasks, seen = [], set(exclude)
+    while len(tasks) < count:
+        operation = operations[len(tasks) % len(operations)]
+        question, answer = arithmetic_task(rng, operation, max_operand)
+        if question in seen:
+            continue
+        seen.add(question)
+        tasks.append({"id": f"{operation}-{seed}-{len(tasks):05d}",
+                      "prompt": [{"role": "system", "content": SYSTEM_PROMPT},
+                                 {"role": "user", "content": question}],
+                      "answer": str(answer), "kind": operation})
+    return tasks
+
+
+def write_splits(directory: str | Path, *, train: int = 2000, heldout: int = 100, seed: int = 0,
+                 operations: tuple[str, ...] = OPERATIONS, max_operand: int = 99) -> tuple[Path, Path]:
+    """``train.jsonl`` and ``heldout.jsonl``; held-out questions never appear in train."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    held = make_tasks(heldout, seed=seed + 1, operations=operations, max_operand=max_operand)
+    questions = {task["prompt"][-1]["content"] for task in held}
+    trained = make_tasks(train, seed=seed, operations=operations, max_operand=max_operand,
+                         exclude=questions)
+    paths = directory / "train.jsonl", directory / "heldout.jsonl"
+    for path, rows in zip(paths, (trained, held)):
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return paths
