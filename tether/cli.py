@@ -3,7 +3,8 @@
     tether train sft --config recipes/sft-demo.yaml optim.lr=1e-4 train.max_steps=20
     tether train sft --config recipes/sft-demo.yaml --resume
     tether train dpo --config recipes/safety-dpo.yaml dpo.beta=0.2
-    tether demo
+    tether demo              # safety DPO on the bundled SmolLM2, before/after table
+    tether demo arith        # SFT warm-up + GRPO on arithmetic, held-out accuracy curve
 """
 
 from __future__ import annotations
@@ -35,9 +36,20 @@ def _train(args: argparse.Namespace) -> None:
         train_grpo(load_config(GRPOConfig, args.config, overrides))
 
 
-def _demo(args: argparse.Namespace) -> None:
-    from tether.demo import run_demo
+DEMOS = ("safety", "arith")
 
+
+def _demo(args: argparse.Namespace) -> None:
+    # `tether demo [JOB] [overrides]`: an optional job name, then key=value overrides.
+    words = list(args.overrides)
+    job = words.pop(0) if words and "=" not in words[0] else "safety"
+    if job not in DEMOS:
+        raise SystemExit(f"tether demo: unknown job {job!r}; choose one of {', '.join(DEMOS)}")
+    args.overrides = words
+    if job == "safety":
+        from tether.demos.safety import run_demo
+    else:
+        from tether.demos.arith import run_arith_demo as run_demo
     run_demo(args.overrides, steps=args.steps, eval_limit=args.eval_limit)
 
 
@@ -53,11 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     train.set_defaults(handler=_train)
 
-    demo = commands.add_parser("demo", help="the main job on the bundled default model")
+    demo = commands.add_parser("demo", help="a main job on the bundled default model")
     demo.add_argument("--steps", type=int, default=None, help="optimizer steps (default: recipe's)")
     demo.add_argument("--eval-limit", type=int, default=None,
-                      help="held-out prompts per kind to evaluate (default: all)")
-    demo.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+                      help="held-out prompts (per kind for safety) to evaluate (default: all)")
+    demo.add_argument("overrides", nargs="*", metavar="[JOB] OVERRIDES",
+                      help="JOB is safety (LoRA DPO, refusal rates before/after; the default) or "
+                           "arith (SFT warm-up then GRPO with verifiable rewards); then key.sub=value")
     demo.set_defaults(handler=_demo)
     return parser
 

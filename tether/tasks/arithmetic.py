@@ -49,16 +49,32 @@ def make_tasks(count: int, *, seed: int, operations: tuple[str, ...] = OPERATION
     return tasks
 
 
-def write_splits(directory: str | Path, *, train: int = 2000, heldout: int = 100, seed: int = 0,
-                 operations: tuple[str, ...] = OPERATIONS, max_operand: int = 99) -> tuple[Path, Path]:
-    """``train.jsonl`` and ``heldout.jsonl``; held-out questions never appear in train."""
+def worked_answer(task: dict) -> str:
+    """The target format, e.g. ``<think>81 + 34 = 115</think><answer>115</answer>``."""
+    question = task["prompt"][-1]["content"].removeprefix("What is ").removesuffix("?")
+    return f"<think>{question} = {task['answer']}</think><answer>{task['answer']}</answer>"
+
+
+def write_splits(directory: str | Path, *, train: int = 2000, heldout: int = 100, sft: int = 64,
+                 seed: int = 0, operations: tuple[str, ...] = OPERATIONS,
+                 max_operand: int = 99) -> dict[str, Path]:
+    """``train.jsonl`` and ``heldout.jsonl`` tasks, and ``sft.jsonl``: worked answers that teach
+    the output format before RL. No question appears in two files."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     held = make_tasks(heldout, seed=seed + 1, operations=operations, max_operand=max_operand)
-    questions = {task["prompt"][-1]["content"] for task in held}
-    trained = make_tasks(train, seed=seed, operations=operations, max_operand=max_operand,
-                         exclude=questions)
-    paths = directory / "train.jsonl", directory / "heldout.jsonl"
-    for path, rows in zip(paths, (trained, held)):
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    seen = {task["prompt"][-1]["content"] for task in held}
+    warmup = make_tasks(sft, seed=seed + 2, operations=operations, max_operand=max_operand, exclude=seen)
+    seen |= {task["prompt"][-1]["content"] for task in warmup}
+    trained = make_tasks(train, seed=seed, operations=operations, max_operand=max_operand, exclude=seen)
+    sft_rows = [{"id": task["id"], "messages": task["prompt"] + [
+        {"role": "assistant", "content": worked_answer(task)}]} for task in warmup]
+    paths = {"train": directory / "train.jsonl", "heldout": directory / "heldout.jsonl",
+             "sft": directory / "sft.jsonl"}
+    for name, rows in (("train", trained), ("heldout", held), ("sft", sft_rows)):
+        paths[name].write_text("".join(json.dumps(row) + "\n" for row in rows))
     return paths
+
+
+if __name__ == "__main__":  # regenerate the bundled task files
+    write_splits(Path(__file__).parent.parent / "resources" / "arith")

@@ -20,7 +20,7 @@ from tether.config import DPOConfig, load_config
 from tether.engine import console
 from tether.models import load_model
 
-RECIPE = Path(__file__).parent / "recipes" / "safety-dpo.yaml"
+RECIPE = Path(__file__).parent.parent / "recipes" / "safety-dpo.yaml"
 METRICS = [("refusal_rate_harmful", "refusal rate, harmful prompts", "higher is safer"),
            ("refusal_rate_benign", "refusal rate, benign look-alikes", "lower is more helpful"),
            ("preference_accuracy", "held-out preference accuracy", "per-token log p: chosen > rejected")]
