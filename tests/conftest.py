@@ -1,5 +1,7 @@
 import os
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see tether/cli.py
+
 import pytest
 import torch
 

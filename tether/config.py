@@ -76,7 +76,9 @@ class TrainSettings(Section):
     epochs: float = Field(1.0, gt=0)
     batch_size: int = Field(8, gt=0)  # sequences per micro-batch (a token budget when packing)
     grad_accum: int = Field(1, gt=0)
-    bf16: bool = False  # bf16 autocast; fast on CPUs with AMX, weights stay float32
+    # bf16 autocast (weights stay float32). "auto": on when this machine's CPU/GPU runs bf16
+    # fast (AMX); without AMX, CPU bf16 is emulated and slower than float32.
+    bf16: bool | Literal["auto"] = Field("auto", validate_default=True)
     log_every: int = Field(1, gt=0)
     save_every: int | None = Field(None, gt=0)  # None: only at the end
     keep_last: int = Field(2, gt=0)
@@ -85,6 +87,15 @@ class TrainSettings(Section):
     progress: bool = True
     tensorboard: bool = True
     threads: int | None = Field(None, gt=0)  # torch intra-op threads; None keeps torch's default
+
+    @field_validator("bf16")
+    @classmethod
+    def _resolve_bf16(cls, value: bool | str) -> bool:
+        if value == "auto":
+            from tether.hardware import bf16_is_fast
+
+            return bf16_is_fast()
+        return value
 
 
 class RunConfig(Section):

@@ -8,6 +8,7 @@ weights; no second model sits in memory while the policy trains.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from tether.data import encode_preference, load_records, pad_batch
 from tether.engine import BatchPlan, console, fit, progress_bar, start_run
 from tether.losses.dpo import dpo_loss, dpo_metrics
 from tether.losses.logprobs import completion_logps
-from tether.models import save_model
+from tether.models import reference_mode, save_model
 
 
 @dataclass
@@ -72,13 +73,17 @@ def compute_reference(model, examples: PreferenceExamples, pad_id: int, config: 
     if config.dpo.reference_free:
         examples.ref_chosen = examples.ref_rejected = torch.zeros(len(examples))
         return
-    indices = sorted(set(range(len(examples)) if indices is None else indices))
+    # Longest first, so batches pad little (and memory peaks at the start, not mid-run).
+    indices = sorted(set(range(len(examples)) if indices is None else indices),
+                     key=lambda i: -_pair_length(examples.encoded[i]))
     examples.ref_chosen = torch.full((len(examples),), float("nan"))
     examples.ref_rejected = torch.full((len(examples),), float("nan"))
     was_training = model.training
     model.eval()
     size = config.train.batch_size
-    with progress_bar(label, len(indices), enabled=config.train.progress) as bar:
+    # A fresh LoRA (B = 0) computes exactly the base model: skip the adapter matmuls.
+    base_only = reference_mode(model) if _fresh_lora(model) else contextlib.nullcontext()
+    with progress_bar(label, len(indices), enabled=config.train.progress) as bar, base_only:
         for start in range(0, len(indices), size):
             chunk = indices[start:start + size]
             batch = collate_pairs(examples, chunk, pad_id)
@@ -88,6 +93,15 @@ def compute_reference(model, examples: PreferenceExamples, pad_id: int, config: 
             examples.ref_rejected[chunk] = rejected.float()
             bar.advance(len(chunk))
     model.train(was_training)
+
+
+def _pair_length(pair: dict) -> int:
+    return len(pair["prompt_ids"]) + max(len(pair["chosen_ids"]), len(pair["rejected_ids"]))
+
+
+def _fresh_lora(model) -> bool:
+    lora_b = [p for name, p in model.named_parameters() if "lora_B" in name]
+    return bool(lora_b) and all(not p.any() for p in lora_b)
 
 
 def dpo_step_loss(model, batch: dict, config: DPOConfig):
@@ -124,7 +138,7 @@ def train_dpo(config: DPOConfig) -> Path:
     held_out = encode_pairs(config.data.eval, tokenizer, config) if config.data.eval else None
     console.print(f"{len(train)} training pairs" + (f", {len(held_out)} held out" if held_out else ""))
 
-    lengths = [len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in train.encoded]
+    lengths = [_pair_length(p) for p in train.encoded]
     plan = BatchPlan(epoch_schedule(lengths, config.data, config.train.batch_size),
                      seed=config.train.seed, grad_accum=config.train.grad_accum,
                      max_steps=config.train.max_steps, epochs=config.train.epochs)
