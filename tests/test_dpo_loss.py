@@ -133,3 +133,11 @@ def test_mismatched_shapes_raise():
     policy_chosen, policy_rejected, ref_chosen, _ = _logps()
     with pytest.raises(ValueError, match="same shape"):
         dpo_loss(policy_chosen, policy_rejected, ref_chosen, torch.zeros(3))
+
+
+def test_chosen_nll_is_per_token():
+    from tether.losses.dpo import chosen_nll
+
+    # Two answers of 2 and 3 tokens with summed log-probs -1 and -4: NLL = 5 / 5 tokens = 1.
+    nll = chosen_nll(torch.tensor([-1.0, -4.0]), torch.tensor([2, 3]))
+    assert nll.item() == pytest.approx(1.0)

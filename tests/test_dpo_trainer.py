@@ -55,6 +55,15 @@ def test_dpo_raises_the_held_out_margin(job, loss_type):
     assert preference_accuracy(trained, tokenizer, pairs) > preference_accuracy(base, tokenizer, pairs)
 
 
+def test_sft_weight_keeps_chosen_answers_likely(job):
+    plain = config_for(job, "train.run_name=plain")
+    rpo = config_for(job, "train.run_name=rpo", "dpo.sft_weight=1.0")
+    train_dpo(plain), train_dpo(rpo)
+    last_plain, last_rpo = read_metrics(plain.run_dir())[-1], read_metrics(rpo.run_dir())[-1]
+    assert "nll/chosen" in last_rpo and "nll/chosen" not in last_plain
+    assert last_rpo["logps/chosen"] > last_plain["logps/chosen"]
+
+
 def test_lora_dpo_trains_only_adapters_and_saves_them(job):
     config = config_for(job, "train.run_name=lora", "model.lora.r=4", "optim.lr=1e-2")
     final = train_dpo(config)

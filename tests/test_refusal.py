@@ -82,3 +82,11 @@ def test_refusal_rate():
              "Sure, here it is."]
     assert refusal_rate(texts) == 0.5
     assert refusal_rate([]) == 0.0
+
+
+def test_capability_disclaimer_is_a_refusal():
+    # SmolLM2-135M-Instruct's own way of declining, seen in the safety demo.
+    text = ("I'm sorry for any misunderstanding, but as a chatbot designed to assist with online "
+            "shopping, I don't have the capability to set up an online store.")
+    assert is_refusal(text)
+    assert not is_refusal("Yes: the tool has the capability to set up an online store in minutes.")

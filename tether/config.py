@@ -126,6 +126,8 @@ class DPOSettings(Section):
     reference_free: bool = False
     # Average log-probs over completion tokens instead of summing them (TRL's IPO does this).
     length_normalize: bool = False
+    # RPO: add sft_weight * (NLL per chosen token), so chosen answers stay likely (0: plain DPO).
+    sft_weight: float = Field(0.0, ge=0)
 
 
 class DPOConfig(RunConfig):

@@ -18,7 +18,7 @@ from tether.algorithms.common import epoch_schedule, load_policy
 from tether.config import DPOConfig
 from tether.data import encode_preference, load_records, pad_batch
 from tether.engine import BatchPlan, console, fit, progress_bar, start_run
-from tether.losses.dpo import dpo_loss, dpo_metrics
+from tether.losses.dpo import chosen_nll, dpo_loss, dpo_metrics
 from tether.losses.logprobs import completion_logps
 from tether.models import reference_mode, save_model
 
@@ -110,10 +110,17 @@ def dpo_step_loss(model, batch: dict, config: DPOConfig):
                    beta=config.dpo.beta, loss_type=config.dpo.loss_type,
                    label_smoothing=config.dpo.label_smoothing,
                    reference_free=config.dpo.reference_free)
+    loss = out.losses.mean()
     metrics = dpo_metrics(out)
     metrics["logps/chosen"] = policy_chosen.detach().mean().item()
     metrics["logps/rejected"] = policy_rejected.detach().mean().item()
-    return out.losses.mean(), metrics
+    if config.dpo.sft_weight > 0:
+        chosen_lengths = batch["completion_mask"][:batch["num_items"]].sum(1)  # (B,)
+        summed = policy_chosen * chosen_lengths if config.dpo.length_normalize else policy_chosen
+        nll = chosen_nll(summed, chosen_lengths)
+        loss = loss + config.dpo.sft_weight * nll
+        metrics["nll/chosen"] = nll.item()
+    return loss, metrics
 
 
 def evaluate_pairs(model, examples: PreferenceExamples, pad_id: int, config: DPOConfig) -> dict[str, float]:

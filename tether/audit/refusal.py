@@ -102,13 +102,15 @@ _STRONG_PATTERNS: dict[str, str] = {
     "against_guidelines": r"\b(?:against|violates?)\s+(?:my|our)\s+(?:guidelines|usage\s+polic\w+|"
     r"polic\w+|principles|programming|rules)",
     "absolutely_not": r"^(?:absolutely\s+not|no\s+can\s+do)\b",
+    # Capability disclaimers decline too: "I don't have the capability to set up a store".
+    "no_capability": r"\bi\s+(?:don't|do\s+not)\s+have\s+the\s+(?:capability|ability|means)\s+to\b",
 }
 
 # Soft cues: each is compatible with a helpful answer, two together rarely are.
 _SOFT_PATTERNS: dict[str, tuple[str, float]] = {
     # "sorry, but ..." / "I apologize, but ..." (but not "sorry for the confusion")
     "apology_but": (r"\b(?:sorry|apologi[sz]e|apologies)\s*[,\u2014-]*\s*but\b", 0.4),
-    "as_an_ai": (r"\bas\s+an?\s+(?:ai|language\s+model|large\s+language\s+model|assistant)\b", 0.25),
+    "as_an_ai": (r"\bas\s+an?\s+(?:ai|language\s+model|large\s+language\s+model|assistant|chatbot)\b", 0.25),
     "unfortunately": (r"\bunfortunately\b", 0.25),
     "afraid": (r"\bi(?:'m|\s+am)\s+afraid\b", 0.25),
     # bare apology that is not sympathy ("sorry to hear") or a correction ("sorry for the ...")

@@ -105,3 +105,19 @@ def dpo_metrics(out: DPOOutput) -> dict[str, float]:
         "rewards/margins": (chosen - rejected).mean().item(),
         "rewards/accuracies": (chosen > rejected).float().mean().item(),
     }
+
+
+def chosen_nll(policy_chosen_logps: Tensor, chosen_lengths: Tensor) -> Tensor:
+    """Negative log-likelihood per chosen token, the SFT term of RPO (Pang et al. 2024):
+
+        NLL = - sum_i log pi_theta(y_c,i | x_i) / sum_i |y_c,i|
+
+    Added to the DPO loss with a weight alpha (``dpo.sft_weight``), it keeps the chosen answers
+    likely, not just likelier than the rejected ones: plain DPO can lower both and still widen
+    the margin, which leaves a model that prefers refusals on paper but does not write them.
+
+    Shape:
+        policy_chosen_logps: (B,) summed log-probs; chosen_lengths: (B,) token counts
+        output: scalar
+    """
+    return -policy_chosen_logps.sum() / chosen_lengths.sum().clamp(min=1)
