@@ -276,3 +276,15 @@ def test_code_test_reward_tests_as_a_list_and_a_hanging_solution():
                    "```python\ndef sq(x):\n    while True:\n        pass\n```"]
     tests = [["assert sq(3) == 9", "assert sq(-2) == 4"], ["assert sq(3) == 9"]]
     assert reward(["p", "p"], completions, tests=tests) == [1.0, 0.0]
+
+
+def test_rewards_accept_trl_conversational_completions():
+    from tether.rewards.format import think_answer_format_reward
+    from tether.rewards.math import math_answer_reward
+
+    text = "<think>2 + 2 = 4</think><answer>4</answer>"
+    chat = [[{"role": "assistant", "content": text}]]
+    assert math_answer_reward(None, chat, answer=["4"]) == [1.0]
+    assert think_answer_format_reward(None, chat) == [1.0]
+    with pytest.raises(TypeError, match="a completion must be a string or a list of messages"):
+        math_answer_reward(None, [42], answer=["4"])

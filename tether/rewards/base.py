@@ -60,6 +60,16 @@ class RewardSpec:
     weight: float = 1.0
 
 
+def completion_text(completion: Any) -> str:
+    """The text of a completion: a string, or TRL's conversational form, a list of messages
+    (``[{"role": "assistant", "content": "..."}]``), whose contents are joined."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, list) and all(isinstance(m, dict) and "content" in m for m in completion):
+        return "".join(str(m["content"]) for m in completion)
+    raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")
+
+
 def shorten(value: Any, keep: int = _SHOWN_CHARS) -> str:
     """``repr`` of a prompt/completion, with the middle cut out when longer than 2·keep chars."""
     text = value if isinstance(value, str) else str(value)

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from tether.rewards.base import completion_text
 from tether.rewards.format import extract_answer
 from tether.rewards.sandbox import run_python
 
@@ -31,7 +32,7 @@ def make_code_test_reward(*, timeout_s: float = 5.0, memory_mb: int = 256
                           ) -> Callable[..., list[float | None]]:
     """A ``code_test_reward`` with other sandbox limits (per program, tests included)."""
 
-    def code_test_reward(prompts: Sequence[Any], completions: Sequence[str],
+    def code_test_reward(prompts: Sequence[Any], completions: Sequence[Any],
                          tests: Sequence[str | Sequence[str] | None], **_columns: Any
                          ) -> list[float | None]:
         """1.0 when the completion's code followed by the sample's ``tests`` exits 0, else 0.0.
@@ -47,7 +48,7 @@ def make_code_test_reward(*, timeout_s: float = 5.0, memory_mb: int = 256
             if not sample_tests or not sample_tests.strip():
                 scores.append(None)
                 continue
-            code = extract_code(completion)
+            code = extract_code(completion_text(completion))
             if code is None:
                 scores.append(0.0)
                 continue

@@ -10,6 +10,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from tether.rewards.base import completion_text
+
 # Tag contents may not contain another think/answer tag, so "<answer>a</answer><answer>b</answer>"
 # cannot match as one answer "a</answer><answer>b".
 _NO_TAG = r"(?:(?!</?think>|</?answer>).)*"
@@ -29,7 +31,7 @@ def extract_answer(text: str) -> str | None:
     return answer or None
 
 
-def think_answer_format_reward(prompts: Sequence[Any], completions: Sequence[str],
+def think_answer_format_reward(prompts: Sequence[Any], completions: Sequence[Any],
                                **_columns: Any) -> list[float]:
     """1.0 when a completion is exactly ``<think>…</think>`` then ``<answer>…</answer>``, else 0.0.
 
@@ -38,6 +40,6 @@ def think_answer_format_reward(prompts: Sequence[Any], completions: Sequence[str
     """
     scores = []
     for completion in completions:
-        match = _THINK_ANSWER.fullmatch(completion)
+        match = _THINK_ANSWER.fullmatch(completion_text(completion))
         scores.append(1.0 if match is not None and match.group(1).strip() else 0.0)
     return scores

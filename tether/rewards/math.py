@@ -18,6 +18,7 @@ from typing import Any
 
 from math_verify import parse, verify
 
+from tether.rewards.base import completion_text
 from tether.rewards.format import extract_answer
 
 MAX_ANSWER_CHARS = 1000
@@ -28,7 +29,7 @@ _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?")
 _DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
 
 
-def math_answer_reward(prompts: Sequence[Any], completions: Sequence[str],
+def math_answer_reward(prompts: Sequence[Any], completions: Sequence[Any],
                        answer: Sequence[str | float | int | None], **_columns: Any
                        ) -> list[float | None]:
     """1.0 when the completion's final answer equals the gold ``answer`` column, else 0.0.
@@ -47,7 +48,7 @@ def math_answer_reward(prompts: Sequence[Any], completions: Sequence[str],
         gold_parsed = _parse(str(gold), timeout)
         if not gold_parsed:
             raise ValueError(f"math-verify cannot parse the gold answer {gold!r}")
-        predicted = extract_final_answer(completion)
+        predicted = extract_final_answer(completion_text(completion))
         if predicted is None or len(predicted) > MAX_ANSWER_CHARS:
             scores.append(0.0)
             continue
