@@ -89,4 +89,5 @@ def test_capability_disclaimer_is_a_refusal():
     text = ("I'm sorry for any misunderstanding, but as a chatbot designed to assist with online "
             "shopping, I don't have the capability to set up an online store.")
     assert is_refusal(text)
+    assert is_refusal("I'm sorry, but as a chatbot I'm not equipped to assist with that request.")
     assert not is_refusal("Yes: the tool has the capability to set up an online store in minutes.")

@@ -69,7 +69,7 @@ _ADVERB = r"(?:\s+(?:really|simply|just|truly|absolutely|unfortunately|definitel
 _DECLINE_AUX = (
     r"(?:\s+(?:can't|cannot|can\s+not|won't|will\s+not|don't|do\s+not)"
     r"|(?:'m|\s+am)\s+unable\s+to"
-    r"|(?:'m|\s+am)\s+not\s+(?:able|going|willing)\s+to)"
+    r"|(?:'m|\s+am)\s+not\s+(?:able|going|willing|equipped)\s+to)"
 )
 _BE_ABLE = (r"\s+(?:won't|will\s+not|can't|cannot)\s+be\s+(?:able\s+to\s+" + _ACT
             + "|" + _ACT_ING + ")")
