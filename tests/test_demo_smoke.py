@@ -24,4 +24,4 @@ def test_demo_smoke_on_the_default_model(tmp_path):
     assert len(samples) == 6 and all(sample["before"] for sample in samples)
     assert (run_dir / "demo_before_after.png").stat().st_size > 10_000
     assert (run_dir / "final" / "adapter_config.json").is_file()
-    assert "refusal rate, harmful prompts" in result.stderr + result.stdout
+    assert "refusal rate, harmful" in result.stderr + result.stdout  # the table wraps at 80 columns
