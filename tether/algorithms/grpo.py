@@ -37,6 +37,14 @@ def completion_token_logps(model, rollout: RolloutBatch, rows: torch.Tensor | No
                        position_ids=position_ids[rows])  # (rows, L)
 
 
+def reward_columns(tasks, repeat: int = 1) -> dict[str, list]:
+    """The dataset columns reward functions receive (``answer`` and every extra), one per row."""
+    columns = {"answer": [t.answer for t in tasks for _ in range(repeat)]}
+    for key in tasks[0].extras:
+        columns[key] = [t.extras.get(key) for t in tasks for _ in range(repeat)]
+    return columns
+
+
 def compute_advantages(rewards: torch.Tensor, config: GRPOConfig) -> torch.Tensor:
     settings = config.grpo
     if settings.rloo:
@@ -60,11 +68,8 @@ def evaluate_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> dict
     rollout = sampler.sample([r.prompt for r in records], RolloutConfig(
         num_samples=1, temperature=0.0, stop=settings.stop,
         max_new_tokens=settings.eval_max_new_tokens or settings.max_new_tokens))
-    columns = {"answer": [r.answer for r in records]}
-    for key in records[0].extras:
-        columns[key] = [r.extras.get(key) for r in records]
-    _, per_reward, _ = combine_rewards(specs, [r.prompt for r in records], rollout.texts, columns,
-                                       on_error="score_failed")
+    _, per_reward, _ = combine_rewards(specs, [r.prompt for r in records], rollout.texts,
+                                       reward_columns(records), on_error="score_failed")
     metrics = {}
     for name, values in per_reward.items():
         scored = [v for v in values if v is not None]
@@ -134,11 +139,9 @@ def train_grpo(config: GRPOConfig) -> Path:
             model.train()
 
             # ---- rewards and advantages ----------------------------------------------------
-            columns = {"answer": [t.answer for t in batch_tasks for _ in range(n)]}
-            for key in batch_tasks[0].extras:
-                columns[key] = [t.extras.get(key) for t in batch_tasks for _ in range(n)]
             prompts = [t.prompt for t in batch_tasks for _ in range(n)]
-            totals, _, metrics = combine_rewards(specs, prompts, rollout.texts, columns,
+            totals, _, metrics = combine_rewards(specs, prompts, rollout.texts,
+                                                 reward_columns(batch_tasks, n),
                                                  on_error=settings.on_reward_error)
             rewards = torch.tensor(totals)  # (P*N,)
             lengths = rollout.completion_mask.sum(1)  # (P*N,)

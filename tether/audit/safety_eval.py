@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from tether.audit.refusal import is_refusal
-from tether.data import PreferenceRecord, encode_preference, pad_batch
-from tether.losses.logprobs import completion_logps
+from tether.algorithms.dpo import PreferenceExamples, collate_pairs, pair_logps
+from tether.data import PreferenceRecord, encode_preference
 from tether.rollout.generate import generate_responses
 
 
@@ -24,14 +24,11 @@ def preference_accuracy(model, tokenizer, pairs: list[PreferenceRecord], *, max_
     model.eval()
     wins = 0
     for start in range(0, len(pairs), batch_size):
-        encoded = [encode_preference(p, tokenizer, max_length) for p in pairs[start:start + batch_size]]
-        rows = [{"input_ids": e["prompt_ids"] + e[side], "labels": [0] * len(e["prompt_ids"]) + [1] * len(e[side])}
-                for side in ("chosen_ids", "rejected_ids") for e in encoded]
-        batch = pad_batch(rows, tokenizer.pad_token_id)
+        chunk = PreferenceExamples([encode_preference(p, tokenizer, max_length)
+                                    for p in pairs[start:start + batch_size]])
+        batch = collate_pairs(chunk, list(range(len(chunk))), tokenizer.pad_token_id)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logps = completion_logps(model, batch["input_ids"], batch["attention_mask"],
-                                     (batch["labels"] == 1).long(), average=True)  # (2B,)
-        chosen, rejected = logps[:len(encoded)], logps[len(encoded):]
+            chosen, rejected = pair_logps(model, batch, average=True)  # (B,), (B,)
         wins += int((chosen > rejected).sum())
     model.train(was_training)
     return wins / max(len(pairs), 1)
