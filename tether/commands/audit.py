@@ -1,0 +1,38 @@
+"""``tether audit ...``: three tools under one word.
+
+    tether audit --baseline PATH --candidate PATH [--suite default] [--fail-on "over_refusal>+5pp"]
+    tether audit data FILE                 # what a preference file rewards; suspicious pairs
+    tether audit overoptimization ...      # best-of-n sweep: where a proxy reward stops helping
+
+Each tool parses its own arguments (``main(argv)`` in its module).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+TOOLS = {
+    "data": "tether.audit.data_audit",
+    "overoptimization": "tether.audit.overoptimization",
+}
+MODEL_AUDIT = "tether.audit.cli"
+
+
+def _audit(args: argparse.Namespace) -> None:
+    words = list(args.words)
+    module = TOOLS.get(words[0]) if words else None
+    if module is not None:
+        words = words[1:]
+    status = importlib.import_module(module or MODEL_AUDIT).main(words)
+    if status:
+        raise SystemExit(status)
+
+
+def register(commands) -> None:
+    audit = commands.add_parser(
+        "audit", help="what post-training did to a model (or what a preference file rewards)",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False)
+    audit.add_argument("words", nargs=argparse.REMAINDER)
+    audit.set_defaults(handler=_audit)
