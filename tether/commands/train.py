@@ -5,22 +5,29 @@ from __future__ import annotations
 import argparse
 import importlib
 
-# algorithm name -> (config class in tether.config, "module:function" that trains)
+# algorithm name -> ("module:ConfigClass", "module:function that trains")
 TRAINERS = {
-    "sft": ("SFTConfig", "tether.algorithms.sft:train_sft"),
-    "dpo": ("DPOConfig", "tether.algorithms.dpo:train_dpo"),
-    "grpo": ("GRPOConfig", "tether.algorithms.grpo:train_grpo"),
+    "sft": ("tether.config:SFTConfig", "tether.algorithms.sft:train_sft"),
+    "dpo": ("tether.config:DPOConfig", "tether.algorithms.dpo:train_dpo"),
+    "grpo": ("tether.config:GRPOConfig", "tether.algorithms.grpo:train_grpo"),
+    "reward": ("tether.algorithms.reward:RewardModelConfig", "tether.algorithms.reward:train_reward_model"),
+    "ppo": ("tether.algorithms.ppo:PPOConfig", "tether.algorithms.ppo:train_ppo"),
+    "rlhf": ("tether.algorithms.rlhf:RLHFConfig", "tether.algorithms.rlhf:run_rlhf"),
+    "cai": ("tether.algorithms.cai:CAIConfig", "tether.algorithms.cai:run_cai"),
 }
 
 
 def _train(args: argparse.Namespace) -> None:
-    from tether import config as configs
+    from tether.config import load_config
 
-    config_name, target = TRAINERS[args.algorithm]
-    module_name, function_name = target.split(":")
-    train = getattr(importlib.import_module(module_name), function_name)
+    config_class, train = (_resolve(target) for target in TRAINERS[args.algorithm])
     overrides = list(args.overrides) + (["train.resume=true"] if args.resume else [])
-    train(configs.load_config(getattr(configs, config_name), args.config, overrides))
+    train(load_config(config_class, args.config, overrides))
+
+
+def _resolve(target: str):
+    module_name, attribute = target.split(":")
+    return getattr(importlib.import_module(module_name), attribute)
 
 
 def register(commands) -> None:
