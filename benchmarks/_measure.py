@@ -163,3 +163,51 @@ def child_env(threads: int) -> dict[str, str]:
                                                      env.get("PYTHONPATH")])),
     })
     return env
+
+
+def side_by_side(script: str, args, prepare, compare, ratios, *, title: str, ok_key: str) -> int:
+    """The driver both TRL benchmarks share.
+
+    ``prepare(args, work_dir) -> spec`` writes the common inputs; each name in ``args.order``
+    then runs ``script --child NAME --spec FILE`` in a fresh process, one after the other, and
+    its result JSON gets the child's peak RSS, wall time and load averages. ``compare(spec,
+    results) -> (report, ok)`` prints the comparison; ``ratios(results) -> dict`` goes in the
+    ``--json`` file under ``ratios``, with ``ok`` under ``ok_key``. Exit status: 0 when the
+    two runs did the same job (``ok``), the failing child's code when one fails.
+    """
+    import json
+    import tempfile
+
+    temp = None if args.work_dir else tempfile.TemporaryDirectory(prefix=Path(script).stem + "-")
+    work_dir = Path(args.work_dir or temp.name).resolve()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        spec = prepare(args, work_dir)
+        print(title.format(spec=spec), flush=True)
+        results: dict[str, dict] = {}
+        for name in args.order:
+            child_spec = {**spec, "result_path": str(work_dir / f"result-{name}.json")}
+            spec_path = work_dir / f"spec-{name}.json"
+            spec_path.write_text(json.dumps(child_spec, indent=2))
+            load_before = os.getloadavg()[0]
+            print(f"\n=== {name} (load average {load_before:.2f}) ===", flush=True)
+            child = run_child([sys.executable, script, "--child", name, "--spec", str(spec_path)],
+                              env=child_env(args.threads))
+            if child.returncode != 0:
+                print(f"{name} failed with exit code {child.returncode}", file=sys.stderr)
+                return child.returncode or 1
+            results[name] = json.loads(Path(child_spec["result_path"]).read_text())
+            results[name].update(maxrss_mb=child.maxrss_mb, process_wall_s=child.wall_s,
+                                 load_avg_before=load_before, load_avg_after=os.getloadavg()[0])
+        report, ok = compare(spec, results)
+        print("\n" + report)
+        if args.json:
+            payload = {"spec": {k: v for k, v in spec.items() if k != "work_dir"},
+                       "environment": environment(), "results": results,
+                       "ratios": ratios(results), ok_key: ok}
+            Path(args.json).write_text(json.dumps(payload, indent=2))
+            print(f"results written to {args.json}")
+        return 0 if ok else 1
+    finally:
+        if temp is not None:
+            temp.cleanup()

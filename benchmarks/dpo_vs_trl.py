@@ -30,16 +30,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import (RssSampler, child_env, environment, fmt,  # noqa: E402
-                      format_table, maxrss_mb, median, ratio, run_child)
+from _measure import (RssSampler, fmt, side_by_side,  # noqa: E402
+                      format_table, maxrss_mb, median, ratio)
 
 REPO = Path(__file__).resolve().parent.parent
 SAFETY_PAIRS = REPO / "tether" / "resources" / "safety" / "train.jsonl"
@@ -368,45 +366,13 @@ def main(argv: list[str] | None = None) -> int:
         (run_trl if args.child == "trl" else run_tether)(spec)
         return 0
 
-    temp = None if args.work_dir else tempfile.TemporaryDirectory(prefix="dpo-vs-trl-")
-    work_dir = Path(args.work_dir or temp.name).resolve()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        spec = prepare(args, work_dir)
-        print(f"DPO benchmark: model={args.model} lora={args.lora} bf16={args.bf16} steps={args.steps} "
-              f"batch={args.batch_size} max_length={args.max_length} pairs={args.pairs} "
-              f"data={spec['data_source']} threads={args.threads}", flush=True)
-        results: dict[str, dict] = {}
-        for name in args.order:
-            child_spec = {**spec, "result_path": str(work_dir / f"result-{name}.json")}
-            spec_path = work_dir / f"spec-{name}.json"
-            spec_path.write_text(json.dumps(child_spec, indent=2))
-            load_before = os.getloadavg()[0]
-            print(f"\n=== {name} (load average {load_before:.2f}) ===", flush=True)
-            child = run_child([sys.executable, __file__, "--child", name, "--spec", str(spec_path)],
-                              env=child_env(args.threads))
-            if child.returncode != 0:
-                print(f"{name} failed with exit code {child.returncode}", file=sys.stderr)
-                return child.returncode or 1
-            results[name] = json.loads(Path(child_spec["result_path"]).read_text())
-            results[name].update(maxrss_mb=child.maxrss_mb, process_wall_s=child.wall_s,
-                                 load_avg_before=load_before, load_avg_after=os.getloadavg()[0])
-        report, ok = compare(spec, results)
-        print("\n" + report)
-        if args.json:
-            trl, tether = results["trl"], results["tether"]
-            payload = {"spec": {k: v for k, v in spec.items() if k != "work_dir"},
-                       "environment": environment(), "results": results,
-                       "ratios": {"pairs_per_s": ratio(tether["pairs_per_s"], trl["pairs_per_s"]),
-                                  "peak_rss": ratio(tether["maxrss_mb"], trl["maxrss_mb"])},
-                       "first_loss_ok": ok}
-            Path(args.json).write_text(json.dumps(payload, indent=2))
-            print(f"results written to {args.json}")
-        return 0 if ok else 1
-    finally:
-        if temp is not None:
-            temp.cleanup()
-
+    return side_by_side(__file__, args, prepare, compare,
+                        lambda r: {"pairs_per_s": ratio(r["tether"]["pairs_per_s"], r["trl"]["pairs_per_s"]),
+                                   "peak_rss": ratio(r["tether"]["maxrss_mb"], r["trl"]["maxrss_mb"])},
+                        title=("DPO benchmark: model={spec[model]} lora={spec[lora]} bf16={spec[bf16]} steps={spec[steps]} "
+                 "batch={spec[batch_size]} max_length={spec[max_length]} pairs={spec[pairs_in_file]} "
+                 "data={spec[data_source]} threads={spec[threads]}"),
+                        ok_key="first_loss_ok")
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -36,15 +36,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import (RssSampler, child_env, environment, fmt,  # noqa: E402
-                      format_table, maxrss_mb, median, ratio, run_child)
+from _measure import (RssSampler, fmt, side_by_side,  # noqa: E402
+                      format_table, maxrss_mb, median, ratio)
 
 REPO = Path(__file__).resolve().parent.parent
 ARITH_TASKS = REPO / "tether" / "resources" / "arith" / "train.jsonl"
@@ -209,21 +207,6 @@ def run_tether(spec: dict) -> None:
 
 # ---- TRL child ---------------------------------------------------------------------------
 
-def on_text(reward):
-    """``reward`` called with the completions' text.
-
-    For conversational prompts TRL passes each completion as ``[{"role": "assistant",
-    "content": text}]``; tether's rewards read plain text (what tether's own loop passes them),
-    so the message's content is handed on. The name stays, for TRL's ``rewards/{name}`` logs.
-    """
-    def with_text(prompts, completions, **columns):
-        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
-        return reward(prompts, texts, **columns)
-
-    with_text.__name__ = reward.__name__
-    return with_text
-
-
 def run_trl(spec: dict) -> None:
     """``trl.GRPOTrainer`` on the same model, tasks and task order. Span: ``trainer.train()``."""
     import torch
@@ -296,7 +279,7 @@ def run_trl(spec: dict) -> None:
         raise SystemExit(f"TRL resolved generation_batch_size={args.generation_batch_size}, "
                          f"steps_per_generation={args.steps_per_generation}; expected {rows_per_step}, 1")
     timer = StepTimes()
-    rewards = [on_text(resolve_reward(name)) for name, _ in REWARDS]
+    rewards = [resolve_reward(name) for name, _ in REWARDS]  # they read conversational completions too
     trainer = TimedGRPOTrainer(model=model, reward_funcs=rewards, args=args, train_dataset=dataset,
                                processing_class=tokenizer, peft_config=peft_config, callbacks=[timer])
     start_checksum = trainable_checksum(trainer.model)
@@ -445,48 +428,16 @@ def main(argv: list[str] | None = None) -> int:
         (run_trl if args.child == "trl" else run_tether)(spec)
         return 0
 
-    temp = None if args.work_dir else tempfile.TemporaryDirectory(prefix="grpo-vs-trl-")
-    work_dir = Path(args.work_dir or temp.name).resolve()
-    work_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        spec = prepare(args, work_dir)
-        print(f"GRPO benchmark: model={args.model} lora={args.lora} bf16={args.bf16} steps={args.steps} "
-              f"prompts/step={args.prompts_per_step} generations={args.num_generations} "
-              f"max_new_tokens={args.max_new_tokens} lr={args.lr:g} threads={args.threads} "
-              f"tasks={spec['data_source']}", flush=True)
-        results: dict[str, dict] = {}
-        for name in args.order:
-            child_spec = {**spec, "result_path": str(work_dir / f"result-{name}.json")}
-            spec_path = work_dir / f"spec-{name}.json"
-            spec_path.write_text(json.dumps(child_spec, indent=2))
-            load_before = os.getloadavg()[0]
-            print(f"\n=== {name} (load average {load_before:.2f}) ===", flush=True)
-            child = run_child([sys.executable, __file__, "--child", name, "--spec", str(spec_path)],
-                              env=child_env(args.threads))
-            if child.returncode != 0:
-                print(f"{name} failed with exit code {child.returncode}", file=sys.stderr)
-                return child.returncode or 1
-            results[name] = json.loads(Path(child_spec["result_path"]).read_text())
-            results[name].update(maxrss_mb=child.maxrss_mb, process_wall_s=child.wall_s,
-                                 load_avg_before=load_before, load_avg_after=os.getloadavg()[0])
-        report, ok = compare(results)
-        print("\n" + report)
-        if args.json:
-            trl, tether = results["trl"], results["tether"]
-            payload = {"spec": {k: v for k, v in spec.items() if k != "work_dir"},
-                       "environment": environment(), "results": results,
-                       "ratios": {"completions_per_s": ratio(tether["completions_per_s"], trl["completions_per_s"]),
-                                  "completion_tokens_per_s": ratio(tether["completion_tokens_per_s"],
-                                                                   trl["completion_tokens_per_s"]),
-                                  "peak_rss": ratio(tether["maxrss_mb"], trl["maxrss_mb"])},
-                       "same_job": ok}
-            Path(args.json).write_text(json.dumps(payload, indent=2))
-            print(f"results written to {args.json}")
-        return 0 if ok else 1
-    finally:
-        if temp is not None:
-            temp.cleanup()
-
+    return side_by_side(__file__, args, prepare, lambda spec, results: compare(results),
+                        lambda r: {"completions_per_s": ratio(r["tether"]["completions_per_s"], r["trl"]["completions_per_s"]),
+                                   "completion_tokens_per_s": ratio(r["tether"]["completion_tokens_per_s"],
+                                                                    r["trl"]["completion_tokens_per_s"]),
+                                   "peak_rss": ratio(r["tether"]["maxrss_mb"], r["trl"]["maxrss_mb"])},
+                        title=("GRPO benchmark: model={spec[model]} lora={spec[lora]} bf16={spec[bf16]} steps={spec[steps]} "
+                 "prompts/step={spec[prompts_per_step]} generations={spec[num_generations]} "
+                 "max_new_tokens={spec[max_new_tokens]} lr={spec[lr]:g} threads={spec[threads]} "
+                 "tasks={spec[data_source]}"),
+                        ok_key="same_job")
 
 if __name__ == "__main__":
     raise SystemExit(main())
