@@ -45,9 +45,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = list(getattr(args, "overrides", [])) + extra
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # tether draws its own bars; per-file loading bars are noise
     try:
         args.handler(args)
     except TetherError as error:

@@ -168,8 +168,13 @@ def _preference(row: dict, record_id: str | None, out: _Problems) -> PreferenceR
         out.add("rejected", "identical to 'chosen'; a preference pair needs two different "
                             "responses")
         return None
+    group_id = row.get("group_id")
+    if group_id is not None and not isinstance(group_id, (str, int)):
+        out.add("group_id", f"must be a string or an integer, got {type(group_id).__name__}")
+        return None
     return PreferenceRecord(prompt=prompt, chosen=chosen, rejected=rejected, id=record_id,
-                            location=out.location)
+                            location=out.location,
+                            group_id=None if group_id is None else str(group_id))
 
 
 def _ranking(row: dict, record_id: str | None, out: _Problems) -> RankingRecord | None:

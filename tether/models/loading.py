@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedModel,
                           PreTrainedTokenizerBase)
+from transformers.utils import logging as hf_logging
 
 from tether.errors import ModelNotFoundError, TetherError
 from tether.models.default_model import (
@@ -49,6 +50,7 @@ def load_model(name_or_path: str | os.PathLike = "default", *, dtype: torch.dtyp
     Raises:
         ModelNotFoundError: the name is not ``"default"`` and not a local checkpoint directory.
     """
+    hf_logging.disable_progress_bar()  # tether draws its own bars; per-file loading bars are noise
     path = _resolve(str(name_or_path))
     if (path / "adapter_config.json").is_file():
         return _load_adapter(path, dtype)

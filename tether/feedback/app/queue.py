@@ -1,0 +1,252 @@
+"""The labeling queue: lease the next item to an annotator, take their verdict, skip.
+
+Rules, with N = ``project.required_judgments``:
+
+- A regular item is open while (submitted judgments + unexpired leases) < N. Gold items have no
+  cap: every annotator may get each gold item once.
+- Nobody gets an item twice: ``assignments(item_id, user_id)`` is unique. An annotator's own
+  expired lease is the one exception: the same row is leased to them again.
+- A lease expires after ``project.lease_seconds``; an expired lease no longer holds a slot, so
+  the item goes back to the queue. A late submission is still taken while a slot is free, and
+  refused (409) once others have filled the item.
+- Gold items are mixed in so that after t items an annotator has judged floor(t * gold_rate)
+  gold ones.
+- Blinding: each assignment stores a random order of the candidates; pages and the API show
+  positions (left/right, 1..K) and never candidate ids or model names.
+
+Concurrency: on SQLite every transaction holds the write lock from its start (db.py), so the
+count-then-insert below is atomic. On PostgreSQL the item row is locked (``FOR UPDATE``) and the
+count repeated before a lease or judgment is written.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, case, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from tether.feedback.app.errors import Conflict, Invalid, NotFound
+from tether.feedback.app.models import Assignment, Item, JudgmentRow, Project, User, utcnow
+from tether.feedback.app.projects import current_guidelines
+from tether.feedback.records import Judgment
+from tether.feedback.verdicts import verdict_problem
+
+PAIRWISE_CHOICES = ("left", "right", "tie", "both_bad")
+CANDIDATES_SCANNED = 20  # items tried per lease before giving up (others may fill them first)
+_shuffle = random.SystemRandom().shuffle
+
+
+def _holds_slot(now: datetime):
+    """SQL condition: this assignment counts against the item's N."""
+    return or_(Assignment.status == "submitted",
+               and_(Assignment.status == "leased", Assignment.expires_at > now))
+
+
+def _slots_taken(db: Session, item_id: int, now: datetime, *, excluding_user: int | None = None
+                 ) -> int:
+    query = (select(func.count()).select_from(Assignment)
+             .where(Assignment.item_id == item_id, _holds_slot(now)))
+    if excluding_user is not None:
+        query = query.where(Assignment.user_id != excluding_user)
+    return db.scalar(query)
+
+
+def _lock_item(db: Session, item_id: int) -> Item:
+    # FOR UPDATE on PostgreSQL; SQLAlchemy leaves it out on SQLite, which is locked whole
+    return db.scalar(select(Item).where(Item.id == item_id).with_for_update())
+
+
+def open_lease(db: Session, project: Project, user: User, now: datetime | None = None
+               ) -> Assignment | None:
+    now = now or utcnow()
+    return db.scalar(select(Assignment).join(Item)
+                     .where(Item.project_id == project.id, Assignment.user_id == user.id,
+                            Assignment.status == "leased", Assignment.expires_at > now)
+                     .order_by(Assignment.id).limit(1))
+
+
+def _gold_turn(db: Session, project: Project, user: User) -> bool:
+    done = db.execute(select(func.count(), func.coalesce(func.sum(case((Item.is_gold, 1), else_=0)), 0))
+                      .select_from(Assignment).join(Item)
+                      .where(Item.project_id == project.id, Assignment.user_id == user.id,
+                             Assignment.status.in_(("submitted", "skipped")))).one()
+    total, gold = int(done[0]), int(done[1])
+    return math.floor((total + 1) * project.gold_rate) > gold
+
+
+def _candidates(db: Session, project: Project, user: User, gold: bool, now: datetime
+                ) -> list[int]:
+    taken = (select(func.count()).select_from(Assignment)
+             .where(Assignment.item_id == Item.id, _holds_slot(now)).scalar_subquery())
+    mine = exists().where(Assignment.item_id == Item.id, Assignment.user_id == user.id,
+                          Assignment.status.in_(("submitted", "skipped")))
+    judged = exists().where(JudgmentRow.item_id == Item.id,
+                            JudgmentRow.annotator == user.username)
+    query = (select(Item.id).where(Item.project_id == project.id, Item.is_gold == gold,
+                                   ~mine, ~judged)
+             .order_by(Item.id).limit(CANDIDATES_SCANNED))
+    if not gold:
+        query = query.where(taken < project.required_judgments)
+    return list(db.scalars(query))
+
+
+def lease_next(db: Session, project: Project, user: User, now: datetime | None = None
+               ) -> Assignment | None:
+    """The user's open lease in this project, or a new one; None when nothing is left for them."""
+    now = now or utcnow()
+    current = open_lease(db, project, user, now)
+    if current is not None:
+        return current
+    gold_turn = project.gold_rate > 0 and _gold_turn(db, project, user)
+    kinds = (True, False) if gold_turn else (False,)
+    for gold in kinds:
+        for item_id in _candidates(db, project, user, gold, now):
+            item = _lock_item(db, item_id)
+            if not gold and _slots_taken(db, item_id, now) >= project.required_judgments:
+                continue  # filled since the candidate query ran (PostgreSQL only)
+            return _lease(db, project, item, user, now)
+    return None
+
+
+def _lease(db: Session, project: Project, item: Item, user: User, now: datetime) -> Assignment:
+    order = [c["id"] for c in item.candidates]
+    _shuffle(order)
+    expires = now + timedelta(seconds=project.lease_seconds)
+    assignment = db.scalar(select(Assignment).where(Assignment.item_id == item.id,
+                                                    Assignment.user_id == user.id))
+    if assignment is None:  # the usual case; else the user's own expired lease is renewed
+        assignment = Assignment(item_id=item.id, user_id=user.id)
+        db.add(assignment)
+    assignment.order, assignment.status = order, "leased"
+    assignment.leased_at, assignment.expires_at = now, expires
+    db.flush()
+    return assignment
+
+
+def get_assignment(db: Session, assignment_id: int, user: User) -> Assignment:
+    """The user's own assignment; another user's is reported as missing, not as forbidden, so
+    ids cannot be probed."""
+    assignment = db.get(Assignment, assignment_id)
+    if assignment is None or assignment.user_id != user.id:
+        raise NotFound(f"no assignment {assignment_id}")
+    return assignment
+
+
+def verdict_from_positions(task: str, order: list[str], *, choice: str | None = None,
+                           ranks: list[Any] | None = None, ratings: list[Any] | None = None,
+                           not_rankable: bool = False) -> dict[str, Any]:
+    """A verdict in candidate ids from what the annotator saw: ``choice`` left/right/tie/
+    both_bad (pairwise), or ``ranks`` / ``ratings`` listed by shown position."""
+    if task == "pairwise":
+        if choice not in PAIRWISE_CHOICES:
+            raise Invalid(f"choice must be one of {', '.join(PAIRWISE_CHOICES)}, got {choice!r}")
+        winner = {"left": order[0], "right": order[-1]}.get(choice, choice)
+        return {"winner": winner}
+    if task == "ranking" and not_rankable:
+        return {"not_rankable": True}
+    values = ranks if task == "ranking" else ratings
+    what = "ranks" if task == "ranking" else "ratings"
+    if not isinstance(values, list) or len(values) != len(order):
+        raise Invalid(f"give {len(order)} {what}, one per candidate in the order shown")
+    numbers = []
+    for position, value in enumerate(values, start=1):
+        try:
+            numbers.append(int(str(value).strip()))
+        except ValueError:
+            raise Invalid(f"{what[:-1]} for candidate {position} must be a whole number, "
+                          f"got {value!r}") from None
+    return {what: dict(zip(order, numbers))}
+
+
+def submit(db: Session, assignment: Assignment, user: User, verdict: dict[str, Any], *,
+           reason: str | None = None, now: datetime | None = None) -> JudgmentRow:
+    """Record the user's verdict (candidate ids) on their assignment."""
+    now = now or utcnow()
+    item = _lock_item(db, assignment.item_id)
+    db.refresh(assignment)  # the state as of the lock, not as first read
+    project = db.get(Project, item.project_id)
+    if assignment.user_id != user.id:
+        raise NotFound(f"no assignment {assignment.id}")
+    if assignment.status != "leased":
+        raise Conflict(f"this item was already {assignment.status}")
+    if (assignment.expires_at <= now and not item.is_gold
+            and _slots_taken(db, item.id, now, excluding_user=user.id)
+            >= project.required_judgments):
+        raise Conflict("the lease expired and other annotators have completed this item")
+    ids = [c["id"] for c in item.candidates]
+    problem = verdict_problem(project.task, verdict, ids, rating_scale=project.rating_scale)
+    if problem is not None:
+        raise Invalid(problem)
+    guidelines = current_guidelines(db, project)
+    judgment = JudgmentRow(
+        item_id=item.id, user_id=user.id, annotator=user.username, assignment_id=assignment.id,
+        task=project.task, verdict=verdict, source="human", reason=(reason or "").strip() or None,
+        shown_left=assignment.order[0] if project.task == "pairwise" else None,
+        guidelines_version=guidelines.version if guidelines else None,
+        seconds=round((now - assignment.leased_at).total_seconds(), 3), created_at=now)
+    db.add(judgment)
+    assignment.status = "submitted"
+    db.flush()
+    return judgment
+
+
+def skip(db: Session, assignment: Assignment, user: User) -> None:
+    """Give the item back to the queue for others; this user will not be offered it again."""
+    if assignment.user_id != user.id:
+        raise NotFound(f"no assignment {assignment.id}")
+    if assignment.status != "leased":
+        raise Conflict(f"this item was already {assignment.status}")
+    assignment.status = "skipped"
+    db.flush()
+
+
+def add_ai_judgments(db: Session, project: Project, user: User, judgments: list[Judgment]
+                     ) -> tuple[int, list[str]]:
+    """Store AI judge verdicts (``source="ai"``) posted in bulk by ``user`` (a judge or admin).
+
+    All-or-nothing on invalid input (``Invalid`` naming the index); a judgment whose
+    (item, annotator) is already stored is left as it is and reported, so a judge bot can
+    retry a batch. Returns ``(created, duplicate item ids)``.
+    """
+    items = {i.external_id: i for i in db.scalars(select(Item).where(
+        Item.project_id == project.id, Item.external_id.in_({j.item_id for j in judgments})))}
+    humans = set(db.scalars(select(User.username).where(User.role != "judge",
+                                                        User.id != user.id)))
+    for index, judgment in enumerate(judgments):
+        where = f"judgments[{index}] (item {judgment.item_id!r})"
+        if judgment.source != "ai":
+            raise Invalid(f"{where}: bulk upload takes source='ai' judgments only")
+        if judgment.item_id not in items:
+            raise Invalid(f"{where}: no such item in project {project.name!r}")
+        if judgment.task != project.task:
+            raise Invalid(f"{where}: task {judgment.task!r} but the project is {project.task!r}")
+        if judgment.annotator in humans:
+            raise Invalid(f"{where}: annotator {judgment.annotator!r} is another user's name")
+        ids = [c["id"] for c in items[judgment.item_id].candidates]
+        problem = verdict_problem(project.task, judgment.verdict, ids,
+                                  rating_scale=project.rating_scale)
+        if problem is not None:
+            raise Invalid(f"{where}: {problem}")
+    existing = {(row[0], row[1]) for row in db.execute(
+        select(JudgmentRow.item_id, JudgmentRow.annotator)
+        .where(JudgmentRow.item_id.in_([i.id for i in items.values()])))}
+    created, duplicates = 0, []
+    for judgment in judgments:
+        item = items[judgment.item_id]
+        if (item.id, judgment.annotator) in existing:
+            duplicates.append(judgment.item_id)
+            continue
+        existing.add((item.id, judgment.annotator))
+        db.add(JudgmentRow(
+            item_id=item.id, user_id=user.id, annotator=judgment.annotator, task=judgment.task,
+            verdict=judgment.verdict, source="ai", reason=judgment.reason,
+            shown_left=judgment.shown_left, guidelines_version=judgment.guidelines_version,
+            constitution_version=judgment.constitution_version, seconds=judgment.seconds,
+            created_at=judgment.created_at))
+        created += 1
+    db.flush()
+    return created, duplicates
