@@ -13,13 +13,21 @@ $(BIN)/tether: pyproject.toml
 
 install: $(BIN)/tether
 
+# The labeling app's browser tests drive Debian's Chromium (no browser download from Playwright).
+/usr/bin/chromium:
+	@if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null; \
+	elif command -v sudo >/dev/null; then sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; \
+	else echo "warning: cannot install chromium (not root); the browser tests will be skipped" >&2; fi
+
+browser: /usr/bin/chromium
+
 demo: install
 	$(BIN)/tether demo
 
-test: install
+test: install browser
 	$(BIN)/pytest -q
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"
 
-.PHONY: install demo test test-fast
+.PHONY: install browser demo test test-fast
