@@ -51,7 +51,7 @@ def load_model(name_or_path: str | os.PathLike = "default", *, dtype: torch.dtyp
         ModelNotFoundError: the name is not ``"default"`` and not a local checkpoint directory.
     """
     hf_logging.disable_progress_bar()  # tether draws its own bars; per-file loading bars are noise
-    path = _resolve(str(name_or_path))
+    path = resolve_model_path(str(name_or_path))
     if (path / "adapter_config.json").is_file():
         return _load_adapter(path, dtype)
     _require_config(path)
@@ -113,7 +113,7 @@ def save_model(model, tokenizer, directory: str | os.PathLike) -> Path:
     return directory
 
 
-def _resolve(name: str) -> Path:
+def resolve_model_path(name: str) -> Path:
     """A model name -> an existing local directory, or ModelNotFoundError."""
     if is_default_name(name):
         return default_model_dir()
@@ -152,7 +152,7 @@ def _load_adapter(path: Path, dtype: torch.dtype):
 
     base_name = _adapter_base_name(path)
     try:
-        base_path = _resolve(base_name)
+        base_path = resolve_model_path(base_name)
         if (base_path / "adapter_config.json").is_file():
             raise ModelNotFoundError(f"{base_path} is itself an adapter; merge it first "
                                      "(merge_lora, then save_model) to use it as a base.")

@@ -11,21 +11,30 @@ from tether.rewards.base import RewardSpec
 from tether.rewards.code import code_test_reward
 from tether.rewards.format import think_answer_format_reward
 from tether.rewards.math import math_answer_reward
+from tether.rewards.planted import length_penalized_gold, length_proxy
 
 BUILT_IN: dict[str, Callable] = {
     "math_answer": math_answer_reward,
     "think_answer_format": think_answer_format_reward,
     "code_tests": code_test_reward,
+    "length_proxy": length_proxy,
+    "length_penalized_gold": length_penalized_gold,
 }
+REWARD_MODEL = "reward_model:"  # "reward_model:PATH" scores with a trained reward model
 
 
 def resolve_reward(name: str) -> Callable:
-    """A built-in name, or ``package.module:function`` for a user's own reward function."""
+    """A built-in name, ``reward_model:PATH`` (a checkpoint from ``tether train reward``), or
+    ``package.module:function`` for a user's own reward function."""
     if name in BUILT_IN:
         return BUILT_IN[name]
+    if name.startswith(REWARD_MODEL):
+        from tether.rewards.reward_model import RewardModelScorer  # loads transformers: only when used
+
+        return RewardModelScorer(name[len(REWARD_MODEL):])
     if ":" not in name:
-        raise ConfigError(f"unknown reward {name!r}: use one of {', '.join(BUILT_IN)} "
-                          "or 'package.module:function'")
+        raise ConfigError(f"unknown reward {name!r}: use one of {', '.join(BUILT_IN)}, "
+                          "'reward_model:PATH' or 'package.module:function'")
     module_name, function_name = name.split(":", 1)
     try:
         function = getattr(importlib.import_module(module_name), function_name)
@@ -36,6 +45,11 @@ def resolve_reward(name: str) -> Callable:
     return function
 
 
+def reward_name(name: str) -> str:
+    """The short name metrics use: the function name, or ``reward_model`` for a checkpoint."""
+    return "reward_model" if name.startswith(REWARD_MODEL) else name.rsplit(":", 1)[-1]
+
+
 def reward_specs(settings: list[RewardSettings]) -> list[RewardSpec]:
-    return [RewardSpec(name=s.name.rsplit(":", 1)[-1], fn=resolve_reward(s.name), weight=s.weight)
+    return [RewardSpec(name=reward_name(s.name), fn=resolve_reward(s.name), weight=s.weight)
             for s in settings]
