@@ -23,18 +23,30 @@ import tether.commands
 from tether.errors import TetherError
 
 
+def _command_modules() -> dict:
+    return {info.name: importlib.import_module(f"tether.commands.{info.name}")
+            for info in sorted(pkgutil.iter_modules(tether.commands.__path__), key=lambda m: m.name)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    for module in sorted(pkgutil.iter_modules(tether.commands.__path__), key=lambda m: m.name):
-        importlib.import_module(f"tether.commands.{module.name}").register(commands)
+    for module in _command_modules().values():
+        module.register(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub at run time
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    modules = _command_modules()
+    # A command that parses its own arguments (``tether audit --baseline ...``) gets them whole:
+    # argparse cannot hand a subcommand a remainder that starts with an option.
+    raw = getattr(modules.get(argv[0]) if argv else None, "run_raw", None)
+    if raw is not None:
+        return _run(lambda: raw(argv[1:]))
     parser = build_parser()
     # Overrides may come before or after options (`--config X a.b=c --resume a.d=e`); argparse
     # only gathers the first run of positionals, so collect the rest here.
@@ -45,15 +57,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if extra:
         args.overrides = list(getattr(args, "overrides", [])) + extra
+    return _run(lambda: args.handler(args))
+
+
+def _run(handler) -> int:
     try:
-        args.handler(args)
+        status = handler()
     except TetherError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with --resume", file=sys.stderr)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

@@ -19,14 +19,16 @@ TOOLS = {
 MODEL_AUDIT = "tether.audit.cli"
 
 
-def _audit(args: argparse.Namespace) -> None:
-    words = list(args.words)
+def run_raw(words: list[str]) -> int:
+    """``tether audit WORDS...``: the tool named by the first word, or the model audit."""
     module = TOOLS.get(words[0]) if words else None
     if module is not None:
         words = words[1:]
-    status = importlib.import_module(module or MODEL_AUDIT).main(words)
-    if status:
-        raise SystemExit(status)
+    return importlib.import_module(module or MODEL_AUDIT).main(words) or 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    return run_raw(list(args.words))
 
 
 def register(commands) -> None:

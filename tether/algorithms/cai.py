@@ -1,0 +1,338 @@
+"""Constitutional AI (Bai et al., 2022): harmlessness from AI feedback, in two phases.
+
+    tether train cai --config recipes/cai.yaml
+
+Supervised phase (critique -> revision -> SFT):
+    for each red-team prompt x:  y0 = policy(x)
+        repeat ``critique.revisions`` times, with a principle p drawn at random (seeded):
+            critique_i = policy(x, y_{i-1}, p.critique_request)
+            y_i        = policy(x, y_{i-1}, p.critique_request, critique_i, p.revision_request)
+    SFT on (x, y_final): the policy learns to answer as its own revisions do.
+
+RL-from-AI-feedback phase (here with DPO instead of PPO against a preference model):
+    two samples per prompt from the SFT model -> the AI judge compares them under the
+    constitution, in both orders -> consistent verdicts become (chosen, rejected) pairs ->
+    DPO from the SFT model (which is also the reference).
+
+Every stage writes its output into ``runs/NAME/`` before the next one starts, and a rerun skips
+stages whose output is there (delete a file to redo that stage and the ones after it):
+
+    critiques.jsonl       the trace: principle ids, first answer, critiques and revisions
+    sft.jsonl             SFT records {id, prompt, completion = final revision}
+    sft/                  the SFT run (sft/final: the model; resumes from its checkpoints)
+    rlaif_items.jsonl     FeedbackItems: 2 candidates per prompt from the SFT model
+    judgments.jsonl       the AI judge's Judgments
+    preferences.jsonl     {id, prompt, chosen, rejected}, inconsistent and tied verdicts dropped
+    dpo/                  the DPO run (dpo/final: the CAI model)
+    summary.json          counts and seconds per stage
+
+With LoRA in the SFT stage, DPO keeps training the same adapter (so ``dpo.model.lora`` must be
+unset); the reference model is the SFT model.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from pydantic import Field, field_validator, model_validator
+
+from tether.audit.refusal import is_refusal
+from tether.config import DPOConfig, SFTConfig, Section, resolve_bundled, save_config
+from tether.engine import console, latest_checkpoint
+from tether.errors import ConfigError, TetherError
+from tether.feedback.constitution import DEFAULT_CONSTITUTION, Constitution, load_constitution
+from tether.feedback.generate import (generate_items, load_named_model, read_prompts, read_records,
+                                      write_jsonl)
+from tether.feedback.judge import judge_items
+from tether.feedback.judge_backends import backend_from_spec
+from tether.feedback.preferences import judgments_to_pairs, preference_rows
+from tether.feedback.records import FeedbackItem, Judgment
+from tether.rollout.generate import generate_responses
+
+PIPELINE_SETS = "(set by the CAI pipeline)"
+
+
+def refusal_rate(texts: list[str]) -> float:
+    """Share of texts the refusal detector flags: logged per stage, a cheap view of the shift."""
+    return round(sum(map(is_refusal, texts)) / len(texts), 4) if texts else 0.0
+
+
+class CAIRunSettings(Section):
+    run_name: str = "cai"
+    output_dir: str = "runs"
+    seed: int = 0
+    progress: bool = True
+    threads: int | None = Field(None, gt=0)
+    # `tether train cai --resume` sets this; finished stages are skipped either way.
+    resume: bool = False
+
+
+class PromptSettings(Section):
+    path: str = "tether:resources/safety/train.jsonl"
+    kinds: list[str] | None = ["harmful"]  # keep rows whose "kind" field is listed; None: all
+    limit: int | None = Field(16, gt=0)
+
+    @field_validator("path")
+    @classmethod
+    def _bundled(cls, value: str) -> str:
+        return resolve_bundled(value)
+
+
+class CritiqueSettings(Section):
+    revisions: int = Field(1, gt=0)  # critique -> revision rounds per prompt
+    max_new_tokens: int = Field(96, gt=0)
+    temperature: float = Field(0.0, ge=0)  # 0: greedy
+    batch_size: int = Field(8, gt=0)
+
+
+class RLAIFSettings(Section):
+    prompts: PromptSettings | None = None  # None: the critique stage's prompts
+    num_candidates: int = Field(2, ge=2)
+    max_new_tokens: int = Field(64, gt=0)
+    temperature: float = Field(1.0, gt=0)
+    judge: str = "local:tether:default"  # local:PATH or openai:URL
+    judge_model: str | None = None  # model name for an openai judge
+    api_key_env: str | None = "OPENAI_API_KEY"
+    judge_batch_size: int = Field(4, gt=0)
+
+
+class CAIConfig(Section):
+    train: CAIRunSettings = CAIRunSettings()
+    constitution: str = DEFAULT_CONSTITUTION
+    prompts: PromptSettings = PromptSettings()
+    critique: CritiqueSettings = CritiqueSettings()
+    sft: SFTConfig  # sft.model is the starting policy
+    rlaif: RLAIFSettings = RLAIFSettings()
+    dpo: DPOConfig
+
+    @model_validator(mode="before")
+    @classmethod
+    def _pipeline_fills_paths(cls, data):
+        """The stages' data files, model paths and run folders come from the pipeline; a recipe
+        that sets them would be silently overridden, so refuse it."""
+        if not isinstance(data, dict):
+            return data
+        owned = {"sft": [("data", "train"), ("train", "run_name"), ("train", "output_dir")],
+                 "dpo": [("data", "train"), ("model", "path"), ("train", "run_name"),
+                         ("train", "output_dir")]}
+        for stage, keys in owned.items():
+            section = data.setdefault(stage, {}) or {}
+            data[stage] = section
+            for group, key in keys:
+                # A saved config.yaml holds the placeholder: reading it back must work.
+                values = section.get(group) or {}
+                if values.get(key, PIPELINE_SETS) != PIPELINE_SETS:
+                    raise ValueError(f"{stage}.{group}.{key} is set by the CAI pipeline; remove it")
+                section[group] = {**values, key: PIPELINE_SETS}
+        return data
+
+    @model_validator(mode="after")
+    def _one_adapter(self) -> "CAIConfig":
+        if self.sft.model.lora is not None and self.dpo.model.lora is not None:
+            raise ValueError("with sft.model.lora set, DPO keeps training the SFT adapter: "
+                             "remove dpo.model.lora")
+        return self
+
+    def run_dir(self) -> Path:
+        return Path(self.train.output_dir) / self.train.run_name
+
+
+# ---- prompts -------------------------------------------------------------------------------------
+
+def load_prompts(settings: PromptSettings) -> list[tuple[str, object, dict]]:
+    prompts = read_prompts(settings.path)
+    if settings.kinds is not None:
+        prompts = [p for p in prompts if p[2].get("kind") in settings.kinds]
+    prompts = prompts[:settings.limit] if settings.limit else prompts
+    if not prompts:
+        raise ConfigError(f"no prompts of kinds {settings.kinds} in {settings.path}")
+    return prompts
+
+
+# ---- stage 1: critique and revision ---------------------------------------------------------------
+
+def critique_and_revise(model, tokenizer, prompts: list[tuple[str, object, dict]],
+                        constitution: Constitution, settings: CritiqueSettings, *, seed: int,
+                        progress: bool = True) -> list[dict]:
+    """One trace per prompt: ``{"id", "prompt", "initial", "steps": [{"principle", "critique",
+    "revision"}], "revision"}``. All prompts advance one step at a time, batched."""
+    rng = random.Random(seed)
+
+    def answer(chats: list[list[dict]], what: str) -> list[str]:
+        return generate_responses(model, tokenizer, chats, max_new_tokens=settings.max_new_tokens,
+                                  batch_size=settings.batch_size, temperature=settings.temperature,
+                                  seed=seed, progress=progress, description=what)
+
+    chats = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p)
+             for _, p, _ in prompts]
+    current = answer(chats, "first answers")
+    traces = [{"id": item_id, "prompt": prompt, "initial": text, "steps": []}
+              for (item_id, prompt, _), text in zip(prompts, current)]
+    for round_ in range(settings.revisions):
+        principles = [constitution.sample(rng) for _ in prompts]  # a fresh draw per prompt and round
+        asked = [chat + [{"role": "assistant", "content": response},
+                         {"role": "user", "content": principle.critique_request}]
+                 for chat, response, principle in zip(chats, current, principles)]
+        critiques = answer(asked, f"critiques {round_ + 1}")
+        revised = answer([chat + [{"role": "assistant", "content": critique},
+                                  {"role": "user", "content": principle.revision_request}]
+                          for chat, critique, principle in zip(asked, critiques, principles)],
+                         f"revisions {round_ + 1}")
+        for trace, principle, critique, revision in zip(traces, principles, critiques, revised):
+            trace["steps"].append({"principle": principle.id, "critique": critique,
+                                   "revision": revision})
+        current = revised
+    for trace, text in zip(traces, current):
+        trace["revision"] = text
+    return traces
+
+
+# ---- the pipeline ---------------------------------------------------------------------------------
+
+class _Stages:
+    """Runs a stage unless its output exists; once one stage runs, all later ones run again,
+    so no stage's output is older than what it was built from."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.rerun = run_dir, False
+        self.summary_path = run_dir / "summary.json"
+        self.summary = json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else {}
+
+    def needed(self, name: str, output: Path, stage_dir: Path | None = None) -> bool:
+        """Should stage ``name`` run? A training stage's folder (``stage_dir``) is kept to
+        resume from after a crash, but removed when an earlier stage has just changed its data."""
+        if output.exists() and not self.rerun:
+            console.print(f"stage {name}: done, {output} exists (skipping)")
+            return False
+        if self.rerun:  # an earlier stage just ran: what this one made before is stale
+            if stage_dir is not None and stage_dir.exists():
+                shutil.rmtree(stage_dir)
+            elif output.is_file():
+                output.unlink()
+        self.rerun = True
+        console.print(f"[bold]stage {name}[/bold]")
+        return True
+
+    def record(self, name: str, started: float, **numbers) -> None:
+        self.summary[name] = {**numbers, "seconds": round(time.perf_counter() - started, 1)}
+        self.summary_path.write_text(json.dumps(self.summary, indent=2) + "\n")
+
+
+def _stage_config(config_class, section, run_dir: Path, name: str, train_path: Path,
+                  progress: bool, **model):
+    data = section.model_dump(mode="json")
+    data["data"]["train"] = str(train_path)
+    data["model"].update(model)
+    stage_dir = run_dir / name
+    data["train"].update(output_dir=str(run_dir), run_name=name,
+                         progress=progress and data["train"]["progress"],
+                         resume=latest_checkpoint(stage_dir / "checkpoints") is not None)
+    return config_class.model_validate(data)
+
+
+def run_cai(config: CAIConfig) -> Path:
+    """Run every stage not yet done; returns the final model directory (``dpo/final``)."""
+    run_dir = config.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    constitution = load_constitution(config.constitution)
+    prompts = load_prompts(config.prompts)
+    progress, seed = config.train.progress, config.train.seed
+    stages = _Stages(run_dir)
+    console.print(f"CAI run folder: {run_dir}; {len(prompts)} prompts; constitution "
+                  f"{constitution.label} ({len(constitution.principles)} principles)")
+
+    # ---- 1. critique -> revision with the initial policy --------------------------------------
+    sft_data = run_dir / "sft.jsonl"
+    if stages.needed("critique", sft_data):
+        started = time.perf_counter()
+        torch.manual_seed(seed)
+        _, model, tokenizer = load_named_model(config.sft.model.path)
+        traces = critique_and_revise(model, tokenizer, prompts, constitution, config.critique,
+                                     seed=seed, progress=progress)
+        del model
+        write_jsonl(run_dir / "critiques.jsonl", traces)
+        records = [{"id": t["id"], "prompt": t["prompt"], "completion": t["revision"]}
+                   for t in traces if t["revision"].strip()]
+        if not records:
+            raise TetherError("every revision came back empty; nothing to fine-tune on "
+                              "(raise critique.max_new_tokens?)")
+        write_jsonl(sft_data, records)
+        stages.record("critique", started, prompts=len(traces), sft_records=len(records),
+                      empty_revisions=len(traces) - len(records),
+                      refusal_rate_initial=refusal_rate([t["initial"] for t in traces]),
+                      refusal_rate_revised=refusal_rate([t["revision"] for t in traces]))
+
+    # ---- 2. SFT on the revisions ------------------------------------------------------------------
+    sft_final = run_dir / "sft" / "final"
+    if stages.needed("sft", sft_final, run_dir / "sft"):
+        from tether.algorithms.sft import train_sft
+
+        started = time.perf_counter()
+        sft_config = _stage_config(SFTConfig, config.sft, run_dir, "sft", sft_data, progress)
+        train_sft(sft_config)
+        stages.record("sft", started)
+
+    # ---- 3. two candidates per prompt from the SFT model ---------------------------------------------
+    items_path = run_dir / "rlaif_items.jsonl"
+    if stages.needed("rlaif-generate", items_path):
+        started = time.perf_counter()
+        rl_prompts = load_prompts(config.rlaif.prompts) if config.rlaif.prompts else prompts
+        _, model, tokenizer = load_named_model(str(sft_final))
+        items = generate_items(rl_prompts, [("sft", model, tokenizer)],
+                               num_candidates=config.rlaif.num_candidates,
+                               max_new_tokens=config.rlaif.max_new_tokens,
+                               temperature=config.rlaif.temperature, seed=seed, progress=progress)
+        del model
+        write_jsonl(items_path, items)
+        stages.record("rlaif-generate", started, items=len(items), refusal_rate=refusal_rate(
+            [candidate.text for item in items for candidate in item.candidates]))
+
+    # ---- 4. the AI judge ----------------------------------------------------------------------------
+    judgments_path = run_dir / "judgments.jsonl"
+    if stages.needed("judge", judgments_path):
+        started = time.perf_counter()
+        backend = backend_from_spec(config.rlaif.judge, model=config.rlaif.judge_model,
+                                    api_key_env=config.rlaif.api_key_env,
+                                    batch_size=config.rlaif.judge_batch_size)
+        result = judge_items(read_records(items_path, FeedbackItem), backend, constitution,
+                             annotator=f"cai-judge:{backend.name}", progress=progress)
+        del backend
+        write_jsonl(judgments_path, result.judgments)
+        stages.record("judge", started, judgments=len(result.judgments),
+                      comparisons=result.comparisons, inconsistent=result.inconsistent,
+                      failed=len(result.failed))
+
+    # ---- 5. verdicts -> preference pairs ------------------------------------------------------------
+    pairs_path = run_dir / "preferences.jsonl"
+    if stages.needed("preferences", pairs_path):
+        started = time.perf_counter()
+        pairs = judgments_to_pairs(read_records(items_path, FeedbackItem),
+                                   read_records(judgments_path, Judgment))
+        if not pairs:
+            raise TetherError(f"the judge gave no usable verdict (every one tied or inconsistent; "
+                              f"see {judgments_path}): no preference pairs to train on. Try more "
+                              "prompts, a stronger judge (rlaif.judge), or more varied candidates "
+                              "(rlaif.temperature)")
+        write_jsonl(pairs_path, preference_rows(pairs))
+        stages.record("preferences", started, pairs=len(pairs))
+
+    # ---- 6. DPO from the SFT model ------------------------------------------------------------------
+    dpo_final = run_dir / "dpo" / "final"
+    if stages.needed("dpo", dpo_final, run_dir / "dpo"):
+        from tether.algorithms.dpo import train_dpo
+
+        started = time.perf_counter()
+        dpo_config = _stage_config(DPOConfig, config.dpo, run_dir, "dpo", pairs_path, progress,
+                                   path=str(sft_final))
+        train_dpo(dpo_config)
+        stages.record("dpo", started)
+    console.print(f"CAI done; model saved to {dpo_final}")
+    return dpo_final
