@@ -87,6 +87,10 @@ class TrainSettings(Section):
     progress: bool = True
     tensorboard: bool = True
     threads: int | None = Field(None, gt=0)  # torch intra-op threads; None keeps torch's default
+    # Under torchrun: "ddp" (a model copy per rank), "fsdp" (FSDP2 shards weights, grads and
+    # optimizer state), "auto" (fsdp when the training state would not fit half a GPU). One
+    # process ignores it. See docs/scaling.md.
+    distributed: Literal["auto", "ddp", "fsdp"] = "auto"
 
     @field_validator("bf16")
     @classmethod
@@ -98,6 +102,29 @@ class TrainSettings(Section):
         return value
 
 
+class AuditHookSettings(Section):
+    """A light audit during training (tether/audit/hook.py): every ``every`` steps, measure
+    ``metrics`` on ``limit`` probes each, log them, and stop when a ``stop_on`` gate fails."""
+
+    every: int = Field(gt=0)
+    # metric modules in tether.audit.metrics (refusal_calibration, drift, ...) or module:function
+    metrics: list[str] = Field(default_factory=lambda: ["refusal_calibration"], min_length=1)
+    limit: int | None = Field(6, gt=0)
+    stop_on: str | None = None  # gates as in `tether audit --fail-on`, e.g. "over_refusal>+10pp"
+    baseline: str | None = None  # JSON {metric: value}; default: measured on the starting model
+
+    @field_validator("stop_on")
+    @classmethod
+    def _gates_parse(cls, value: str | None) -> str | None:
+        from tether.audit.gate import parse_fail_on
+
+        try:
+            parse_fail_on(value)
+        except ConfigError as error:
+            raise ValueError(str(error)) from None
+        return value
+
+
 class RunConfig(Section):
     """Sections every trainer shares. Algorithm configs subclass this and add their own."""
 
@@ -105,6 +132,7 @@ class RunConfig(Section):
     data: DataSettings
     optim: OptimSettings = OptimSettings()
     train: TrainSettings = TrainSettings()
+    audit: AuditHookSettings | None = None  # audit every N steps, stop on a regression
 
     def run_dir(self) -> Path:
         return Path(self.train.output_dir) / self.train.run_name
@@ -140,6 +168,15 @@ class RewardSettings(Section):
     weight: float = 1.0
 
 
+class GoldSettings(Section):
+    """A held-out gold reward watched beside the proxy (tether/audit/reward_hacking.py): every
+    evaluation scores samples on data.eval with both, plus KL from the reference."""
+
+    rewards: list[RewardSettings] = Field(min_length=1)
+    window: int = Field(3, ge=2)  # evaluations over which "gold falls while proxy rises" is fitted
+    min_change: float = Field(0.0, ge=0)  # fitted change each must exceed to raise the flag
+
+
 class GRPOSettings(Section):
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "gspo"] = "grpo"
     num_generations: int = Field(8, gt=1)  # completions per prompt (the group)
@@ -162,6 +199,7 @@ class GRPOSettings(Section):
                                      RewardSettings(name="think_answer_format", weight=0.5)]
     on_reward_error: Literal["raise", "score_failed"] = "raise"
     eval_max_new_tokens: int | None = Field(None, gt=0)  # default: max_new_tokens
+    gold: GoldSettings | None = None  # reward-hacking watch on data.eval
 
 
 class GRPOConfig(RunConfig):

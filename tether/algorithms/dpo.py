@@ -17,10 +17,10 @@ import torch
 from tether.algorithms.common import epoch_schedule, load_policy
 from tether.config import DPOConfig
 from tether.data import encode_preference, load_records, pad_batch
-from tether.engine import BatchPlan, console, fit, progress_bar, start_run
+from tether.engine import BatchPlan, console, distributed, fit, progress_bar, start_run
 from tether.losses.dpo import chosen_nll, dpo_loss, dpo_metrics
 from tether.losses.logprobs import completion_logps
-from tether.models import reference_mode, save_model
+from tether.models import reference_mode
 
 
 @dataclass
@@ -86,8 +86,8 @@ def compute_reference(model, examples: PreferenceExamples, pad_id: int, config: 
     with progress_bar(label, len(indices), enabled=config.train.progress) as bar, base_only:
         for start in range(0, len(indices), size):
             chunk = indices[start:start + size]
-            batch = collate_pairs(examples, chunk, pad_id)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.bf16):
+            batch = distributed.to_device(collate_pairs(examples, chunk, pad_id), model.device)
+            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
                 chosen, rejected = pair_logps(model, batch, average=config.dpo.length_normalize)
             examples.ref_chosen[chunk] = chosen.float()
             examples.ref_rejected[chunk] = rejected.float()
@@ -129,6 +129,7 @@ def evaluate_pairs(model, examples: PreferenceExamples, pad_id: int, config: DPO
     size = config.train.batch_size
     for start in range(0, len(examples), size):
         batch = collate_pairs(examples, list(range(start, min(start + size, len(examples)))), pad_id)
+        batch = distributed.to_device(batch, distributed.world().device)
         loss, metrics = dpo_step_loss(model, batch, config)
         for key, value in {"loss": loss.item(), **metrics}.items():
             totals[key] = totals.get(key, 0.0) + value * batch["num_items"]
@@ -152,7 +153,10 @@ def train_dpo(config: DPOConfig) -> Path:
     console.print(f"{plan.total_steps} optimizer steps of {config.train.batch_size * config.train.grad_accum} pairs")
 
     # ---- reference log-probs, once, from the initial weights ----------------------------
-    used = [i for step in range(plan.total_steps) for batch in plan.micro_batches(step) for i in batch]
+    # Under torchrun each rank scores only the pairs of its own micro-batches.
+    model.to(distributed.world().device)  # on a GPU, score there (the session would move it later)
+    used = [i for step in range(plan.total_steps)
+            for batch in distributed.local_micro_batches(plan.micro_batches(step)) for i in batch]
     compute_reference(model, train, pad_id, config, indices=used)
     if held_out is not None:
         compute_reference(model, held_out, pad_id, config, label="held-out reference log-probs")
@@ -164,6 +168,6 @@ def train_dpo(config: DPOConfig) -> Path:
         eval_every=config.train.eval_every)
 
     final_dir = run_dir / "final"
-    save_model(model, tokenizer, final_dir)
+    distributed.save_final_model(model, tokenizer, final_dir)
     console.print(f"DPO done; model saved to {final_dir}")
     return final_dir

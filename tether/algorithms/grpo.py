@@ -14,15 +14,18 @@ from pathlib import Path
 import torch
 
 from tether.algorithms.common import load_policy
+from tether.audit.reward_hacking import RewardHackingMonitor
 from tether.config import GRPOConfig
 from tether.data import load_records
-from tether.engine import BatchPlan, TrainingSession, console, progress_bar, start_run
+from tether.engine import BatchPlan, TrainingSession, console, distributed, progress_bar, start_run
 from tether.engine.plots import plot_metrics
+from tether.errors import ConfigError
 from tether.losses.grpo import (group_advantages, overlong_penalty, policy_loss, rloo_advantages,
                                 zero_variance_groups)
 from tether.losses.kl import masked_mean
 from tether.losses.logprobs import token_logps
-from tether.models import reference_mode, save_model
+from tether.models import reference_mode
+from tether.rewards.base import _mean_std as mean_std
 from tether.rewards.base import combine_rewards
 from tether.rewards.resolve import reward_specs
 from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSampler
@@ -78,6 +81,52 @@ def evaluate_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> dict
     return metrics
 
 
+def gold_monitor(config: GRPOConfig, held_out, specs, start_step: int) -> RewardHackingMonitor | None:
+    """The reward-hacking watch when ``grpo.gold`` is set: gold and proxy rewards and KL on data.eval."""
+    gold = config.grpo.gold
+    if gold is None:
+        return None
+    if not held_out:
+        raise ConfigError("grpo.gold needs held-out prompts to score: set data.eval")
+    monitor = RewardHackingMonitor(
+        config.run_dir(), [t.prompt for t in held_out], reward_columns(held_out), specs, reward_specs(gold.rewards),
+        max_new_tokens=config.grpo.eval_max_new_tokens or config.grpo.max_new_tokens, stop=config.grpo.stop,
+        window=gold.window, min_change=gold.min_change, seed=config.train.seed, title=f"GRPO {config.train.run_name}")
+    monitor.restore(start_step)
+    return monitor
+
+
+def pool_scores(totals: list[float], per_reward: dict, metrics: dict[str, float], lengths: torch.Tensor,
+                truncated: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, float], int]:
+    """Every rank's rewards, completion lengths and reward metrics, in global row order.
+
+    Under torchrun each rank samples and scores its own block of prompts (whole groups); group
+    and batch statistics (advantages, reward mean/std) need them all. One process: as given.
+    Shape: totals (rows,), lengths (rows,) -> rewards (P*N,), lengths (P*N,).
+    """
+    if not distributed.world().enabled:
+        return torch.tensor(totals), lengths, metrics, truncated
+    ranks = distributed.gather_objects((totals, per_reward, metrics, lengths.tolist(), truncated))
+    pooled: dict[str, float] = {}
+    for name in per_reward:
+        applied = [v for _, per, _, _, _ in ranks for v in per[name] if v is not None]
+        pooled[f"rewards/{name}/mean"], pooled[f"rewards/{name}/std"] = mean_std(applied)
+        if f"rewards/{name}/failed" in metrics:
+            pooled[f"rewards/{name}/failed"] = sum(m[f"rewards/{name}/failed"] for _, _, m, _, _ in ranks)
+    all_totals = [t for rank_totals, *_ in ranks for t in rank_totals]
+    pooled["rewards/total/mean"], pooled["rewards/total/std"] = mean_std(all_totals)
+    all_lengths = torch.tensor([n for *_, rank_lengths, _ in ranks for n in rank_lengths])
+    return torch.tensor(all_totals), all_lengths, pooled, sum(r[-1] for r in ranks)
+
+
+def pooled_masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    """``masked_mean(x, mask)`` over every rank's tokens. Shape: x, mask (rows, L)."""
+    if not distributed.world().enabled:
+        return masked_mean(x, mask).item()
+    total = distributed.all_reduce_sum(float(torch.where(mask, x, 0.0).sum()))
+    return total / max(distributed.all_reduce_sum(int(mask.sum())), 1)
+
+
 def train_grpo(config: GRPOConfig) -> Path:
     settings = config.grpo
     run_dir = start_run(config)
@@ -110,41 +159,55 @@ def train_grpo(config: GRPOConfig) -> Path:
                      max_steps=config.train.max_steps, epochs=config.train.epochs)
     session = TrainingSession(model, config, plan.total_steps,
                               optimizer_steps=plan.total_steps * settings.updates_per_rollout)
+    world, device = session.world, session.world.device
+    if reference is not None:
+        reference.to(device)  # a full frozen copy on every rank, also under FSDP (see docs/scaling.md)
     sampler = TransformersSampler(model, tokenizer)
+    monitor = gold_monitor(config, held_out, specs, session.start_step)
+    # The KL on held-out prompts needs a reference: the LoRA-off base, or the loaded model.
+    reference_fn = ((lambda rollout: reference_logps(model, reference, rollout))
+                    if reference is not None or config.model.lora is not None else None)
 
-    def evaluate() -> dict[str, float]:
+    def evaluate(step: int) -> dict[str, float]:
         model.eval()
         with torch.no_grad(), session.autocast():
             metrics = evaluate_tasks(model, tokenizer, held_out, specs, config)
+            metrics = {f"eval/{key}": value for key, value in metrics.items()}
+            if monitor is not None:
+                metrics.update(monitor.evaluate(model, tokenizer, step, reference_fn))
         model.train()
-        return {f"eval/{key}": value for key, value in metrics.items()}
+        return metrics
 
-    if held_out and session.start_step == 0:
-        session.log(0, evaluate())
+    if held_out and session.start_step == 0:  # held-out generation on rank 0 (with whole weights)
+        session.log(0, distributed.on_main(model, lambda: evaluate(0)) or {})
 
     model.train()
     with progress_bar(f"grpo {config.train.run_name}", plan.total_steps, completed=session.start_step,
                       enabled=config.train.progress) as bar:
         for step in range(session.start_step, plan.total_steps):
-            batch_tasks = [tasks[i] for i in plan.micro_batches(step)[0]]
+            # Under torchrun each rank takes a contiguous block of the step's prompts.
+            step_prompts, block = distributed.local_block(plan.micro_batches(step)[0])
+            batch_tasks = [tasks[i] for i in step_prompts]
             n = settings.num_generations
 
             # ---- rollout: N completions per prompt, the prompt's KV cache shared -----------
             model.eval()
-            with torch.no_grad(), session.autocast():
+            with torch.no_grad(), session.autocast(), distributed.gathered_params(model):
                 rollout = sampler.sample([t.prompt for t in batch_tasks], RolloutConfig(
                     num_samples=n, temperature=settings.temperature, top_p=settings.top_p,
                     max_new_tokens=settings.max_new_tokens, stop=settings.stop,
-                    seed=config.train.seed * 1_000_003 + step))  # per-step seed: exact resume
+                    # per-step seed: exact resume; and one stream per rank (rank 0 of 1: the plain seed)
+                    seed=(config.train.seed * 1_000_003 + step) * world.size + world.rank))
             model.train()
 
-            # ---- rewards and advantages ----------------------------------------------------
+            # ---- rewards and advantages (on every rank's groups) ----------------------------
             prompts = [t.prompt for t in batch_tasks for _ in range(n)]
-            totals, _, metrics = combine_rewards(specs, prompts, rollout.texts,
-                                                 reward_columns(batch_tasks, n),
-                                                 on_error=settings.on_reward_error)
-            rewards = torch.tensor(totals)  # (P*N,)
-            lengths = rollout.completion_mask.sum(1)  # (P*N,)
+            totals, per_reward, metrics = combine_rewards(specs, prompts, rollout.texts,
+                                                          reward_columns(batch_tasks, n),
+                                                          on_error=settings.on_reward_error)
+            rewards, lengths, metrics, truncated = pool_scores(  # (P*N,) each, all prompts of the step
+                totals, per_reward, metrics, rollout.completion_mask.sum(1).cpu(),
+                sum(r == "length" for r in rollout.finish_reasons))
             if settings.overlong_buffer is not None:
                 rewards = rewards + overlong_penalty(lengths, settings.max_new_tokens, settings.overlong_buffer)
             advantages = compute_advantages(rewards, config)  # (P*N,)
@@ -152,20 +215,29 @@ def train_grpo(config: GRPOConfig) -> Path:
             keep = torch.ones(len(rewards), dtype=torch.bool)
             if settings.dynamic_sampling:
                 keep = ~flat_groups.repeat_interleave(n)  # a group with equal rewards teaches nothing
-            rows = keep.nonzero().squeeze(1)
+            here = slice(block.start * n, block.stop * n)  # this rank's rows of the step
+            advantages = advantages[here].to(device)
+            rows = keep[here].nonzero().squeeze(1)
 
             # ---- clipped policy updates on this batch ---------------------------------------
             mask = rollout.completion_mask.bool()  # (P*N, L)
             old_logps = rollout.model_logps  # the sampling policy at temperature 1
             ref_logps = reference_logps(model, reference, rollout) if settings.beta > 0 else None
             chunk = settings.minibatch_rows or max(len(rows), 1)
-            num_tokens = int(mask[rows].sum())
+            total_rows = distributed.all_reduce_sum(len(rows))
+            num_tokens = distributed.all_reduce_sum(int(mask[rows].sum()))
+            parts = [rows[start:start + chunk] for start in range(0, len(rows), chunk)]
+            # Ranks keep different numbers of rows (dynamic sampling); every rank still joins each
+            # gradient collective, with zero-weight passes where it has run out of rows.
+            passes = distributed.lockstep_passes(len(parts), session.model)
             update_metrics: dict[str, float] = {}
-            for update in range(settings.updates_per_rollout if len(rows) else 0):
-                for start in range(0, len(rows), chunk):
-                    part = rows[start:start + chunk]
-                    with session.autocast():
-                        logps = completion_token_logps(model, rollout, part)  # (rows, L)
+            optimizer_metrics: dict[str, float] = {}
+            for update in range(settings.updates_per_rollout if total_rows else 0):
+                for index in range(passes):
+                    real = index < len(parts)
+                    part = parts[index] if real else torch.zeros(1, dtype=torch.long)
+                    with session.autocast(), session.gradient_sync(index == passes - 1):
+                        logps = completion_token_logps(session.model, rollout, part)  # (rows, L)
                         loss, loss_metrics = policy_loss(
                             logps, old_logps[part], advantages[part], mask[part],
                             loss_type=settings.loss_type, epsilon_low=settings.epsilon_low,
@@ -174,11 +246,15 @@ def train_grpo(config: GRPOConfig) -> Path:
                             max_completion_length=settings.max_new_tokens,
                             num_tokens=num_tokens if settings.loss_type == "dapo" else None)
                     # dapo already divides by the batch's token count; others average over rows.
-                    share = 1.0 if settings.loss_type == "dapo" else len(part) / len(rows)
-                    session.backward(loss, step, share)
-                    for key, value in {"loss": loss.item(), **loss_metrics}.items():
-                        update_metrics[key] = update_metrics.get(key, 0.0) + float(value) * share / settings.updates_per_rollout
-                update_metrics.update(session.optimizer_step(step, len(rows)))
+                    share = 1.0 if settings.loss_type == "dapo" else len(part) / total_rows
+                    session.backward(loss, step, share if real else 0.0)
+                    if real:
+                        weight = len(part) / total_rows / settings.updates_per_rollout
+                        update_metrics["loss"] = update_metrics.get("loss", 0.0) + loss.item() * share / settings.updates_per_rollout
+                        for key, value in loss_metrics.items():
+                            update_metrics[key] = update_metrics.get(key, 0.0) + float(value) * weight
+                optimizer_metrics = session.optimizer_step(step, total_rows)
+            update_metrics = {**distributed.sum_metrics(update_metrics), **optimizer_metrics}
 
             # ---- diagnostics -----------------------------------------------------------------
             done = step + 1
@@ -187,24 +263,25 @@ def train_grpo(config: GRPOConfig) -> Path:
                 "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),
                 "frac_zero_variance_groups": flat_groups.float().mean().item(),
                 "completion_length": lengths.float().mean().item(),
-                "frac_truncated": sum(r == "length" for r in rollout.finish_reasons) / len(rollout),
-                "rows_trained": float(len(rows)),
-                "sampling_kl": masked_mean(old_logps - rollout.sampling_logps, mask).item()
+                "frac_truncated": truncated / len(rewards),
+                "rows_trained": float(total_rows),
+                "sampling_kl": pooled_masked_mean(old_logps - rollout.sampling_logps, mask)
                 if settings.temperature != 1.0 or settings.top_p < 1.0 else 0.0,
             })
             wants_eval = held_out and (done == plan.total_steps or
                                        bool(config.train.eval_every and done % config.train.eval_every == 0))
             if wants_eval:
-                metrics.update(evaluate())
+                metrics.update(distributed.on_main(model, lambda: evaluate(done)) or {})
             if wants_eval or session.should_log(done):
                 session.log(done, metrics)
             bar.advance(1, status=f"reward {metrics['reward/mean']:.3f}")
             session.end_step(done)
     session.close()
 
-    plot_metrics(run_dir, ["reward/mean", "eval/math_answer", "eval/think_answer_format"],
-                 run_dir / "curves.png", title=f"GRPO {config.train.run_name}")
+    if world.is_main:
+        plot_metrics(run_dir, ["reward/mean", "eval/math_answer", "eval/think_answer_format"],
+                     run_dir / "curves.png", title=f"GRPO {config.train.run_name}")
     final_dir = run_dir / "final"
-    save_model(model, tokenizer, final_dir)
+    distributed.save_final_model(model, tokenizer, final_dir)
     console.print(f"GRPO done; model saved to {final_dir}; curves in {run_dir / 'curves.png'}")
     return final_dir

@@ -10,9 +10,8 @@ from pathlib import Path
 from tether.algorithms.common import epoch_schedule, load_policy
 from tether.config import SFTConfig
 from tether.data import encode_sft, load_records, pack_batch, pad_batch
-from tether.engine import BatchPlan, console, fit, start_run
+from tether.engine import BatchPlan, console, distributed, fit, start_run
 from tether.losses.sft import sft_loss
-from tether.models import save_model
 
 
 def train_sft(config: SFTConfig) -> Path:
@@ -53,7 +52,8 @@ def train_sft(config: SFTConfig) -> Path:
         total_loss, total_tokens = 0.0, 0
         for start in range(0, len(eval_examples), config.train.batch_size):
             indices = list(range(start, min(start + config.train.batch_size, len(eval_examples))))
-            batch = pad_batch([eval_examples[i] for i in indices], tokenizer.pad_token_id)
+            batch = distributed.to_device(pad_batch([eval_examples[i] for i in indices], tokenizer.pad_token_id),
+                                          distributed.world().device)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            use_cache=False).logits
             loss, num_tokens = sft_loss(logits, batch["labels"])
@@ -66,7 +66,7 @@ def train_sft(config: SFTConfig) -> Path:
                  evaluate=evaluate if eval_examples else None,
                  eval_every=config.train.eval_every)
     final_dir = run_dir / "final"
-    save_model(model, tokenizer, final_dir)
+    distributed.save_final_model(model, tokenizer, final_dir)
     if result.history:
         first, last = result.history[0]["loss"], result.history[-1]["loss"]
         console.print(f"SFT done: loss {first:.4f} -> {last:.4f}; model saved to {final_dir}")

@@ -7,6 +7,11 @@ A checkpoint is a folder ``checkpoint-STEP`` holding
   state.json          the step reached, and anything else the trainer needs (data position)
 It is written under a temporary name and renamed when complete, so a run killed mid-save
 leaves the previous checkpoint intact and never a half-written one under a real name.
+
+Under torchrun every rank calls ``save_checkpoint`` (FSDP shards are gathered, a collective)
+and rank 0 alone writes, in the single-process format with rank 0's RNG state; every rank
+``load_checkpoint``s the same files (so the folder must be on a filesystem all nodes share).
+A run saved by W processes resumes under any number of them.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from tether.engine import distributed
 from tether.engine.determinism import capture_rng_state, restore_rng_state
 from tether.errors import CheckpointError
 
@@ -27,7 +33,9 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {name: param.detach().contiguous() for name, param in model.named_parameters()
+    """Trainable parameters by name, whole (FSDP shards gathered: every rank must call this)."""
+    whole = distributed.full_tensor if distributed.world().enabled else torch.Tensor.detach
+    return {name: whole(param).contiguous() for name, param in model.named_parameters()
             if param.requires_grad}
 
 
@@ -35,13 +43,18 @@ def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, *, keep_last: int = 2,
                     extra_state: dict | None = None) -> Path:
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     final = directory / f"checkpoint-{step:07d}"
+    weights = trainable_state(model)
+    optimizer_state = distributed.full_optimizer_state(optimizer)
+    if not distributed.is_main():
+        distributed.barrier()  # rank 0 writes; return once the checkpoint exists
+        return final
+    directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".checkpoint-{step:07d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(trainable_state(model), str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+    save_file(weights, str(tmp / "model.safetensors"))
+    torch.save({"optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
                 "rng": capture_rng_state()}, tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps({"step": step, **(extra_state or {})}, indent=2))
     _fsync_tree(tmp)
@@ -51,6 +64,7 @@ def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module,
     _fsync_dir(directory)
     for old in list_checkpoints(directory)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
+    distributed.barrier()
     return final
 
 
@@ -93,11 +107,13 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
                               f"(missing e.g. {missing}, unexpected e.g. {unexpected}); was it "
                               "saved by a run with another model or LoRA setting?")
     params = dict(model.named_parameters())
+    sharded = distributed.world().enabled
     with torch.no_grad():
         for name, tensor in weights.items():
-            params[name].copy_(tensor)
+            params[name].copy_(distributed.shard_like(tensor, params[name]) if sharded else tensor)
     trainer = torch.load(path / "trainer.pt", weights_only=True)
-    optimizer.load_state_dict(trainer["optimizer"])
+    optimizer.load_state_dict(distributed.shard_optimizer_state(trainer["optimizer"], optimizer)
+                              if sharded else trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
     restore_rng_state(trainer["rng"])
     return json.loads((path / "state.json").read_text())

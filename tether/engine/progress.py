@@ -34,7 +34,9 @@ def progress_bar(description: str, total: int, *, enabled: bool = True, complete
     Disabled (a no-op) when asked, or when stderr is not a terminal and the run is short enough
     that a redrawn bar would only clutter a log.
     """
-    if not enabled:
+    from tether.engine.distributed import is_main
+
+    if not enabled or not is_main():  # under torchrun one bar, rank 0's
         yield _Bar(None, None)
         return
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

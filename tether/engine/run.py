@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from tether.config import RunConfig, save_config
+from tether.engine import distributed
 from tether.engine.checkpoint import latest_checkpoint
 from tether.engine.determinism import seed_everything
 from tether.engine.progress import console
@@ -16,17 +17,23 @@ from tether.errors import ConfigError
 def start_run(config: RunConfig) -> Path:
     """Create ``runs/NAME/``, save ``config.yaml``, seed every RNG, set torch threads.
 
+    Under torchrun this is where every rank joins the process group; rank 0 writes the folder
+    and all ranks seed alike (their data differs by the batch plan, not by the seed).
+
     A fresh run refuses a folder that already holds checkpoints, so nothing is overwritten by
     accident: pass ``train.resume=true`` to continue it, or pick another ``train.run_name``.
     """
+    world = distributed.init_distributed()
     run_dir = config.run_dir()
     if not config.train.resume and latest_checkpoint(run_dir / "checkpoints") is not None:
         raise ConfigError(f"{run_dir} already holds checkpoints; resume it with --resume "
                           "(train.resume=true) or choose another train.run_name")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    distributed.barrier()  # every rank has looked for checkpoints before rank 0 writes anything
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     seed_everything(config.train.seed)
-    console.print(f"run folder: {run_dir}")
+    console.print(f"run folder: {run_dir}" + (f" ({world.size} processes)" if world.enabled else ""))
     return run_dir

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from tether.config import RunConfig
+from tether.engine import distributed
 from tether.engine.checkpoint import (latest_checkpoint, load_checkpoint,
                                       remove_partial_checkpoints, save_checkpoint)
 from tether.engine.metrics import MetricsLogger
@@ -25,8 +26,15 @@ class TrainingSession:
     def __init__(self, model: torch.nn.Module, config: RunConfig, total_steps: int, *,
                  optimizer_steps: int | None = None):
         """``total_steps`` counts the run's steps (checkpoints, logs); ``optimizer_steps`` sizes the
-        learning-rate schedule when a step makes several updates (RL: updates per rollout)."""
-        self.model = model
+        learning-rate schedule when a step makes several updates (RL: updates per rollout).
+
+        Under torchrun, ``self.model`` is what training forwards go through (a DDP wrapper, or the
+        FSDP2-sharded model) and ``self.module`` the model itself (sampling, saving, LoRA
+        contexts); in one process both are ``model``. See ``engine/distributed.py``."""
+        self.world = distributed.world()
+        self.strategy = distributed.choose_strategy(config.train.distributed, model)
+        self.module = model
+        self.model = distributed.wrap_model(model, self.strategy)  # before the optimizer: FSDP2 swaps params
         self.config = config
         self.total_steps = total_steps
         self.run_dir = config.run_dir()
@@ -36,17 +44,25 @@ class TrainingSession:
         self.start_step, self.resumed_from = 0, None
         if config.train.resume:
             self._resume()
-        self.metrics = MetricsLogger(self.run_dir, tensorboard=config.train.tensorboard,
-                                     resume_step=self.resumed_from)
+        self.metrics = (MetricsLogger(self.run_dir, tensorboard=config.train.tensorboard,
+                                      resume_step=self.resumed_from)
+                        if self.world.is_main else _NoMetrics())  # one writer: rank 0
         self._window_start = time.perf_counter()
         self._window_items = 0
+        # called as hook(session, done) at the end of every step, before its checkpoint
+        self.hooks: list = []
+        if config.audit is not None:
+            from tether.audit.hook import AuditHook  # imported only when configured
+
+            self.hooks.append(AuditHook.from_settings(config.audit))
+            self.hooks[-1].start(self)  # baseline now: a bad gate fails before training
 
     def _resume(self) -> None:
         remove_partial_checkpoints(self.checkpoint_dir)
         last = latest_checkpoint(self.checkpoint_dir)
         if last is None:
             raise CheckpointError(f"--resume: no checkpoint in {self.checkpoint_dir}")
-        state = load_checkpoint(last, self.model, self.optimizer, self.scheduler)
+        state = load_checkpoint(last, self.module, self.optimizer, self.scheduler)
         if state.get("total_steps", self.total_steps) != self.total_steps:
             raise CheckpointError(f"{last} was saved by a run of {state['total_steps']} steps; "
                                   f"this config plans {self.total_steps}. Resume with the same config.")
@@ -54,17 +70,27 @@ class TrainingSession:
         console.print(f"resuming from {last} (step {self.start_step}/{self.total_steps})")
 
     def autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.train.bf16)
+        return torch.autocast(self.world.device.type, dtype=torch.bfloat16, enabled=self.config.train.bf16)
+
+    def gradient_sync(self, sync: bool):
+        """Wrap a micro-batch's forward: ``sync=False`` (all but a rank's last micro-batch of a
+        step) lets DDP skip its gradient all-reduce. A no-op in one process and under FSDP."""
+        return distributed.gradient_sync(self.model, sync)
 
     def backward(self, loss: torch.Tensor, step: int, weight: float = 1.0) -> None:
-        """``(loss * weight).backward()``, refusing a NaN/inf loss before it touches the weights."""
-        if not torch.isfinite(loss):
+        """``(loss * weight).backward()``, refusing a NaN/inf loss before it touches the weights.
+
+        ``weight`` is this micro-batch's share of the global batch. Under torchrun it is scaled
+        by the world size, undoing DDP/FSDP's gradient mean over ranks."""
+        if not distributed.all_true(torch.isfinite(loss)):  # every rank stops, none waits forever
             self.diverged(f"loss is {loss.item()} at step {step + 1}")
-        (loss * weight).backward()
+        (loss * (weight * self.world.size)).backward()
 
     def optimizer_step(self, step: int, items: int) -> dict[str, float]:
         """Clip, step optimizer and schedule, clear gradients; returns grad_norm and lr."""
-        grad_norm = _clip(self.model, self.config.optim.max_grad_norm)
+        grad_norm = _clip(self.module, self.config.optim.max_grad_norm)
+        if self.world.enabled:
+            grad_norm = distributed.full_tensor(grad_norm)  # FSDP: a DTensor over the shards
         if not torch.isfinite(grad_norm):
             self.diverged(f"gradient norm is {grad_norm.item()} at step {step + 1}")
         self.optimizer.step()
@@ -84,10 +110,13 @@ class TrainingSession:
         self.metrics.log(done, metrics)
 
     def end_step(self, done: int) -> None:
-        """Checkpoint when due (every ``train.save_every`` steps, and at the end)."""
+        """Run the hooks (a failing audit raises before the checkpoint), then checkpoint when due
+        (every ``train.save_every`` steps, and at the end)."""
+        for hook in self.hooks:
+            hook(self, done)
         every = self.config.train.save_every
         if done == self.total_steps or (every and done % every == 0):
-            save_checkpoint(self.checkpoint_dir, done, self.model, self.optimizer, self.scheduler,
+            save_checkpoint(self.checkpoint_dir, done, self.module, self.optimizer, self.scheduler,
                             keep_last=self.config.train.keep_last,
                             extra_state={"total_steps": self.total_steps})
 
@@ -99,6 +128,16 @@ class TrainingSession:
         kept = f"the last good checkpoint is kept at {last}" if last else "no checkpoint was saved yet"
         raise TrainingDivergedError(f"training diverged: {what}; {kept}. Lower optim.lr, enable "
                                     "optim.max_grad_norm, or check the data for empty completions.")
+
+
+class _NoMetrics:
+    """The metrics sink of ranks other than 0: they compute the same numbers, rank 0 writes them."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def _clip(model: torch.nn.Module, max_norm: float | None) -> torch.Tensor:

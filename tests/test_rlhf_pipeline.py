@@ -1,0 +1,105 @@
+"""The RLHF pipeline end to end on a tiny model: every stage's output exists, and a rerun skips them all."""
+
+import json
+
+import pytest
+
+from tether.algorithms.rlhf import (CANDIDATES, JUDGMENTS, PPO_RUN, PREFERENCES, REPORT, REWARD_RUN, RLHFConfig,
+                                    run_rlhf)
+from tether.config import load_config
+from tether.errors import ConfigError
+from tether.feedback.generate import read_records
+from tether.feedback.records import FeedbackItem, Judgment
+from tether.models.tiny import save_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rlhf")
+    save_tiny_llama(root / "model")
+    with (root / "prompts.jsonl").open("w") as handle:
+        for i in range(8):
+            handle.write(json.dumps({"id": f"p{i}", "prompt": f"Tell me about the number {i}."}) + "\n")
+    return root
+
+
+def config_for(job, *overrides):
+    model = job / "model"
+    return load_config(RLHFConfig, None, [
+        f"model.path={model}", "model.lora={r: 4, alpha: 8}", f"data.train={job / 'prompts.jsonl'}",
+        f"train.output_dir={job / 'runs'}", "train.progress=false", "train.tensorboard=false",
+        "generate.num_candidates=3", "generate.max_new_tokens=6", f"rank.judge=local:{model}",
+        "reward_model.max_steps=2", "reward_model.batch_size=4", "reward_model.max_length=64",
+        "ppo.prompts_per_step=4", "ppo.num_generations=2", "ppo.max_new_tokens=6", "ppo.eval_prompts=4",
+        "ppo.ppo_epochs=2", "optim.lr=1e-2", "train.max_steps=2", *overrides])
+
+
+class LengthJudge:
+    """A judge with a consistent taste (the longer response wins, equal lengths tie), unlike the random
+    tiny model, whose position bias makes its two orders disagree on every pair."""
+
+    name = "length-judge"
+
+    def judge(self, requests, constitution, *, progress=True):
+        from tether.feedback.judge_backends import BackendVerdict
+
+        def choice(a, b):
+            return "A" if len(a) > len(b) else "B" if len(b) > len(a) else "tie"
+
+        return [BackendVerdict(choice=choice(r.response_a, r.response_b), raw="") for r in requests]
+
+
+def test_three_steps_then_a_rerun_skips_every_stage(job, monkeypatch):
+    import tether.feedback.judge_backends as backends
+
+    specs = []
+    monkeypatch.setattr(backends, "backend_from_spec", lambda spec, **_: specs.append(spec) or LengthJudge())
+    config = config_for(job, "train.run_name=rlhf")
+    policy = run_rlhf(config)
+    run = config.run_dir()
+
+    assert specs == [f"local:{job / 'model'}"]
+    items = read_records(run / CANDIDATES, FeedbackItem)
+    assert len(items) == 8 and all(len(item.candidates) == 3 for item in items)
+    judgments = read_records(run / JUDGMENTS, Judgment)
+    assert len(judgments) == 8 and all(j.source == "ai" and j.task == "ranking" for j in judgments)
+    pairs = [json.loads(line) for line in (run / PREFERENCES).read_text().splitlines()]
+    assert pairs and set(pairs[0]) == {"id", "prompt", "chosen", "rejected"}
+    assert (run / REWARD_RUN / "final" / "config.json").is_file()
+    assert policy == run / PPO_RUN / "final" and (policy / "adapter_model.safetensors").is_file()
+
+    report = json.loads((run / REPORT).read_text())
+    assert (report["before_step"], report["after_step"]) == (0, 2)
+    assert set(report["proxy_reward"]) == {"before", "after"}
+    assert report["kl"]["before"] == pytest.approx(0.0, abs=1e-6) and report["kl"]["after"] >= 0
+    assert all(seconds is not None for seconds in report["seconds"].values())
+    ppo_config = (run / PPO_RUN / "config.yaml").read_text()
+    assert f"reward_model:{run / REWARD_RUN / 'final'}" in ppo_config  # PPO scored with the trained model
+
+    stamps = {path: path.stat().st_mtime_ns for path in (run / CANDIDATES, run / PREFERENCES,
+                                                          run / REWARD_RUN / "final" / "config.json",
+                                                          policy / "adapter_model.safetensors")}
+    run_rlhf(config)
+    rerun = json.loads((run / REPORT).read_text())
+    assert rerun["seconds"] == {"generate": None, "rank": None, "reward_model": None, "ppo": None}
+    assert rerun["proxy_reward"] == report["proxy_reward"]
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
+
+
+def test_labeling_app_source_stops_after_generation_until_the_export_exists(job):
+    config = config_for(job, "train.run_name=by-hand", "rank.source=file", "generate.max_prompts=4")
+    with pytest.raises(ConfigError, match="Label .*1-candidates.jsonl in the labeling app"):
+        run_rlhf(config)
+    items = read_records(config.run_dir() / CANDIDATES, FeedbackItem)
+    assert len(items) == 4 and not (config.run_dir() / PREFERENCES).exists()
+
+    # The annotators' export, in TRL's ranking format: first candidate best.
+    export = job / "export.jsonl"
+    export.write_text("".join(json.dumps({"prompt": item.prompt, "responses": [c.text for c in item.candidates],
+                                          "ranks": [1, 2, 3]}) + "\n" for item in items))
+    run_rlhf(config_for(job, "train.run_name=by-hand", "rank.source=file", "generate.max_prompts=4",
+                        f"rank.file={export}"))
+    assert (config.run_dir() / PREFERENCES).read_text() == export.read_text()
+    report = json.loads((config.run_dir() / REPORT).read_text())
+    assert report["seconds"]["generate"] is None and report["seconds"]["ppo"] is not None
+    assert report["reward_model"]["train_pairs"] == 4 * 3  # each ranking of 3 gives 3 pairs
