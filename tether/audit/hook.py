@@ -1,0 +1,204 @@
+"""A light audit inside training: measure every N steps, log it, stop on a regression.
+
+In a recipe (any trainer built on ``TrainingSession``):
+
+    audit:
+      every: 50                                  # optimizer steps between audits
+      metrics: [refusal_calibration, drift]      # metric modules, or package.module:function
+      limit: 6                                   # probes per set, so an audit takes seconds
+      stop_on: "over_refusal>+10pp,drift_kl>0.5" # --fail-on gates (tether/audit/gate.py)
+
+Before the first step the hook measures the metrics on the starting model (loaded again from
+``model.path``: the *baseline*), and saves those values to ``RUN/audit_baseline.json`` so a resumed
+run compares against the same numbers. Every ``every`` steps it measures the model being trained
+and writes ``audit/NAME`` values (and, per gate, ``audit/NAME/change``) as one line of
+``metrics.jsonl``. A gate reads the change, current - baseline, in the metric's unit (``+10pp`` on
+rates); pair metrics such as drift (``evaluate_pair(baseline, candidate)``) are already a change.
+When a gate fails, training stops with :class:`AuditRegressionError` *before* that step's
+checkpoint is written, so the newest checkpoint on disk is the last one that passed.
+
+A metric is one of:
+
+* a module name under ``tether.audit.metrics`` (or a full module path) with
+  ``evaluate(model, *, limit)`` or ``evaluate_pair(baseline, candidate, *, limit)``;
+* ``package.module:function`` or a Python callable ``metric(model: AuditModel)`` returning
+  ``{name: value}`` or a list of ``MetricResult``.
+
+The audit runs without gradients in eval mode, and restores torch's RNG afterwards so the
+training that follows is the same as without the hook (exact resume keeps working). The values
+are written through ``session.metrics`` rather than ``session.log``, which would count the audit's
+time in the next line's throughput.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tether.audit.base import AuditModel, MetricResult
+from tether.audit.gate import Gate, check_gates, parse_fail_on
+from tether.errors import ConfigError, TetherError
+
+Metric = str | Callable[[AuditModel], Mapping[str, float] | Sequence[MetricResult]]
+BASELINE_FILE = "audit_baseline.json"
+
+
+class AuditRegressionError(TetherError):
+    """A training-time audit gate failed; the last checkpoint that passed is kept."""
+
+
+def _resolve(metric: Metric) -> tuple[str, Any]:
+    """(label, thing): a module with evaluate/evaluate_pair, or a callable."""
+    if callable(metric):
+        return getattr(metric, "__name__", repr(metric)), metric
+    if ":" in metric:
+        module_name, attribute = metric.split(":", 1)
+        try:
+            return attribute, getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError) as error:
+            raise ConfigError(f"cannot import audit metric {metric!r}: {error}") from None
+    for candidate in (f"tether.audit.metrics.{metric}", metric):
+        try:
+            module = importlib.import_module(candidate)
+        except ImportError:
+            continue
+        if hasattr(module, "evaluate") or hasattr(module, "evaluate_pair"):
+            return metric.rsplit(".", 1)[-1], module
+    raise ConfigError(f"unknown audit metric {metric!r}: name a module in tether.audit.metrics "
+                      "(refusal_calibration, drift, bias, ...) or give package.module:function")
+
+
+def _is_pair(thing: Any) -> bool:
+    """A metric module that compares two models (``evaluate_pair``), such as drift."""
+    return hasattr(thing, "evaluate_pair") and not hasattr(thing, "evaluate")
+
+
+def _values(output: Mapping[str, float] | Sequence[MetricResult]) -> dict[str, float]:
+    if isinstance(output, Mapping):
+        return {name: float(value) for name, value in output.items()}
+    return {result.name: float(result.value) for result in output}
+
+
+class AuditHook:
+    """Runs ``metrics`` every ``every`` steps; see the module docstring.
+
+    ``baseline``: the values gates compare against. None measures them on ``baseline_model`` at
+    :meth:`start`; a dict gives them directly (from an earlier audit's JSON, say).
+    """
+
+    def __init__(self, every: int, metrics: Sequence[Metric], *, stop_on: str | Sequence[Gate] | None = None,
+                 limit: int | None = 6, baseline: Mapping[str, float] | None = None):
+        if every < 1:
+            raise ConfigError(f"audit.every must be at least 1, got {every}")
+        self.every, self.limit = every, limit
+        self.metrics = [_resolve(metric) for metric in metrics]
+        self.gates = list(parse_fail_on(stop_on) if isinstance(stop_on, str) or stop_on is None else stop_on)
+        self.baseline = dict(baseline) if baseline is not None else None
+        self.tokenizer = None
+        self.baseline_model: AuditModel | None = None
+        self.history: list[dict[str, float]] = []
+
+    @classmethod
+    def from_settings(cls, settings) -> "AuditHook":
+        """From a config's ``audit`` section (:class:`tether.config.AuditHookSettings`)."""
+        baseline = None
+        if settings.baseline:
+            path = Path(settings.baseline)
+            if not path.is_file():
+                raise ConfigError(f"audit.baseline: no such file {path}")
+            baseline = json.loads(path.read_text(encoding="utf-8"))
+        return cls(settings.every, settings.metrics, stop_on=settings.stop_on, limit=settings.limit,
+                   baseline=baseline)
+
+    # ---- set-up ------------------------------------------------------------------------------
+
+    def _needs_pairs(self) -> bool:
+        return any(_is_pair(thing) for _, thing in self.metrics)
+
+    def start(self, session) -> None:
+        """Load the tokenizer and the starting model, and fix the baseline values (measured now,
+        read back on resume, or given)."""
+        from tether.models import load_model
+
+        device = next(session.module.parameters()).device
+        initial, self.tokenizer = load_model(session.config.model.path)
+        self.baseline_model = AuditModel("baseline", initial.to(device), self.tokenizer,
+                                         path=session.config.model.path)
+        saved = Path(session.run_dir) / BASELINE_FILE
+        if self.baseline is None and saved.is_file():
+            self.baseline = json.loads(saved.read_text(encoding="utf-8"))
+        if self.baseline is None:
+            self.baseline = self.measure(self.baseline_model)
+            if session.world.is_main:
+                saved.write_text(json.dumps(self.baseline, indent=2), encoding="utf-8")
+        unknown = [gate.metric for gate in self.gates if gate.metric not in self.baseline]
+        if unknown:
+            raise ConfigError(f"audit.stop_on names {', '.join(unknown)}, which the audit metrics do not "
+                              f"report; they report {', '.join(sorted(self.baseline)) or 'nothing'}")
+        units = {name: None for name in self.baseline}
+        for _, thing in self.metrics:
+            declared = getattr(thing, "METRICS", None)
+            units.update(declared if isinstance(declared, dict) else {})
+        check_gates(self.gates, units)  # "+5pp" only on rates
+        if not self._needs_pairs():
+            self.baseline_model = None  # only pair metrics need the starting weights in memory
+
+    # ---- measuring ---------------------------------------------------------------------------
+
+    def measure(self, model: AuditModel) -> dict[str, float]:
+        """Every metric on ``model``: {name: value}. Pair metrics compare against the starting model
+        (on the starting model itself they are 0 by definition)."""
+        network = model.model
+        was_training = network.training
+        device = next(network.parameters()).device
+        network.eval()
+        values: dict[str, float] = {}
+        # fork_rng: whatever the metrics draw, training continues from the same RNG state
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+                for _, thing in self.metrics:
+                    if callable(thing):  # a function; modules are not callable
+                        values.update(_values(thing(model)))
+                    elif not _is_pair(thing):
+                        values.update(_values(thing.evaluate(model, limit=self.limit)))
+                    elif model is self.baseline_model:
+                        values.update({name: 0.0 for name in getattr(thing, "METRICS", {})})
+                    else:
+                        values.update(_values(thing.evaluate_pair(self.baseline_model, model, limit=self.limit)))
+        finally:
+            network.train(was_training)
+        return values
+
+    def changes(self, values: Mapping[str, float]) -> dict[str, float]:
+        """current - baseline per metric; pair metrics are already a change."""
+        pair_names = {name for _, thing in self.metrics if _is_pair(thing) for name in getattr(thing, "METRICS", {})}
+        return {name: value if name in pair_names else value - self.baseline.get(name, math.nan)
+                for name, value in values.items()}
+
+    def __call__(self, session, done: int) -> None:
+        """Called by the session at the end of each step, before its checkpoint."""
+        if done % self.every:
+            return
+        if self.tokenizer is None:
+            self.start(session)
+        values = self.measure(AuditModel(f"step {done}", session.module, self.tokenizer,
+                                         path=session.config.model.path))
+        changes = self.changes(values)
+        line = {f"audit/{name}": value for name, value in values.items()}
+        line.update({f"audit/{gate.metric}/change": changes[gate.metric] for gate in self.gates})
+        session.metrics.log(done, line)
+        self.history.append({"step": done, **values})
+        failed = [gate for gate in self.gates if gate.fails(changes[gate.metric])]
+        if failed:
+            from tether.engine.checkpoint import latest_checkpoint
+
+            last = latest_checkpoint(session.checkpoint_dir)
+            kept = f"the last checkpoint that passed is kept at {last}" if last else "no checkpoint was saved yet"
+            moved = "; ".join(f"{gate.text} (change {changes[gate.metric]:+.4g})" for gate in failed)
+            raise AuditRegressionError(f"audit at step {done} failed: {moved}; training stopped, {kept}.")
