@@ -13,7 +13,6 @@ policy's own backbone: tether/models/value_head.py.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Literal
@@ -28,7 +27,6 @@ from tether.config import GoldSettings, RewardSettings, RunConfig, Section
 from tether.data import encode_prompt, read_rows, truncate_prompt_left, validate_row
 from tether.data.records import VerifiableRecord
 from tether.engine import BatchPlan, TrainingSession, console, progress_bar, start_run
-from tether.engine.checkpoint import save_checkpoint
 from tether.engine.plots import plot_metrics
 from tether.errors import ConfigError, DataValidationError
 from tether.losses.kl import masked_mean
@@ -134,18 +132,8 @@ class PPOSession(TrainingSession):
 
     kl_coef: float = 0.0
 
-    def saved_kl_coef(self) -> float | None:
-        if self.resumed_from is None:
-            return None
-        state = json.loads((self.checkpoint_dir / f"checkpoint-{self.resumed_from:07d}" / "state.json").read_text())
-        return state.get("kl_coef")
-
-    def end_step(self, done: int) -> None:
-        every = self.config.train.save_every
-        if done == self.total_steps or (every and done % every == 0):
-            save_checkpoint(self.checkpoint_dir, done, getattr(self, "module", self.model), self.optimizer,
-                            self.scheduler, keep_last=self.config.train.keep_last,
-                            extra_state={"total_steps": self.total_steps, "kl_coef": self.kl_coef})
+    def checkpoint_extras(self) -> dict:
+        return {"kl_coef": self.kl_coef}
 
 
 def forward_chunks(actor_critic: PolicyWithValueHead, rollout: RolloutBatch, chunk: int
@@ -207,7 +195,7 @@ def train_ppo(config: PPOConfig) -> Path:
     session = PPOSession(actor_critic, config, plan.total_steps, optimizer_steps=plan.total_steps * updates_per_step)
     controller = (AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
                   if settings.adaptive_kl else FixedKLController(settings.kl_coef))
-    saved = session.saved_kl_coef()
+    saved = session.resumed_state().get("kl_coef")
     if saved is not None:
         controller.value = saved
     session.kl_coef = controller.value

@@ -7,8 +7,9 @@ metrics, checkpoints and exact resume.
 
 from __future__ import annotations
 
+import json
+
 import time
-from pathlib import Path
 
 import torch
 
@@ -118,7 +119,19 @@ class TrainingSession:
         if done == self.total_steps or (every and done % every == 0):
             save_checkpoint(self.checkpoint_dir, done, self.module, self.optimizer, self.scheduler,
                             keep_last=self.config.train.keep_last,
-                            extra_state={"total_steps": self.total_steps})
+                            extra_state={"total_steps": self.total_steps, **self.checkpoint_extras()})
+
+    def checkpoint_extras(self) -> dict:
+        """More JSON state a trainer keeps in each checkpoint's state.json (e.g. PPO's KL
+        coefficient); read it back with ``resumed_state()``."""
+        return {}
+
+    def resumed_state(self) -> dict:
+        """The state.json of the checkpoint this run resumed from ({} for a fresh run)."""
+        if self.resumed_from is None:
+            return {}
+        path = self.checkpoint_dir / f"checkpoint-{self.resumed_from:07d}" / "state.json"
+        return json.loads(path.read_text())
 
     def close(self) -> None:
         self.metrics.close()
