@@ -93,6 +93,34 @@ def test_a_judge_that_always_picks_a_is_inconsistent_everywhere():
     assert (result.inconsistent, result.consistency) == (1, 0.0)
 
 
+class ScoredBackend:
+    """log p(A) - log p(B) = quality(A) - quality(B) + a first-position bias, like a small judge."""
+
+    name = "scored"
+    tie_margin = 0.0
+
+    def __init__(self, quality, bias):
+        self.quality, self.bias = quality, bias
+
+    def judge(self, requests, constitution, *, progress=True):
+        scores = [self.quality[r.response_a] - self.quality[r.response_b] + self.bias for r in requests]
+        return [BackendVerdict("A" if s > 0 else "B", f"{s}", s) for s in scores]
+
+
+def test_scores_are_debiased_for_position_instead_of_voted():
+    # x is better by 0.5, but the judge prefers whatever it reads first by 2.0: both orders say
+    # "A", so voting calls it inconsistent; (s1 - s2) / 2 = 0.5 recovers x.
+    backend = ScoredBackend({"good": 0.5, "bad": 0.0}, bias=2.0)
+    item = make_item("x", "bad", "good")
+    debiased = judge_items([item], backend, load_constitution())
+    assert debiased.judgments[0].verdict == {"winner": "c1"}
+    assert inconsistent_pairs(debiased.judgments[0]) == set()  # kept for preference data
+    assert debiased.inconsistent == 1  # the order flip is still counted
+    voted = judge_items([item], backend, load_constitution(), debias_position=False)
+    assert voted.judgments[0].verdict == {"winner": "tie"}
+    assert inconsistent_pairs(voted.judgments[0]) == {("c0", "c1")}
+
+
 def test_more_than_two_candidates_become_a_copeland_ranking():
     # lengths 3, 1, 6, 1: the two shortest tie with each other and beat the rest
     item = make_item("k4", "abc", "a", "abcdef", "b")

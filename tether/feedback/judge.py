@@ -9,6 +9,16 @@ judges, small ones especially, prefer whichever response they read first:
     w1 == w2  ->  that verdict (x, y, or tie)
     w1 != w2  ->  tie, flagged inconsistent (counted in ``JudgeResult.inconsistent``)
 
+A backend that returns scores (the local judge: s = log p(A) - log p(B)) is debiased instead of
+voted on: a first-position preference b adds to both orders' scores, s1 = d + b and
+s2 = -d + b, so the preference for x free of position is
+
+    d = (s1 - s2) / 2        winner x if d > margin, y if d < -margin, else tie
+
+(``debias_position=True``, the default). Order disagreements are still counted in
+``JudgeResult.inconsistent``, but they no longer throw the pair away: a 135M judge agreed with
+itself across orders on 6% of pairs, so voting left almost no preference data.
+
 Records (the same ``Judgment`` people produce, ``source="ai"``):
 
 * two candidates: a ``pairwise`` judgment, ``{"winner": ID | "tie"}``; ``shown_left`` is the
@@ -72,8 +82,16 @@ def copeland_ranks(candidate_ids: list[str], winners: dict[tuple[str, str], str]
     return {candidate: levels.index(score[candidate]) + 1 for candidate in candidate_ids}
 
 
+def _debiased_winner(first: BackendVerdict, second: BackendVerdict, x: str, y: str,
+                     margin: float) -> str:
+    """x, y or "tie" from the two orders' scores, the first-position bias cancelled."""
+    preference = (first.score - second.score) / 2  # > 0: x is better
+    return x if preference > margin else y if preference < -margin else "tie"
+
+
 def judge_items(items: list[FeedbackItem], backend: JudgeBackend, constitution: Constitution, *,
-                annotator: str = "ai-judge", progress: bool = True) -> JudgeResult:
+                annotator: str = "ai-judge", progress: bool = True,
+                debias_position: bool = True) -> JudgeResult:
     """Judge every item's candidates pairwise in both orders; see the module docstring."""
     requests: list[JudgeRequest] = []
     slots: list[tuple[int, str, str]] = []  # (item index, candidate x, candidate y) per pair
@@ -86,7 +104,8 @@ def judge_items(items: list[FeedbackItem], backend: JudgeBackend, constitution: 
     verdicts = backend.judge(requests, constitution, progress=progress)
 
     winners: dict[int, dict[tuple[str, str], str]] = defaultdict(dict)
-    disagreed: dict[int, list[tuple[str, str]]] = defaultdict(list)
+    disagreed: dict[int, list[tuple[str, str]]] = defaultdict(list)  # pairs made ties by it
+    order_flips: dict[int, int] = defaultdict(int)  # disagreements resolved by debiased scores
     notes: dict[int, list[str]] = defaultdict(list)
     failed: set[int] = set()
     for number, (index, x, y) in enumerate(slots):
@@ -94,8 +113,13 @@ def judge_items(items: list[FeedbackItem], backend: JudgeBackend, constitution: 
         w1, w2 = _winner(first, x, y), _winner(second, y, x)
         notes[index].append(f"{x} vs {y}: {w1} ({first.raw.strip()[-200:]}); "
                             f"{y} vs {x}: {w2} ({second.raw.strip()[-200:]})")
+        scored = first.score is not None and second.score is not None
         if w1 is None or w2 is None:
             failed.add(index)
+        elif debias_position and scored:
+            winners[index][(x, y)] = _debiased_winner(first, second, x, y,
+                                                      getattr(backend, "tie_margin", 0.0))
+            order_flips[index] += w1 != w2
         elif w1 == w2:
             winners[index][(x, y)] = w1
         else:
@@ -120,5 +144,6 @@ def judge_items(items: list[FeedbackItem], backend: JudgeBackend, constitution: 
     return JudgeResult(
         judgments=judgments,
         comparisons=sum(index not in failed for index, _, _ in slots),
-        inconsistent=sum(len(pairs) for index, pairs in disagreed.items() if index not in failed),
+        inconsistent=sum(len(pairs) for index, pairs in disagreed.items() if index not in failed)
+        + sum(flips for index, flips in order_flips.items() if index not in failed),
         failed=[items[index].id for index in sorted(failed)])
