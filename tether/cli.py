@@ -3,8 +3,14 @@
     tether train sft --config recipes/sft-demo.yaml optim.lr=1e-4 train.max_steps=20
     tether train sft --config recipes/sft-demo.yaml --resume
     tether train dpo --config recipes/safety-dpo.yaml dpo.beta=0.2
+    tether train reward|ppo|rlhf|cai --config recipes/...yaml
     tether demo              # safety DPO on the bundled SmolLM2, before/after table
     tether demo arith        # SFT warm-up + GRPO on arithmetic, held-out accuracy curve
+    tether generate --model tether:default --prompts prompts.jsonl --out items.jsonl
+    tether label serve       # the labeling web app (see docs/feedback.md)
+    tether judge --items items.jsonl --backend local:tether:default --out judgments.jsonl
+    tether audit --baseline tether:default --candidate runs/safety-dpo/final --fail-on "over_refusal>+5pp"
+    tether audit data prefs.jsonl
 """
 
 from __future__ import annotations
