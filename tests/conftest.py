@@ -15,3 +15,40 @@ def tiny():
     from tether.models.tiny import tiny_llama
 
     return tiny_llama(seed=0)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def label_db_url(request, tmp_path):
+    """A fresh, empty database for the labeling app: a SQLite file, or a new PostgreSQL database
+    (created on the server ``TETHER_TEST_POSTGRES_URL`` points at, dropped after the test)."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "label.db")
+        return
+    base = os.environ.get("TETHER_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("TETHER_TEST_POSTGRES_URL is not set (e.g. postgresql+psycopg://tether:"
+                    "tether@127.0.0.1/tether_test; `make postgres` sets one up)")
+    import time
+    import uuid
+
+    from sqlalchemy import create_engine, make_url
+
+    name = f"tether_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")  # CREATE DATABASE needs it
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(base).set(database=name).render_as_string(hide_password=False)
+    finally:
+        from sqlalchemy.exc import DBAPIError
+
+        for attempt in range(5):  # FORCE: the test's pool may still hold connections; a
+            try:  # backend of another role (autovacuum) cannot be ended, but soon leaves
+                with admin.connect() as connection:
+                    connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                break
+            except DBAPIError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.5)
+        admin.dispose()

@@ -23,8 +23,8 @@ def fast_password_hashing(monkeypatch):
                                                             parallelism=1))
 
 
-def make_app(tmp_path, **limits):
-    app = create_app(Settings(db_url=str(tmp_path / "label.db"), **limits))
+def make_app(db_url: str, **limits):
+    app = create_app(Settings(db_url=db_url, **limits))
     with app.state.sessions.begin() as db:
         projects.create_user(db, "root", "admin", "root-password")
         for name in ("ann", "bob"):
@@ -41,8 +41,8 @@ def make_app(tmp_path, **limits):
 
 
 @pytest.fixture
-def app(tmp_path):
-    return make_app(tmp_path)
+def app(label_db_url):  # SQLite, and PostgreSQL when TETHER_TEST_POSTGRES_URL is set (conftest)
+    return make_app(label_db_url)
 
 
 def csrf_of(html: str) -> str:
@@ -170,16 +170,16 @@ def test_model_output_is_escaped_and_models_are_hidden(app):
     assert set(api["candidates"][0]) == {"position", "text"}
 
 
-def test_login_attempts_are_rate_limited(tmp_path):
-    client = TestClient(make_app(tmp_path, login_limit=(3, 60.0)))
+def test_login_attempts_are_rate_limited(label_db_url):
+    client = TestClient(make_app(label_db_url, login_limit=(3, 60.0)))
     statuses = [login(client, "ann", "wrong-password").status_code for _ in range(4)]
     assert statuses == [401, 401, 401, 429]
     response = login(client, "ann")  # even the right password waits out the window
     assert response.status_code == 429 and response.headers["retry-after"] == "60"
 
 
-def test_submissions_are_rate_limited(tmp_path):
-    app = make_app(tmp_path, submit_limit=(2, 60.0))
+def test_submissions_are_rate_limited(label_db_url):
+    app = make_app(label_db_url, submit_limit=(2, 60.0))
     headers = api_token(app, "ann")
     client = TestClient(app)
     statuses = []

@@ -133,8 +133,8 @@ def run(*argv: str, stdin: str = "") -> int:
         sys.stdin = old
 
 
-def test_cli_import_label_export_roundtrip(tmp_path, capsys):
-    db = str(tmp_path / "label.db")
+def test_cli_import_label_export_roundtrip(tmp_path, capsys, label_db_url):
+    db = label_db_url  # SQLite, and PostgreSQL when TETHER_TEST_POSTGRES_URL is set (conftest)
     items = tmp_path / "items.jsonl"
     items.write_text("".join(json.dumps(item(f"i{i}", [f"good {i}", f"bad {i}"]).model_dump())
                              + "\n" for i in range(3)))
@@ -160,13 +160,15 @@ def test_cli_import_label_export_roundtrip(tmp_path, capsys):
     from tether.feedback.app import projects, queue
     from tether.feedback.app.db import make_engine, session_factory
 
-    with session_factory(make_engine(db)).begin() as session:
+    engine = make_engine(db)
+    with session_factory(engine).begin() as session:
         project, ann = projects.get_project(session, "p"), projects.get_user(session, "ann")
         while (assignment := queue.lease_next(session, project, ann)) is not None:
             good = next(c["id"] for c in assignment.item.candidates if "good" in c["text"])
             choice = "left" if assignment.order[0] == good else "right"
             queue.submit(session, assignment, ann, queue.verdict_from_positions(
                 "pairwise", assignment.order, choice=choice))
+    engine.dispose()
 
     for fmt in ("preference", "preference-chat", "ranking", "raw"):
         out = tmp_path / f"{fmt}.jsonl"

@@ -35,8 +35,8 @@ def fast_password_hashing(monkeypatch):
 
 
 @pytest.fixture
-def db(tmp_path):
-    engine = make_engine(str(tmp_path / "label.db"))
+def db(label_db_url):  # SQLite, and PostgreSQL when TETHER_TEST_POSTGRES_URL is set (conftest)
+    engine = make_engine(label_db_url)
     migrate(engine)
     with session_factory(engine)() as session:
         yield session
@@ -55,17 +55,19 @@ def setup(db, *, n_items: int, required: int, users: int, gold_rate: float = 0.0
     return project, people
 
 
-def test_migrations_build_exactly_the_models(tmp_path):
+def test_migrations_build_exactly_the_models(label_db_url):
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    engine = make_engine(str(tmp_path / "m.db"))
+    engine = make_engine(label_db_url)
     assert migrate(engine) == "0001"
     assert migrate(engine) == "0001"  # idempotent
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
-        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        if engine.dialect.name == "sqlite":
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    engine.dispose()
 
 
 def test_overlap_caps_leases_and_judgments_per_item(db):
@@ -78,6 +80,30 @@ def test_overlap_caps_leases_and_judgments_per_item(db):
     queue.submit(db, a0, u0, {"winner": "a"})
     assert queue.lease_next(db, project, u2) is None  # 1 submitted + 1 leased = 2
     assert queue.lease_next(db, project, u0) is None  # u0 judged it already
+
+
+def test_one_users_parallel_requests_get_one_lease(label_db_url):
+    import threading
+
+    engine = make_engine(label_db_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    with sessions.begin() as db:
+        project, (u0,) = setup(db, n_items=3, required=2, users=1)
+    first, second = sessions(), sessions()
+    a0 = queue.lease_next(first, first.merge(project), first.merge(u0))  # not committed yet
+    got = {}
+    late = threading.Thread(target=lambda: got.update(a=queue.lease_next(
+        second, second.merge(project), second.merge(u0))))
+    late.start()
+    late.join(0.5)
+    assert late.is_alive()  # waits for the first transaction instead of leasing a second item
+    first.commit()
+    late.join(30)
+    assert got["a"].id == a0.id
+    second.commit()
+    first.close(), second.close()
+    engine.dispose()
 
 
 def test_expired_lease_returns_item_and_late_submit_is_refused_when_full(db):
@@ -238,6 +264,33 @@ def test_ai_bulk_upload_validates_and_skips_duplicates(db):
         ("i0", "ai:v1", "ai", "c1"), ("i1", "ai:v1", "ai", None)]
     # AI judgments do not use up the human overlap
     assert queue.lease_next(db, project, human) is not None
+
+
+def test_a_retried_ai_batch_racing_the_first_reports_duplicates(label_db_url):
+    import threading
+
+    engine = make_engine(label_db_url)
+    migrate(engine)
+    sessions = session_factory(engine)
+    with sessions.begin() as db:
+        project, _ = setup(db, n_items=1, required=1, users=0)
+        bot = projects.create_user(db, "judge-bot", "judge")
+    batch = [Judgment(item_id="i0", task="pairwise", verdict={"winner": "a"}, annotator="ai:v1",
+                      source="ai")]
+    first, second = sessions(), sessions()
+    assert queue.add_ai_judgments(first, first.merge(project), first.merge(bot), batch) == (1, [])
+    got = {}
+    retry = threading.Thread(target=lambda: got.update(r=queue.add_ai_judgments(
+        second, second.merge(project), second.merge(bot), batch)))
+    retry.start()
+    retry.join(0.5)
+    assert retry.is_alive()
+    first.commit()
+    retry.join(30)
+    assert got["r"] == (0, ["i0"])  # not an IntegrityError on judgments(item_id, annotator)
+    second.commit()
+    first.close(), second.close()
+    engine.dispose()
 
 
 def test_guidelines_versions_and_the_version_on_each_judgment(db):

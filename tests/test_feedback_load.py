@@ -1,6 +1,7 @@
 """Load over loopback: 20 annotators submit 50 judgments each in parallel (threads, httpx) to a
-real server started with ``tether label serve`` (uvicorn, SQLite). No judgment may be lost or
-stored twice, nobody may judge an item twice, and no item may pass its overlap cap."""
+real server started with ``tether label serve`` (uvicorn; SQLite, and PostgreSQL when
+``TETHER_TEST_POSTGRES_URL`` is set). No judgment may be lost or stored twice, nobody may judge
+an item twice, and no item may pass its overlap cap."""
 
 from __future__ import annotations
 
@@ -40,13 +41,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_parallel_annotators_lose_nothing_and_respect_overlap(tmp_path):
+def test_parallel_annotators_lose_nothing_and_respect_overlap(label_db_url):
     from tether.feedback.app import projects
     from tether.feedback.app.db import make_engine, migrate, session_factory
     from tether.feedback.app.models import JudgmentRow
 
-    db_path = str(tmp_path / "load.db")
-    engine = make_engine(db_path)
+    engine = make_engine(label_db_url)
     migrate(engine)
     tokens = {}
     with session_factory(engine).begin() as db:
@@ -64,7 +64,7 @@ def test_parallel_annotators_lose_nothing_and_respect_overlap(tmp_path):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
-        [sys.executable, "-m", "tether.cli", "label", "serve", "--db", db_path,
+        [sys.executable, "-m", "tether.cli", "label", "serve", "--db", label_db_url,
          "--port", str(port), "--log-level", "warning"],
         env={**os.environ, "PYTHONPATH": str(Path(tether.__file__).parents[1])},
         stdout=subprocess.PIPE,

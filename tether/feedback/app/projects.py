@@ -260,7 +260,7 @@ def progress(db: Session, project: Project, now: datetime | None = None) -> dict
     per_annotator = db.execute(select(JudgmentRow.annotator, JudgmentRow.source, func.count())
                                .join(Item).where(in_project)
                                .group_by(JudgmentRow.annotator, JudgmentRow.source)
-                               .order_by(JudgmentRow.annotator)).all()
+                               .order_by(JudgmentRow.annotator, JudgmentRow.source)).all()
     return {"items": items, "gold_items": gold, "regular_items": items - gold,
             "complete_items": complete, "human_judgments": by_source.get("human", 0),
             "ai_judgments": by_source.get("ai", 0), "open_leases": leases,

@@ -15,8 +15,11 @@ Rules, with N = ``project.required_judgments``:
   positions (left/right, 1..K) and never candidate ids or model names.
 
 Concurrency: on SQLite every transaction holds the write lock from its start (db.py), so the
-count-then-insert below is atomic. On PostgreSQL the item row is locked (``FOR UPDATE``) and the
-count repeated before a lease or judgment is written.
+count-then-insert below is atomic. On PostgreSQL (READ COMMITTED) ``lease_next`` first locks the
+user's row, so one annotator's parallel requests get one lease, not one each; the next open item
+is then taken with ``FOR UPDATE SKIP LOCKED``, so parallel annotators spread over items instead
+of queueing on one row, and its count is repeated after the lock (the query's snapshot may predate
+a lease committed since). ``submit`` locks the item row (waiting) and counts again.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from tether.feedback.records import Judgment
 from tether.feedback.verdicts import verdict_problem
 
 PAIRWISE_CHOICES = ("left", "right", "tie", "both_bad")
-CANDIDATES_SCANNED = 20  # items tried per lease before giving up (others may fill them first)
 _shuffle = random.SystemRandom().shuffle
 
 
@@ -78,37 +80,50 @@ def _gold_turn(db: Session, project: Project, user: User) -> bool:
     return math.floor((total + 1) * project.gold_rate) > gold
 
 
-def _candidates(db: Session, project: Project, user: User, gold: bool, now: datetime
-                ) -> list[int]:
+def _next_item(db: Session, project: Project, user: User, gold: bool, now: datetime,
+               passed: set[int]) -> Item | None:
+    """The first item (by id) still open to this user, or None; regular items come row-locked."""
     taken = (select(func.count()).select_from(Assignment)
              .where(Assignment.item_id == Item.id, _holds_slot(now)).scalar_subquery())
     mine = exists().where(Assignment.item_id == Item.id, Assignment.user_id == user.id,
                           Assignment.status.in_(("submitted", "skipped")))
     judged = exists().where(JudgmentRow.item_id == Item.id,
                             JudgmentRow.annotator == user.username)
-    query = (select(Item.id).where(Item.project_id == project.id, Item.is_gold == gold,
-                                   ~mine, ~judged)
-             .order_by(Item.id).limit(CANDIDATES_SCANNED))
-    if not gold:
-        query = query.where(taken < project.required_judgments)
-    return list(db.scalars(query))
+    query = (select(Item).where(Item.project_id == project.id, Item.is_gold == gold,
+                                ~mine, ~judged)
+             .order_by(Item.id).limit(1))
+    if not gold:  # gold has no cap, so nothing to lock: (item, user) is unique on its own
+        # SKIP LOCKED: an item another lease is being written for is passed over, not waited on
+        # (waiting would re-check only the row, not the count). SQLite leaves the clause out.
+        query = (query.where(taken < project.required_judgments, Item.id.not_in(passed))
+                 .with_for_update(of=Item, skip_locked=True))
+    return db.scalar(query)
+
+
+def _lock_user(db: Session, user: User) -> None:
+    # NO KEY UPDATE: serializes this user's leases, yet lets foreign-key checks (KEY SHARE) on
+    # the row through. No-op on SQLite.
+    db.execute(select(User.id).where(User.id == user.id).with_for_update(key_share=True))
 
 
 def lease_next(db: Session, project: Project, user: User, now: datetime | None = None
                ) -> Assignment | None:
     """The user's open lease in this project, or a new one; None when nothing is left for them."""
     now = now or utcnow()
+    _lock_user(db, user)
     current = open_lease(db, project, user, now)
     if current is not None:
         return current
     gold_turn = project.gold_rate > 0 and _gold_turn(db, project, user)
     kinds = (True, False) if gold_turn else (False,)
     for gold in kinds:
-        for item_id in _candidates(db, project, user, gold, now):
-            item = _lock_item(db, item_id)
-            if not gold and _slots_taken(db, item_id, now) >= project.required_judgments:
-                continue  # filled since the candidate query ran (PostgreSQL only)
-            return _lease(db, project, item, user, now)
+        passed: set[int] = set()
+        while (item := _next_item(db, project, user, gold, now, passed)) is not None:
+            if gold or _slots_taken(db, item.id, now) < project.required_judgments:
+                return _lease(db, project, item, user, now)
+            # filled since the query's snapshot (PostgreSQL only); we keep its lock, so the
+            # others pass over it too
+            passed.add(item.id)
     return None
 
 
@@ -212,6 +227,10 @@ def add_ai_judgments(db: Session, project: Project, user: User, judgments: list[
     (item, annotator) is already stored is left as it is and reported, so a judge bot can
     retry a batch. Returns ``(created, duplicate item ids)``.
     """
+    # one upload per project at a time (PostgreSQL; SQLite is locked whole): a retried batch
+    # racing its first try then sees the stored rows as duplicates instead of failing on the
+    # unique key
+    db.execute(select(Project.id).where(Project.id == project.id).with_for_update(key_share=True))
     items = {i.external_id: i for i in db.scalars(select(Item).where(
         Item.project_id == project.id, Item.external_id.in_({j.item_id for j in judgments})))}
     humans = set(db.scalars(select(User.username).where(User.role != "judge",
