@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tether.audit.base import AuditModel
-from tether.audit.likelihood import option_logprobs
+from tether.audit.likelihood import option_logprobs, option_logprobs_simple
 from tether.audit.metrics import balanced, bias
 
 ITEMS = bias.load_items()
@@ -196,6 +196,24 @@ def test_option_logprobs_match_a_direct_computation(tiny):
         expected = sum(logp[t - 1, ids[t]].item() for t in range(start, len(ids)))
         assert total == pytest.approx(expected, abs=1e-4)
         assert mean_score == pytest.approx(expected / (len(ids) - start), abs=1e-4)
+
+
+@pytest.mark.parametrize("average", [True, False])
+def test_shared_prefix_scoring_equals_one_forward_per_option(tiny, average):
+    # prompts of different lengths in one batch (left padding), 2 or 3 options of different
+    # lengths (right padding), a chat-message prompt, and more prompts than one batch
+    model, tokenizer = tiny
+    audit_model = AuditModel("tiny", model, tokenizer, batch_size=3)
+    rows = bias.questions(ITEMS[:3])
+    prompts = [row["prompt"] for row in rows] + [
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Who was late?"}]]
+    options = [row["answers"] for row in rows] + [["The Dutch colleague", "Unknown"]]
+    fast = option_logprobs(audit_model, prompts, options, average=average)
+    simple = option_logprobs_simple(audit_model, prompts, options, average=average)
+    assert [len(row) for row in fast] == [3] * 6 + [2]
+    for fast_row, simple_row in zip(fast, simple):
+        assert fast_row == pytest.approx(simple_row, abs=1e-4)
+    assert len({value for row in fast for value in row}) > 10  # real, distinct scores were compared
 
 
 def test_tiny_model_end_to_end(tiny):

@@ -26,7 +26,8 @@ import torch
 from tether.audit.base import AuditModel
 from tether.data import SFTRecord, encode_sft, pad_batch
 from tether.data.records import Prompt
-from tether.losses.logprobs import completion_logps
+from tether.losses.logprobs import completion_logps, selective_log_softmax
+from tether.rollout.sampler import positions_from_mask
 
 
 def _encode(prompt: Prompt, option: str, tokenizer, max_length: int) -> dict:
@@ -37,16 +38,119 @@ def _encode(prompt: Prompt, option: str, tokenizer, max_length: int) -> dict:
     return encode_sft(record, tokenizer, max_length)
 
 
+def _shared_prefix(encoded: Sequence[dict]) -> int:
+    """Tokens every option's encoding shares before its first completion token (at least 1).
+
+    The chat template renders the prompt identically before each reply, so this is normally the
+    whole prompt; taking the common prefix, not trusting the template, keeps the scores exact
+    for any tokenizer (one that merges across the prompt/reply boundary shares less).
+    """
+    first = min(next(t for t, label in enumerate(e["labels"]) if label != -100) for e in encoded)
+    length = 0
+    rows = [e["input_ids"] for e in encoded]
+    while length < first and all(row[length] == rows[0][length] for row in rows):
+        length += 1
+    return length
+
+
 @torch.no_grad()
 def option_logprobs(model: AuditModel, prompts: Sequence[Prompt], options: Sequence[Sequence[str]], *,
                     average: bool = True, max_length: int = 1024) -> list[list[float]]:
     """Log-probability of each option as the reply to its prompt (see the module docstring).
+
+    The options of one prompt share it, so the prompt is run once: a forward over the shared
+    prefix x_<L (one row per prompt) fills a KV cache, the cache is copied to each option's row,
+    and a second forward runs only the option tokens y_L.. on top of it. The logits predicting
+    y_t come from position t-1: the prefix's last position for t = L, the option forward for
+    t > L. Same numbers as one forward per prompt+option (:func:`option_logprobs_simple`), up to
+    float rounding, for roughly 1/K of the cost when the prompt dominates.
 
     Shape: prompts (P,), options (P, K_p) -> (P, K_p) floats, K_p may vary per prompt.
     """
     custom = getattr(model, "option_logprobs", None)
     if callable(custom):
         return [list(map(float, row)) for row in custom(list(prompts), [list(o) for o in options])]
+    if len(prompts) != len(options):
+        raise ValueError(f"{len(prompts)} prompts but {len(options)} option lists")
+    # groups: (prompt index, shared prefix ids, [(option index, suffix ids, suffix completion mask)])
+    groups = []
+    for p, (prompt, choices) in enumerate(zip(prompts, options)):
+        encoded = [_encode(prompt, option, model.tokenizer, max_length) for option in choices]
+        if not encoded:
+            continue
+        shared = _shared_prefix(encoded)
+        if shared == 0:  # nothing shared (no prompt tokens): score each option on its own prefix
+            units = [[(k, e)] for k, e in enumerate(encoded)]
+        else:
+            units = [list(enumerate(encoded))]
+        for unit in units:
+            length = shared or next(t for t, label in enumerate(unit[0][1]["labels"]) if label != -100)
+            groups.append((p, unit[0][1]["input_ids"][:length],
+                           [(k, e["input_ids"][length:], [int(label != -100) for label in e["labels"][length:]])
+                            for k, e in unit]))
+    groups.sort(key=lambda group: len(group[1]))  # similar prefix lengths together: little padding
+    scores = [[0.0] * len(choices) for choices in options]
+    network = model.model
+    device = next(network.parameters()).device
+    was_training = network.training
+    network.eval()
+    try:
+        for start in range(0, len(groups), model.batch_size):
+            chunk = groups[start:start + model.batch_size]
+            for (p, _, rows), values in zip(chunk, _score_chunk(network, chunk, model.tokenizer.pad_token_id,
+                                                                device, average)):
+                for (k, _, _), value in zip(rows, values):
+                    scores[p][k] = value
+    finally:
+        network.train(was_training)
+    return scores
+
+
+def _score_chunk(network, chunk: Sequence[tuple], pad_id: int, device, average: bool) -> list[list[float]]:
+    """Scores of every option in ``chunk``'s groups: one prefix forward, one option forward."""
+    width = max(len(prefix) for _, prefix, _ in chunk)
+    # Left padding puts every prefix's last token in the last column, so the forward needs the
+    # lm_head there only; position ids count real tokens, so padding does not shift positions.
+    prefix_ids = torch.tensor([[pad_id] * (width - len(prefix)) + prefix for _, prefix, _ in chunk],
+                              device=device)  # (G, S)
+    prefix_mask = torch.tensor([[0] * (width - len(prefix)) + [1] * len(prefix) for _, prefix, _ in chunk],
+                               device=device)  # (G, S)
+    output = network(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions_from_mask(prefix_mask),
+                     use_cache=True, logits_to_keep=1)
+    last = output.logits[:, -1]  # (G, V): predicts each option's first own token
+    lengths = prefix_mask.sum(dim=1)  # (G,)
+
+    owner = torch.tensor([g for g, (_, _, rows) in enumerate(chunk) for _ in rows], device=device)  # (R,)
+    cache = output.past_key_values
+    cache.batch_select_indices(owner)  # the prefix's keys and values, copied to every option's row
+    suffixes = pad_batch([{"input_ids": ids, "labels": mask} for _, _, rows in chunk for _, ids, mask in rows],
+                         pad_id)
+    suffix_ids, suffix_mask = suffixes["input_ids"].to(device), suffixes["attention_mask"].to(device)  # (R, U)
+    # "labels" carry the 0/1 completion mask here; pad_batch pads them with -100, clamped to 0
+    completion = suffixes["labels"].to(device).clamp(min=0).float()  # (R, U): 1 on option tokens
+    positions = lengths[owner, None] + torch.arange(suffix_ids.shape[1], device=device)  # (R, U)
+    attention = torch.cat([prefix_mask[owner], suffix_mask], dim=1)  # (R, S + U): prefix padding masked
+    logits = network(input_ids=suffix_ids, attention_mask=attention, position_ids=positions,
+                     past_key_values=cache, use_cache=True).logits  # (R, U, V)
+    # token t of the suffix is predicted by the prefix's last logit (t = 0) or suffix logit t - 1
+    predicting = torch.cat([last[owner, None], logits[:, :-1]], dim=1)  # (R, U, V)
+    logps = selective_log_softmax(predicting, suffix_ids) * completion  # (R, U)
+    totals = logps.sum(dim=1)  # (R,)
+    if average:
+        totals = totals / completion.sum(dim=1).clamp(min=1.0)
+    values = totals.tolist()
+    out, offset = [], 0
+    for _, _, rows in chunk:
+        out.append(values[offset:offset + len(rows)])
+        offset += len(rows)
+    return out
+
+
+@torch.no_grad()
+def option_logprobs_simple(model: AuditModel, prompts: Sequence[Prompt], options: Sequence[Sequence[str]], *,
+                           average: bool = True, max_length: int = 1024) -> list[list[float]]:
+    """:func:`option_logprobs` the plain way, one forward over each prompt+option: the reference
+    the shared-prefix version is tested against."""
     if len(prompts) != len(options):
         raise ValueError(f"{len(prompts)} prompts but {len(options)} option lists")
     rows = [(p, k, _encode(prompt, option, model.tokenizer, max_length))
