@@ -70,11 +70,15 @@ def server(tmp_path):
 
 def login(page, base: str, username: str, password: str) -> None:
     page.goto(f"{base}/login")
-    page.keyboard.type(username)  # the username box has autofocus
+    # The username box has autofocus; wait until it has it (a loaded machine can be slow to
+    # apply it, and keys typed before then go nowhere).
+    page.wait_for_selector("input[name=username]:focus")
+    page.keyboard.type(username)
     page.keyboard.press("Tab")
     page.keyboard.type(password)
     with page.expect_navigation():
         page.keyboard.press("Enter")
+    assert "/login" not in page.url, f"login as {username} failed: {page.inner_text('body')[:200]}"
 
 
 def test_keyboard_labeling_blinded_inert_model_output_and_export(server):
@@ -118,6 +122,7 @@ def test_keyboard_labeling_blinded_inert_model_output_and_export(server):
             admin_page = admin.new_page()
             login(admin_page, server, "root", "root-password")
             raw = admin.request.get(f"{server}/admin/p/pw/export?format=raw").text()
+            assert raw.startswith("{"), f"raw export is not JSONL: {raw[:200]!r}"
             pairs = admin.request.get(f"{server}/admin/p/pw/export?format=preference").text()
         finally:
             browser.close()
