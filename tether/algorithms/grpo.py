@@ -18,6 +18,7 @@ from tether.audit.reward_hacking import RewardHackingMonitor
 from tether.config import GRPOConfig
 from tether.data import load_records
 from tether.engine import BatchPlan, TrainingSession, console, distributed, progress_bar, start_run
+from tether.engine.batches import shuffled_groups
 from tether.engine.plots import plot_metrics
 from tether.errors import ConfigError
 from tether.losses.grpo import (group_advantages, overlong_penalty, policy_loss, rloo_advantages,
@@ -150,12 +151,7 @@ def train_grpo(config: GRPOConfig) -> Path:
         reference, _ = load_model(config.model.path)
         reference.requires_grad_(False)
 
-    def shuffled_prompts(seed: int) -> list[list[int]]:
-        order = torch.randperm(len(tasks), generator=torch.Generator().manual_seed(seed)).tolist()
-        size = settings.prompts_per_step
-        return [order[i:i + size] for i in range(0, len(order) - size + 1, size)]
-
-    plan = BatchPlan(shuffled_prompts, seed=config.train.seed, grad_accum=1,
+    plan = BatchPlan(shuffled_groups(len(tasks), settings.prompts_per_step), seed=config.train.seed, grad_accum=1,
                      max_steps=config.train.max_steps, epochs=config.train.epochs)
     session = TrainingSession(model, config, plan.total_steps,
                               optimizer_steps=plan.total_steps * settings.updates_per_rollout)

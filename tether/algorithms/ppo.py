@@ -27,6 +27,7 @@ from tether.config import GoldSettings, RewardSettings, RunConfig, Section
 from tether.data import encode_prompt, read_rows, truncate_prompt_left, validate_row
 from tether.data.records import VerifiableRecord
 from tether.engine import BatchPlan, TrainingSession, console, progress_bar, start_run
+from tether.engine.batches import shuffled_groups
 from tether.engine.plots import plot_metrics
 from tether.errors import ConfigError, DataValidationError
 from tether.losses.kl import masked_mean
@@ -182,12 +183,7 @@ def train_ppo(config: PPOConfig) -> Path:
             with reference_mode(policy):
                 return token_logps(policy, input_ids, attention_mask, start=start, position_ids=position_ids)
 
-    def epoch_of_prompts(seed: int) -> list[list[int]]:
-        order = torch.randperm(len(prompts), generator=torch.Generator().manual_seed(seed)).tolist()
-        size = settings.prompts_per_step
-        return [order[i:i + size] for i in range(0, len(order) - size + 1, size)]
-
-    plan = BatchPlan(epoch_of_prompts, seed=config.train.seed, grad_accum=1,
+    plan = BatchPlan(shuffled_groups(len(prompts), settings.prompts_per_step), seed=config.train.seed, grad_accum=1,
                      max_steps=config.train.max_steps, epochs=config.train.epochs)
     rows = settings.prompts_per_step * settings.num_generations
     minibatch = min(settings.minibatch_size or rows, rows)

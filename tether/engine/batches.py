@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
+
 
 class BatchPlan:
     def __init__(self, make_epoch: Callable[[int], list[list[int]]], *, seed: int, grad_accum: int,
@@ -41,3 +43,13 @@ class BatchPlan:
 
     def epoch_of(self, step: int) -> float:
         return step / self.steps_per_epoch
+
+
+def shuffled_groups(count: int, size: int) -> Callable[[int], list[list[int]]]:
+    """A ``make_epoch`` for ``BatchPlan``: indices ``0..count-1`` shuffled by the epoch's seed and
+    cut into groups of ``size`` (a short remainder is dropped), e.g. the prompts of each RL step."""
+    def make_epoch(seed: int) -> list[list[int]]:
+        order = torch.randperm(count, generator=torch.Generator().manual_seed(seed)).tolist()
+        return [order[i:i + size] for i in range(0, count - size + 1, size)]
+
+    return make_epoch
