@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import zlib
 from pathlib import Path
 
 import pytest
 import torch
+from _torchrun import run_torchrun
 from safetensors.torch import load_file
 
 from tether.config import DPOConfig, GRPOConfig, SFTConfig, load_config
@@ -25,7 +25,6 @@ from tether.engine import distributed, read_metrics
 from tether.errors import ConfigError
 from tether.rollout.sampler import TransformersSampler
 
-WORLD = 2
 COMMON = ["train.progress=false", "train.tensorboard=false", "train.bf16=false", "optim.lr=1e-2",
           "optim.schedule=constant"]
 
@@ -136,11 +135,7 @@ def job(tmp_path_factory):
     with (job / "tasks.jsonl").open("w") as handle:
         for i in range(8):
             handle.write(json.dumps({"prompt": f"Repeat the digit {i % 3 + 1}.", "answer": str(i % 3 + 1)}) + "\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(Path.cwd())}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(WORLD),
-         __file__, str(job)], capture_output=True, text=True, timeout=400, env=env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    run_torchrun(__file__, str(job))
     return job
 
 

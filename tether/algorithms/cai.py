@@ -43,7 +43,7 @@ from pydantic import Field, field_validator, model_validator
 
 from tether.audit.refusal import is_refusal
 from tether.config import DPOConfig, SFTConfig, Section, resolve_bundled, save_config
-from tether.engine import console, latest_checkpoint
+from tether.engine import console, distributed, latest_checkpoint
 from tether.errors import ConfigError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION, Constitution, load_constitution
 from tether.feedback.generate import (generate_items, load_named_model, read_prompts, read_records,
@@ -196,7 +196,10 @@ def critique_and_revise(model, tokenizer, prompts: list[tuple[str, object, dict]
 
 class _Stages:
     """Runs a stage unless its output exists; once one stage runs, all later ones run again,
-    so no stage's output is older than what it was built from."""
+    so no stage's output is older than what it was built from.
+
+    Under torchrun every rank makes the same decisions (it looks at the same files, and
+    ``all_true`` makes them agree); rank 0 alone removes stale outputs and writes the summary."""
 
     def __init__(self, run_dir: Path):
         self.run_dir, self.rerun = run_dir, False
@@ -206,21 +209,23 @@ class _Stages:
     def needed(self, name: str, output: Path, stage_dir: Path | None = None) -> bool:
         """Should stage ``name`` run? A training stage's folder (``stage_dir``) is kept to
         resume from after a crash, but removed when an earlier stage has just changed its data."""
-        if output.exists() and not self.rerun:
+        if distributed.all_true(output.exists()) and not self.rerun:  # all ranks look, then decide
             console.print(f"stage {name}: done, {output} exists (skipping)")
             return False
-        if self.rerun:  # an earlier stage just ran: what this one made before is stale
+        if self.rerun and distributed.is_main():  # an earlier stage just ran: this one's output is stale
             if stage_dir is not None and stage_dir.exists():
                 shutil.rmtree(stage_dir)
             elif output.is_file():
                 output.unlink()
+        distributed.barrier()  # nobody looks for a training stage's checkpoints mid-removal
         self.rerun = True
         console.print(f"[bold]stage {name}[/bold]")
         return True
 
     def record(self, name: str, started: float, **numbers) -> None:
         self.summary[name] = {**numbers, "seconds": round(time.perf_counter() - started, 1)}
-        self.summary_path.write_text(json.dumps(self.summary, indent=2) + "\n")
+        if distributed.is_main():
+            self.summary_path.write_text(json.dumps(self.summary, indent=2) + "\n")
 
 
 def _stage_config(config_class, section, run_dir: Path, name: str, train_path: Path,
@@ -235,40 +240,94 @@ def _stage_config(config_class, section, run_dir: Path, name: str, train_path: P
     return config_class.model_validate(data)
 
 
+def revise_stage(config: CAIConfig, prompts, constitution: Constitution, run_dir: Path) -> dict:
+    """Stage 1: critiques and revisions from the initial policy -> critiques.jsonl, sft.jsonl."""
+    seed = config.train.seed
+    torch.manual_seed(seed)
+    _, model, tokenizer = load_named_model(config.sft.model.path)
+    traces = critique_and_revise(model, tokenizer, prompts, constitution, config.critique,
+                                 seed=seed, progress=config.train.progress)
+    del model
+    write_jsonl(run_dir / "critiques.jsonl", traces)
+    records = [{"id": t["id"], "prompt": t["prompt"], "completion": t["revision"]}
+               for t in traces if t["revision"].strip()]
+    if not records:
+        raise TetherError("every revision came back empty; nothing to fine-tune on "
+                          "(raise critique.max_new_tokens?)")
+    write_jsonl(run_dir / "sft.jsonl", records)
+    return dict(prompts=len(traces), sft_records=len(records), empty_revisions=len(traces) - len(records),
+                refusal_rate_initial=refusal_rate([t["initial"] for t in traces]),
+                refusal_rate_revised=refusal_rate([t["revision"] for t in traces]))
+
+
+def candidates_stage(config: CAIConfig, prompts, sft_final: Path, items_path: Path) -> dict:
+    """Stage 3: ``num_candidates`` samples per prompt from the SFT model -> rlaif_items.jsonl."""
+    rl_prompts = load_prompts(config.rlaif.prompts) if config.rlaif.prompts else prompts
+    _, model, tokenizer = load_named_model(str(sft_final))
+    items = generate_items(rl_prompts, [("sft", model, tokenizer)],
+                           num_candidates=config.rlaif.num_candidates,
+                           max_new_tokens=config.rlaif.max_new_tokens,
+                           temperature=config.rlaif.temperature, seed=config.train.seed,
+                           progress=config.train.progress)
+    del model
+    write_jsonl(items_path, items)
+    return dict(items=len(items), refusal_rate=refusal_rate(
+        [candidate.text for item in items for candidate in item.candidates]))
+
+
+def judge_stage(config: CAIConfig, constitution: Constitution, items_path: Path, judgments_path: Path) -> dict:
+    """Stage 4: the AI judge compares each item's candidates, in both orders -> judgments.jsonl."""
+    backend = backend_from_spec(config.rlaif.judge, model=config.rlaif.judge_model,
+                                api_key_env=config.rlaif.api_key_env,
+                                batch_size=config.rlaif.judge_batch_size)
+    result = judge_items(read_records(items_path, FeedbackItem), backend, constitution,
+                         annotator=f"cai-judge:{backend.name}", progress=config.train.progress)
+    del backend
+    write_jsonl(judgments_path, result.judgments)
+    return dict(judgments=len(result.judgments), comparisons=result.comparisons,
+                inconsistent=result.inconsistent, failed=len(result.failed))
+
+
+def preferences_stage(items_path: Path, judgments_path: Path, pairs_path: Path) -> dict:
+    """Stage 5: consistent verdicts -> preference pairs (preferences.jsonl)."""
+    pairs = judgments_to_pairs(read_records(items_path, FeedbackItem), read_records(judgments_path, Judgment))
+    if not pairs:
+        raise TetherError(f"the judge gave no usable verdict (every one tied or inconsistent; "
+                          f"see {judgments_path}): no preference pairs to train on. Try more "
+                          "prompts, a stronger judge (rlaif.judge), or more varied candidates "
+                          "(rlaif.temperature)")
+    write_jsonl(pairs_path, preference_rows(pairs))
+    return dict(pairs=len(pairs))
+
+
 def run_cai(config: CAIConfig) -> Path:
-    """Run every stage not yet done; returns the final model directory (``dpo/final``)."""
+    """Run every stage not yet done; returns the final model directory (``dpo/final``).
+
+    Under torchrun, the stages that generate or judge run on rank 0 while the other ranks wait
+    (``main_only``); SFT and DPO run on every rank, data-parallel (docs/scaling.md)."""
+    distributed.init_distributed()
     run_dir = config.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / "config.yaml")
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    distributed.barrier()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     constitution = load_constitution(config.constitution)
     prompts = load_prompts(config.prompts)
-    progress, seed = config.train.progress, config.train.seed
+    progress = config.train.progress
     stages = _Stages(run_dir)
     console.print(f"CAI run folder: {run_dir}; {len(prompts)} prompts; constitution "
                   f"{constitution.label} ({len(constitution.principles)} principles)")
 
+    def on_rank_0(name: str, work) -> None:
+        started = time.perf_counter()
+        stages.record(name, started, **(distributed.main_only(work, f"CAI stage {name!r}") or {}))
+
     # ---- 1. critique -> revision with the initial policy --------------------------------------
     sft_data = run_dir / "sft.jsonl"
     if stages.needed("critique", sft_data):
-        started = time.perf_counter()
-        torch.manual_seed(seed)
-        _, model, tokenizer = load_named_model(config.sft.model.path)
-        traces = critique_and_revise(model, tokenizer, prompts, constitution, config.critique,
-                                     seed=seed, progress=progress)
-        del model
-        write_jsonl(run_dir / "critiques.jsonl", traces)
-        records = [{"id": t["id"], "prompt": t["prompt"], "completion": t["revision"]}
-                   for t in traces if t["revision"].strip()]
-        if not records:
-            raise TetherError("every revision came back empty; nothing to fine-tune on "
-                              "(raise critique.max_new_tokens?)")
-        write_jsonl(sft_data, records)
-        stages.record("critique", started, prompts=len(traces), sft_records=len(records),
-                      empty_revisions=len(traces) - len(records),
-                      refusal_rate_initial=refusal_rate([t["initial"] for t in traces]),
-                      refusal_rate_revised=refusal_rate([t["revision"] for t in traces]))
+        on_rank_0("critique", lambda: revise_stage(config, prompts, constitution, run_dir))
 
     # ---- 2. SFT on the revisions ------------------------------------------------------------------
     sft_final = run_dir / "sft" / "final"
@@ -283,46 +342,17 @@ def run_cai(config: CAIConfig) -> Path:
     # ---- 3. two candidates per prompt from the SFT model ---------------------------------------------
     items_path = run_dir / "rlaif_items.jsonl"
     if stages.needed("rlaif-generate", items_path):
-        started = time.perf_counter()
-        rl_prompts = load_prompts(config.rlaif.prompts) if config.rlaif.prompts else prompts
-        _, model, tokenizer = load_named_model(str(sft_final))
-        items = generate_items(rl_prompts, [("sft", model, tokenizer)],
-                               num_candidates=config.rlaif.num_candidates,
-                               max_new_tokens=config.rlaif.max_new_tokens,
-                               temperature=config.rlaif.temperature, seed=seed, progress=progress)
-        del model
-        write_jsonl(items_path, items)
-        stages.record("rlaif-generate", started, items=len(items), refusal_rate=refusal_rate(
-            [candidate.text for item in items for candidate in item.candidates]))
+        on_rank_0("rlaif-generate", lambda: candidates_stage(config, prompts, sft_final, items_path))
 
     # ---- 4. the AI judge ----------------------------------------------------------------------------
     judgments_path = run_dir / "judgments.jsonl"
     if stages.needed("judge", judgments_path):
-        started = time.perf_counter()
-        backend = backend_from_spec(config.rlaif.judge, model=config.rlaif.judge_model,
-                                    api_key_env=config.rlaif.api_key_env,
-                                    batch_size=config.rlaif.judge_batch_size)
-        result = judge_items(read_records(items_path, FeedbackItem), backend, constitution,
-                             annotator=f"cai-judge:{backend.name}", progress=progress)
-        del backend
-        write_jsonl(judgments_path, result.judgments)
-        stages.record("judge", started, judgments=len(result.judgments),
-                      comparisons=result.comparisons, inconsistent=result.inconsistent,
-                      failed=len(result.failed))
+        on_rank_0("judge", lambda: judge_stage(config, constitution, items_path, judgments_path))
 
     # ---- 5. verdicts -> preference pairs ------------------------------------------------------------
     pairs_path = run_dir / "preferences.jsonl"
     if stages.needed("preferences", pairs_path):
-        started = time.perf_counter()
-        pairs = judgments_to_pairs(read_records(items_path, FeedbackItem),
-                                   read_records(judgments_path, Judgment))
-        if not pairs:
-            raise TetherError(f"the judge gave no usable verdict (every one tied or inconsistent; "
-                              f"see {judgments_path}): no preference pairs to train on. Try more "
-                              "prompts, a stronger judge (rlaif.judge), or more varied candidates "
-                              "(rlaif.temperature)")
-        write_jsonl(pairs_path, preference_rows(pairs))
-        stages.record("preferences", started, pairs=len(pairs))
+        on_rank_0("preferences", lambda: preferences_stage(items_path, judgments_path, pairs_path))
 
     # ---- 6. DPO from the SFT model ------------------------------------------------------------------
     dpo_final = run_dir / "dpo" / "final"

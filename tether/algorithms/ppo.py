@@ -9,6 +9,13 @@ score at the last token); GAE advantages and returns; whitening; then ``ppo_epoc
 minibatches with the clipped policy and value losses, stopping early once the approximate KL from the
 sampling policy passes ``target_kl``. Formulas: tether/losses/ppo.py. The critic is a head on the
 policy's own backbone: tether/models/value_head.py.
+
+Under torchrun (DDP or FSDP2, docs/scaling.md) each rank samples and scores a contiguous block of the
+step's prompts, as in GRPO. Everything PPO computes over the batch is computed over the whole step:
+whitening's mean and variance, the KL the adaptive controller reads, each minibatch's token-mean
+losses and its approximate KL (so every rank takes the same early-stop decision), and the logged
+statistics. The value head sits inside the wrapped actor-critic, so its gradients are reduced with
+the policy's. With the same samples per prompt, 2 processes train as 1 does.
 """
 
 from __future__ import annotations
@@ -21,21 +28,20 @@ import torch
 from pydantic import Field, model_validator
 
 from tether.algorithms.common import load_policy
-from tether.algorithms.grpo import reward_columns
+from tether.algorithms.grpo import pool_scores, pooled_masked_mean, reward_columns
 from tether.audit.reward_hacking import RewardHackingMonitor
 from tether.config import GoldSettings, RewardSettings, RunConfig, Section
 from tether.data import encode_prompt, read_rows, truncate_prompt_left, validate_row
 from tether.data.records import VerifiableRecord
-from tether.engine import BatchPlan, TrainingSession, console, progress_bar, start_run
+from tether.engine import BatchPlan, TrainingSession, console, distributed, progress_bar, start_run
 from tether.engine.batches import shuffled_groups
 from tether.engine.plots import plot_metrics
 from tether.errors import ConfigError, DataValidationError
-from tether.losses.kl import masked_mean
 from tether.losses.logprobs import token_logps
 from tether.losses.ppo import (AdaptiveKLController, FixedKLController, approx_kl, explained_variance, gae,
                                policy_loss, token_rewards, value_loss, whiten)
-from tether.models import load_model, reference_mode, save_model
-from tether.models.value_head import PolicyWithValueHead, save_value_head
+from tether.models import load_model, reference_mode
+from tether.models.value_head import PolicyWithValueHead, ValueHead, save_value_head
 from tether.rewards.base import combine_rewards
 from tether.rewards.resolve import reward_specs
 from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSampler
@@ -137,6 +143,61 @@ class PPOSession(TrainingSession):
         return {"kl_coef": self.kl_coef}
 
 
+# ------------------------------------------------------------------------- the global batch, sharded
+
+def pooled_rows(*columns: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's per-completion values (scores, sequence KL, ...) in global row order.
+
+    Under torchrun each rank holds the rows of its block of prompts; the step's statistics (reward
+    mean/std, the KL the adaptive controller reads) are over all of them. One process: as given.
+    Shape: each (rows,) -> (P*N,), dtype kept.
+    """
+    if not distributed.world().enabled:
+        return list(columns)
+    ranks = distributed.gather_objects([column.tolist() for column in columns])
+    return [torch.tensor([value for rank in ranks for value in rank[index]], dtype=column.dtype)
+            for index, column in enumerate(columns)]
+
+
+def pooled_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, int]:
+    """Mean and (biased) variance of ``x`` over every rank's masked entries, and how many there are:
+    sums all-reduced in float64, the variance around the pooled mean (two passes, no cancellation).
+    Shape: x, mask (rows, L) -> scalars."""
+    mask = mask.bool()
+    count = distributed.all_reduce_sum(int(mask.sum()))
+    zero = torch.zeros((), dtype=torch.float64)
+    total = distributed.all_reduce_sum(float(torch.where(mask, x.double(), zero).sum()))
+    mean = total / max(count, 1)
+    squares = distributed.all_reduce_sum(float(torch.where(mask, (x.double() - mean) ** 2, zero).sum()))
+    return mean, squares / max(count, 1), count
+
+
+def pooled_whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps: float = 1e-8
+                  ) -> torch.Tensor:
+    """``losses.ppo.whiten`` with the mean and unbiased variance of the whole step's tokens, every
+    rank's, so 2 processes whiten as 1 does. One process: ``whiten`` itself. Shape: (rows, L)."""
+    if not distributed.world().enabled:
+        return whiten(x, mask, shift_mean=shift_mean, eps=eps)
+    mean, variance, count = pooled_moments(x, mask)
+    if count < 2:
+        raise ValueError(f"unbiased variance needs at least 2 unmasked entries, got {count}")
+    variance *= count / (count - 1)
+    whitened = (x - mean) / math.sqrt(variance + eps)
+    if not shift_mean:
+        whitened = whitened + mean
+    return torch.where(mask.bool(), whitened, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def pooled_explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """``explained_variance`` over every rank's tokens (one process: the function itself)."""
+    if not distributed.world().enabled:
+        return explained_variance(values, returns, mask)
+    returns_var = pooled_moments(returns, mask)[1]
+    if returns_var == 0:
+        return math.nan
+    return 1 - pooled_moments(returns - values, mask)[1] / returns_var
+
+
 def forward_chunks(actor_critic: PolicyWithValueHead, rollout: RolloutBatch, chunk: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probs and values of every completion token, ``chunk`` rows per forward. Shape: (B, L) each."""
@@ -146,6 +207,23 @@ def forward_chunks(actor_critic: PolicyWithValueHead, rollout: RolloutBatch, chu
                           start=start) for i in range(0, len(rollout), chunk)]
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
+
+def save_policy_and_value_head(actor_critic: PolicyWithValueHead, tokenizer, directory: Path) -> Path:
+    """The policy in the single-process format, and ``value_head.safetensors`` beside it (FSDP's
+    shards gathered first, a collective: every rank calls this; rank 0 writes)."""
+    final_dir = distributed.save_final_model(actor_critic.policy, tokenizer, directory)
+    head = actor_critic.value_head
+    if distributed.is_sharded(actor_critic):
+        whole = {name: distributed.full_tensor(value) for name, value in head.state_dict().items()}
+        head = ValueHead(whole["summary.weight"].shape[1])
+        head.load_state_dict(whole)
+    if distributed.is_main():
+        save_value_head(head, final_dir)
+    distributed.barrier()
+    return final_dir
+
+
+# ------------------------------------------------------------------------------------------- the run
 
 def train_ppo(config: PPOConfig) -> Path:
     settings = config.ppo
@@ -185,10 +263,13 @@ def train_ppo(config: PPOConfig) -> Path:
 
     plan = BatchPlan(shuffled_groups(len(prompts), settings.prompts_per_step), seed=config.train.seed, grad_accum=1,
                      max_steps=config.train.max_steps, epochs=config.train.epochs)
-    rows = settings.prompts_per_step * settings.num_generations
+    rows = settings.prompts_per_step * settings.num_generations  # the step's completions, all ranks
     minibatch = min(settings.minibatch_size or rows, rows)
     updates_per_step = settings.ppo_epochs * math.ceil(rows / minibatch)
     session = PPOSession(actor_critic, config, plan.total_steps, optimizer_steps=plan.total_steps * updates_per_step)
+    world = session.world
+    if reference is not None:
+        reference.to(world.device)  # a full frozen copy on every rank, also under FSDP
     controller = (AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
                   if settings.adaptive_kl else FixedKLController(settings.kl_coef))
     saved = session.resumed_state().get("kl_coef")
@@ -209,8 +290,14 @@ def train_ppo(config: PPOConfig) -> Path:
         monitor.restore(session.start_step)
 
     def evaluate(step: int) -> dict[str, float]:
-        with torch.no_grad(), session.autocast():
-            return monitor.evaluate(policy, tokenizer, step, reference_logps if has_reference else None)
+        """Held-out generation on rank 0 alone, with whole weights (``on_main``)."""
+        def run() -> dict[str, float]:
+            with torch.no_grad(), session.autocast():
+                return monitor.evaluate(policy, tokenizer, step, reference_logps if has_reference else None)
+
+        metrics = distributed.on_main(session.module, run) or {}
+        actor_critic.train()
+        return metrics
 
     if monitor is not None and session.start_step == 0:
         session.log(0, evaluate(0))
@@ -219,106 +306,127 @@ def train_ppo(config: PPOConfig) -> Path:
     with progress_bar(f"ppo {config.train.run_name}", plan.total_steps, completed=session.start_step,
                       enabled=config.train.progress) as bar:
         for step in range(session.start_step, plan.total_steps):
-            batch = [prompts[i] for i in plan.micro_batches(step)[0]]
+            # Under torchrun each rank samples and scores a contiguous block of the step's prompts.
+            step_prompts, block = distributed.local_block(plan.micro_batches(step)[0])
+            batch = [prompts[i] for i in step_prompts]
             n = settings.num_generations
+            here = slice(block.start * n, block.stop * n)  # this rank's rows among the step's P*N
 
-            # ---- rollout -------------------------------------------------------------------
-            with torch.no_grad(), session.autocast():
+            # ---- rollout (FSDP: whole weights, since ranks decode different numbers of tokens) ------
+            with torch.no_grad(), session.autocast(), distributed.gathered_params(session.module):
                 rollout = sampler.sample([r.prompt for r in batch], RolloutConfig(
                     num_samples=n, temperature=settings.temperature, top_p=settings.top_p,
                     max_new_tokens=settings.max_new_tokens, stop=settings.stop,
-                    seed=config.train.seed * 1_000_003 + step))  # per-step seed: exact resume
+                    # per-step seed: exact resume; one stream per rank (rank 0 of 1: the plain seed)
+                    seed=(config.train.seed * 1_000_003 + step) * world.size + world.rank))
             actor_critic.train()
 
             # ---- score, old log-probs and values, per-token rewards, GAE -----------------------
-            totals, _, metrics = combine_rewards(specs, [r.prompt for r in batch for _ in range(n)], rollout.texts,
-                                                 reward_columns(batch, n), on_error=settings.on_reward_error)
-            scores = torch.tensor(totals)  # (B,)
-            truncated = torch.tensor([reason == "length" for reason in rollout.finish_reasons])  # (B,)
+            totals, per_reward, metrics = combine_rewards(
+                specs, [r.prompt for r in batch for _ in range(n)], rollout.texts, reward_columns(batch, n),
+                on_error=settings.on_reward_error)
+            scores = torch.tensor(totals)  # (b,) this rank's completions
+            truncated = torch.tensor([reason == "length" for reason in rollout.finish_reasons])  # (b,)
             if settings.missing_eos_penalty is not None:
                 scores = scores - settings.missing_eos_penalty * truncated.float()
-            mask = rollout.completion_mask.bool()  # (B, L)
-            with torch.no_grad(), session.autocast():
-                old_logps, old_values = forward_chunks(actor_critic, rollout, minibatch)  # (B, L) each
+            mask = rollout.completion_mask.bool()  # (b, L)
+            with torch.no_grad(), session.autocast(), distributed.gathered_params(session.module):
+                old_logps, old_values = forward_chunks(session.module, rollout, minibatch)  # (b, L) each
                 # With LoRA the reference is free, so the KL is measured even when kl_coef = 0.
                 ref_logps = reference_logps(rollout).float() if has_reference else None
             kl_coef = controller.value
             rewards, kl = token_rewards(scores, old_logps, ref_logps, mask, kl_coef=kl_coef,
-                                        kl_estimator=settings.kl_estimator)  # (B, L)
+                                        kl_estimator=settings.kl_estimator)  # (b, L)
+            # Whitening is a statistic of the whole step's tokens, every rank's (pooled_whiten).
             if settings.whiten_rewards:
-                rewards = whiten(rewards, mask, shift_mean=False)
+                rewards = pooled_whiten(rewards, mask, shift_mean=False)
             advantages, returns = gae(rewards, old_values, mask, gamma=settings.gamma, lam=settings.lam)
             if settings.whiten_advantages:
-                advantages = whiten(advantages, mask)
+                advantages = pooled_whiten(advantages, mask)
 
             # ---- minibatch epochs of clipped policy + value updates ----------------------------
+            # The shuffle runs over the step's global rows, so a minibatch is the one-process
+            # minibatch; each rank trains its own rows of it, weighted by its share of the
+            # minibatch's tokens (the losses are token means), and the gradients add up to the
+            # one-process gradient. A rank with no row in a minibatch makes a zero-weight pass, so
+            # it still joins the gradient collective.
             input_ids, attention_mask, position_ids = rollout.sequences()
             start = rollout.prompt_ids.shape[1]
             shuffler = torch.Generator().manual_seed(config.train.seed * 7_919 + step)
-            sums = {"loss/policy": 0.0, "loss/value": 0.0, "clipfrac": 0.0, "vf_clipfrac": 0.0,
-                    "approx_kl": 0.0, "ratio": 0.0}
-            updates, stopped = 0, False
+            sums = {"loss/policy": 0.0, "loss/value": 0.0, "clipfrac": 0.0, "vf_clipfrac": 0.0, "ratio": 0.0}
+            kl_sum, updates, stopped = 0.0, 0, False
             for _ in range(settings.ppo_epochs):
-                order = torch.randperm(len(rollout), generator=shuffler)
-                for first in range(0, len(order), minibatch):
-                    part = order[first:first + minibatch]
+                order = torch.randperm(rows, generator=shuffler)
+                for first in range(0, rows, minibatch):
+                    chosen = order[first:first + minibatch]
+                    mine = chosen[(chosen >= here.start) & (chosen < here.stop)] - here.start
+                    part = mine if len(mine) else torch.zeros(1, dtype=torch.long)
+                    tokens = int(mask[mine].sum())
+                    share = tokens / max(distributed.all_reduce_sum(tokens), 1)
                     with session.autocast():
-                        logps, values = actor_critic(input_ids[part], attention_mask[part], position_ids[part],
-                                                     start=start)  # (b, L) each
+                        logps, values = session.model(input_ids[part], attention_mask[part], position_ids[part],
+                                                      start=start)  # (b', L) each
                         pg_loss, pg_metrics = policy_loss(logps, old_logps[part], advantages[part], mask[part],
                                                           epsilon=settings.epsilon)
                         vf_loss, vf_metrics = value_loss(values, old_values[part], returns[part], mask[part],
                                                          cliprange_value=settings.cliprange_value)
                         loss = pg_loss + settings.vf_coef * vf_loss
-                    session.backward(loss, step)
-                    grad = session.optimizer_step(step, len(part))
-                    kl_now = approx_kl(logps, old_logps[part], mask[part]).item()
-                    for key, value in (("loss/policy", pg_loss), ("loss/value", vf_loss), ("approx_kl", kl_now),
+                    session.backward(loss, step, share)
+                    grad = session.optimizer_step(step, len(chosen))
+                    # The minibatch's approx KL: token means weighted by share, summed over ranks.
+                    kl_now = distributed.all_reduce_sum(approx_kl(logps, old_logps[part], mask[part]).item() * share)
+                    kl_sum += kl_now
+                    for key, value in (("loss/policy", pg_loss), ("loss/value", vf_loss),
                                        ("clipfrac", pg_metrics["clipfrac"]), ("ratio", pg_metrics["ratio"]),
                                        ("vf_clipfrac", vf_metrics["vf_clipfrac"])):
-                        sums[key] += float(value.detach() if torch.is_tensor(value) else value)
+                        sums[key] += float(value.detach()) * share
                     updates += 1
-                    if settings.target_kl is not None and kl_now > settings.target_kl:
+                    # One decision for all ranks (all_true), or a rank that stops would leave the
+                    # others waiting in the next minibatch's collectives.
+                    if settings.target_kl is not None and not distributed.all_true(kl_now <= settings.target_kl):
                         stopped = True  # the policy moved far enough from the one that sampled
                         break
                 if stopped:
                     break
+            sums = distributed.sum_metrics(sums)
 
-            # ---- KL controller and diagnostics --------------------------------------------------
-            sequence_kl = kl.sum(1)  # (B,)
-            controller.update(sequence_kl.mean().item(), len(rollout))
+            # ---- KL controller and diagnostics, over the whole step (every rank's rows) ---------------
+            _, lengths, metrics, num_truncated = pool_scores(totals, per_reward, metrics, mask.sum(1).cpu(),
+                                                             int(truncated.sum()))
+            all_scores, sequence_kl = pooled_rows(scores, kl.sum(1))  # (P*N,) each
+            controller.update(sequence_kl.mean().item(), len(sequence_kl))
             session.kl_coef = controller.value
             done = step + 1
             metrics.update({key: value / updates for key, value in sums.items()})
             metrics.update({
-                "reward/mean": scores.mean().item(), "reward/std": scores.std().item() if len(scores) > 1 else 0.0,
+                "approx_kl": kl_sum / updates,
+                "reward/mean": all_scores.mean().item(),
+                "reward/std": all_scores.std().item() if len(all_scores) > 1 else 0.0,
                 "kl": sequence_kl.mean().item() if ref_logps is not None else math.nan,
                 "kl_coef": kl_coef, "next_kl_coef": controller.value,
                 "non_score_reward": (-kl_coef * sequence_kl).mean().item(),
-                "rlhf_reward": (scores - kl_coef * sequence_kl).mean().item(),
+                "rlhf_reward": (all_scores - kl_coef * sequence_kl).mean().item(),
                 # -log pi of sampled tokens: a one-sample estimate of the policy's per-token entropy
-                "entropy": masked_mean(-old_logps, mask).item(),
-                "value/mean": masked_mean(old_values, mask).item(),
-                "explained_variance": explained_variance(old_values, returns, mask),
-                "completion_length": mask.sum(1).float().mean().item(),
-                "frac_truncated": truncated.float().mean().item(),
+                "entropy": pooled_masked_mean(-old_logps, mask),
+                "value/mean": pooled_masked_mean(old_values, mask),
+                "explained_variance": pooled_explained_variance(old_values, returns, mask),
+                "completion_length": lengths.float().mean().item(),
+                "frac_truncated": num_truncated / len(all_scores),
                 "updates": float(updates), "early_stopped": float(stopped), **grad,
             })
             wants_eval = monitor is not None and (
                 done == plan.total_steps or bool(config.train.eval_every and done % config.train.eval_every == 0))
             if wants_eval:
                 metrics.update(evaluate(done))
-                actor_critic.train()
             if wants_eval or session.should_log(done):
                 session.log(done, metrics)
             bar.advance(1, status=f"reward {metrics['reward/mean']:.3f} kl {metrics['kl']:.3f}")
             session.end_step(done)
     session.close()
 
-    plot_metrics(run_dir, ["reward/mean", "kl", "kl_coef", "loss/value", "clipfrac", "eval/proxy_reward",
-                           "eval/gold_reward"], run_dir / "curves.png", title=f"PPO {config.train.run_name}")
-    final_dir = run_dir / "final"
-    save_model(policy, tokenizer, final_dir)
-    save_value_head(actor_critic.value_head, final_dir)
+    if world.is_main:
+        plot_metrics(run_dir, ["reward/mean", "kl", "kl_coef", "loss/value", "clipfrac", "eval/proxy_reward",
+                               "eval/gold_reward"], run_dir / "curves.png", title=f"PPO {config.train.run_name}")
+    final_dir = save_policy_and_value_head(actor_critic, tokenizer, run_dir / "final")
     console.print(f"PPO done; model saved to {final_dir}; curves in {run_dir / 'curves.png'}")
     return final_dir

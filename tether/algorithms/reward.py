@@ -14,6 +14,9 @@ one prompt (one ranking, or one prompt text) always share a micro-batch (``group
 A held-out file gives pairwise accuracy and calibration (ECE) during and after training, and the
 final model is saved merged (LoRA folded in) as a plain checkpoint that
 ``AutoModelForSequenceClassification.from_pretrained`` loads, beside ``reward_report.json``.
+
+Under torchrun (docs/scaling.md) ``fit`` deals each step's micro-batches out whole, so a prompt's
+pairs stay on one rank; held-out numbers are computed once, on rank 0 with whole weights.
 """
 
 from __future__ import annotations
@@ -287,7 +290,9 @@ def train_reward_model(config: RewardModelConfig) -> Path:
     console.print(f"{plan.total_steps} optimizer steps of about {size * config.train.grad_accum} pairs "
                   "(whole prompt groups per micro-batch)")
 
-    before = evaluate_comparisons(model, held_out, pad_id, config) if held_out else None
+    # Held-out numbers come from rank 0 alone (whole weights), so they are the one-process numbers.
+    before = distributed.on_main(model, lambda: evaluate_comparisons(model, held_out, pad_id, config)
+                                 ) if held_out else None
     if before:
         console.print(f"held out before training: accuracy {before['accuracy']:.3f}, ECE {before['ece']:.3f}")
 
@@ -299,7 +304,8 @@ def train_reward_model(config: RewardModelConfig) -> Path:
                  eval_every=config.train.eval_every)
 
     # ---- report and a standalone checkpoint ---------------------------------------------
-    after = evaluate_comparisons(model, held_out, pad_id, config, with_table=True) if held_out else None
+    after = distributed.on_main(model, lambda: evaluate_comparisons(
+        model, held_out, pad_id, config, with_table=True)) if held_out else None
     if hasattr(model, "merge_and_unload"):
         model = merge_lora(model)
     final_dir = distributed.save_final_model(model, tokenizer, run_dir / "final")

@@ -13,6 +13,9 @@ Every stage writes its output into the run folder, and a rerun skips the stages 
 there (delete a stage's output to redo it; an interrupted training stage resumes from its last
 checkpoint). With ``rank.source: file`` and no export yet, the run stops after stage 1: label
 1-candidates.jsonl in the labeling app, export the preferences, set ``rank.file`` and run again.
+
+Under torchrun, stages 1 and 2 (generation, judging) run on rank 0 while the other ranks wait, and
+the two trainers (stages 3 and 4) run on every rank, data-parallel (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from tether.algorithms.reward import REPORT_FILE as REWARD_REPORT_FILE
 from tether.algorithms.reward import RewardModelConfig, RewardModelSettings, train_reward_model
 from tether.config import (DataSettings, ModelSettings, OptimSettings, RewardSettings, RunConfig, Section,
                            resolve_bundled)
-from tether.engine import console, latest_checkpoint, read_metrics, start_run
+from tether.engine import console, distributed, latest_checkpoint, read_metrics, start_run
 from tether.errors import ConfigError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION
 
@@ -214,27 +217,33 @@ def run_rlhf(config: RLHFConfig) -> Path:
     run_dir = start_run(config)
     seconds: dict[str, float | None] = {}
 
-    def stage(name: str, done: bool, work) -> None:
-        if done:
+    def stage(name: str, done: bool, work, *, rank_0_only: bool = False) -> None:
+        # all_true: every rank has looked for the output before any rank writes it, and all agree.
+        if distributed.all_true(done):
             console.print(f"[dim]{name}: already done, skipped[/]")
             seconds[name] = None
             return
         started = time.perf_counter()
-        work()
+        if rank_0_only:  # generation and judging are not trainers: rank 0 runs them, the rest wait
+            distributed.main_only(work, f"RLHF stage {name!r}")
+        else:  # the trainers run on every rank (DDP / FSDP)
+            work()
         seconds[name] = round(time.perf_counter() - started, 1)
 
     stage("generate", (run_dir / CANDIDATES).is_file(),
-          lambda: generate_candidates(config, run_dir / CANDIDATES))
+          lambda: generate_candidates(config, run_dir / CANDIDATES), rank_0_only=True)
     stage("rank", (run_dir / PREFERENCES).is_file(),
-          lambda: rank_candidates(config, run_dir, run_dir / PREFERENCES))
+          lambda: rank_candidates(config, run_dir, run_dir / PREFERENCES), rank_0_only=True)
     reward_model = run_dir / REWARD_RUN / "final"
     stage("reward_model", reward_model.is_dir() and (run_dir / REWARD_RUN / REWARD_REPORT_FILE).is_file(),
           lambda: train_stage_reward_model(config, run_dir))
     policy = run_dir / PPO_RUN / "final"
     stage("ppo", policy.is_dir(), lambda: train_ppo(ppo_config(config, run_dir, reward_model)))
 
-    report = rlhf_report(run_dir, seconds)
-    (run_dir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
-    print_report(report)
+    if distributed.is_main():
+        report = rlhf_report(run_dir, seconds)
+        (run_dir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        print_report(report)
+    distributed.barrier()
     console.print(f"RLHF done: policy {policy}; report {run_dir / REPORT}")
     return policy

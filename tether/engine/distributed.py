@@ -51,7 +51,7 @@ from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar
 import torch
 import torch.distributed as dist
 
-from tether.errors import ConfigError
+from tether.errors import ConfigError, TetherError
 
 Strategy = Literal["none", "ddp", "fsdp"]
 T = TypeVar("T")
@@ -235,6 +235,7 @@ def gathered_params(model: torch.nn.Module) -> Iterator[None]:
     if not units:
         yield
         return
+    _lazy_init_root(model)
     for unit in units:
         unit.set_reshard_after_forward(False, recurse=False)
         unit.unshard()
@@ -246,12 +247,42 @@ def gathered_params(model: torch.nn.Module) -> Iterator[None]:
             unit.set_reshard_after_forward(True, recurse=False)
 
 
+def _lazy_init_root(model: torch.nn.Module) -> None:
+    """Make ``model`` FSDP's root now. FSDP2 takes the first unit to run a forward as the root; a
+    forward through a submodule first (PPO samples with the policy inside the actor-critic) would
+    make a decoder layer the root, and the real root's first forward would then fail."""
+    from torch.distributed.fsdp import FSDPModule
+
+    root = unwrap(model)
+    if isinstance(root, FSDPModule):
+        root._get_fsdp_state()._lazy_init()  # private, but the only hook; torch is pinned (2.13)
+
+
 def on_main(model: torch.nn.Module, fn: Callable[[], T]) -> T | None:
     """``fn()`` on rank 0 only (evaluation, saving the final model), with FSDP's parameters
     gathered so it sees whole weights; other ranks get None. In one process: ``fn()``."""
     with gathered_params(model):
         result = fn() if is_main() else None
     barrier()
+    return result
+
+
+def main_only(fn: Callable[[], T], what: str = "a step run by rank 0") -> T | None:
+    """``fn()`` on rank 0 while the other ranks wait (a pipeline's generation or judging stage, which
+    is not a trainer); other ranks get None. If ``fn`` raises on rank 0, every rank raises (the others
+    a TetherError naming ``what``), so none waits at a barrier forever. One process: ``fn()``."""
+    if not world().enabled:
+        return fn()
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except BaseException as exc:  # re-raised below, after the other ranks have heard of it
+            error = exc
+    if not all_true(error is None):  # also the barrier
+        if error is not None:
+            raise error
+        raise TetherError(f"{what} failed on rank 0; its error is in rank 0's output")
     return result
 
 
