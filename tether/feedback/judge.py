@@ -98,8 +98,8 @@ def judge_items(items: list[FeedbackItem], backend: JudgeBackend, constitution: 
     for index, item in enumerate(items):
         texts = {candidate.id: candidate.text for candidate in item.candidates}
         for x, y in combinations([candidate.id for candidate in item.candidates], 2):
-            requests.append(JudgeRequest(item.prompt, texts[x], texts[y]))  # order 1: x first
-            requests.append(JudgeRequest(item.prompt, texts[y], texts[x]))  # order 2: y first
+            requests.append(JudgeRequest(item.prompt, texts[x], texts[y], item.metadata))  # order 1: x first
+            requests.append(JudgeRequest(item.prompt, texts[y], texts[x], item.metadata))  # order 2: y first
             slots.append((index, x, y))
     verdicts = backend.judge(requests, constitution, progress=progress)
 

@@ -20,6 +20,15 @@ The reply must contain exactly one ``[[A]]``, ``[[B]]`` or ``[[C]]`` (tie), Fast
 format; anything else is a parse failure, and the request is retried like a server error.
 Connection errors, HTTP 429 and 5xx are retried with exponential backoff; other HTTP errors
 (a wrong model name, a bad key) stop at once.
+
+**Scripted** (``scripted:REWARD``, REWARD a reward name such as ``safety_refusal`` or
+``package.module:function``): a rule stands in for the annotator. Each response is scored by the
+reward function, with the item's metadata as dataset columns, and
+
+    score = r(A) - r(B)        verdict = A if score > tie_margin, B if score < -tie_margin, else tie
+
+It reads no constitution. Use it where no human or strong judge is at hand and the preference can
+be written as a rule; the judgments record ``scripted:REWARD`` as the annotator's model.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 import torch
@@ -60,6 +69,7 @@ class JudgeRequest:
     prompt: Prompt
     response_a: str
     response_b: str
+    columns: dict = field(default_factory=dict)  # the item's metadata (a scripted judge reads it)
 
 
 @dataclass(frozen=True)
@@ -248,9 +258,41 @@ class OpenAIJudge:
         return verdicts
 
 
+class ScriptedJudge:
+    """A reward function as the annotator (see the module docstring)."""
+
+    def __init__(self, reward: str, *, tie_margin: float = 1e-3):
+        from tether.rewards.resolve import resolve_reward
+
+        self.reward, self.fn, self.tie_margin = reward, resolve_reward(reward), tie_margin
+        self.name = f"scripted:{reward}"
+
+    def judge(self, requests: Sequence[JudgeRequest], constitution: Constitution, *,
+              progress: bool = True) -> list[BackendVerdict]:
+        if not requests:
+            return []
+        keys = sorted({key for request in requests for key in request.columns})
+        columns = {key: [request.columns.get(key) for request in requests] * 2 for key in keys}
+        prompts = [request.prompt for request in requests] * 2
+        responses = [request.response_a for request in requests] + [request.response_b for request in requests]
+        try:
+            rewards = list(self.fn(prompts, responses, **columns))
+        except Exception as error:
+            raise TetherError(f"scripted judge {self.reward!r} failed: {error}") from error
+        if len(rewards) != len(responses) or any(r is None for r in rewards):
+            raise TetherError(f"scripted judge {self.reward!r} must score every response "
+                              f"(got {len(rewards)} values for {len(responses)}, None not allowed)")
+        verdicts = []
+        for reward_a, reward_b in zip(rewards[:len(requests)], rewards[len(requests):]):
+            score = float(reward_a) - float(reward_b)
+            choice = "A" if score > self.tie_margin else "B" if score < -self.tie_margin else "tie"
+            verdicts.append(BackendVerdict(choice, f"{float(reward_a):.4f} vs {float(reward_b):.4f}", score))
+        return verdicts
+
+
 def backend_from_spec(spec: str, *, model: str | None = None,
                       api_key_env: str | None = "OPENAI_API_KEY", batch_size: int = 4):
-    """``local:PATH`` (PATH may be ``tether:default``) or ``openai:URL`` -> a judge backend."""
+    """``local:PATH`` (PATH may be ``tether:default``), ``openai:URL`` or ``scripted:REWARD``."""
     kind, _, target = spec.partition(":")
     if kind == "local" and target:
         from tether.feedback.generate import load_named_model
@@ -259,5 +301,8 @@ def backend_from_spec(spec: str, *, model: str | None = None,
         return LocalJudge(judge_model, tokenizer, name=name, batch_size=batch_size)
     if kind == "openai" and target:
         return OpenAIJudge(target, model or "", api_key_env=api_key_env)
-    raise ConfigError(f"unknown judge backend {spec!r}; use local:PATH (e.g. local:tether:default) "
-                      "or openai:URL (e.g. openai:http://localhost:8000)")
+    if kind == "scripted" and target:
+        return ScriptedJudge(target)
+    raise ConfigError(f"unknown judge backend {spec!r}; use local:PATH (e.g. local:tether:default), "
+                      "openai:URL (e.g. openai:http://localhost:8000) or scripted:REWARD "
+                      "(e.g. scripted:safety_refusal)")
