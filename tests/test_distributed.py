@@ -196,7 +196,11 @@ def test_grpo_matches_one_process(job, strategy):
                         ["reward/mean", "reward/std", "rewards/spread_reward/mean", "completion_length",
                          "frac_zero_variance_groups", "rows_trained", "loss", "kl", "clip_ratio/region_mean",
                          "grad_norm"])
-    assert_same_weights(runs / f"grpo_{strategy}", runs / f"grpo_one_{strategy}")
+    # Every layer is run twice per backward under FSDP2 (the shared prompt forward, then the completions),
+    # so its gradient is reduced in a different order than in one process: grad norms agree to 1e-6, but
+    # Adam turns rounding on near-zero gradients into steps of up to lr (1e-2) on those few weights.
+    assert_same_weights(runs / f"grpo_{strategy}", runs / f"grpo_one_{strategy}",
+                        atol=2e-4 if strategy == "fsdp" else 2e-5)
     history = read_metrics(runs / f"grpo_one_{strategy}")
     assert all(row["reward/std"] > 0 for row in history)
     if strategy == "fsdp":  # some groups dropped, some trained

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from tether.losses.logprobs import completion_logps, selective_log_softmax, token_logps
+from tether.losses.logprobs import (completion_logps, positions_from_mask, selective_log_softmax,
+                                    shared_prompt_token_logps, token_logps)
+from tether.models import apply_lora
 from tether.models.tiny import tiny_llama
 
 
@@ -144,3 +146,42 @@ def test_completion_logps_rejects_a_completion_at_position_zero(model):
     completion_mask[0, 0] = 1
     with pytest.raises(ValueError, match="position 0"):
         completion_logps(model, input_ids, attention_mask, completion_mask)
+
+
+@pytest.mark.parametrize("completion_width", [1, 6])
+def test_shared_prompt_logps_and_gradients_equal_full_sequences(completion_width):
+    """Each prompt run once with its KV cache gathered per completion gives the same log-probs and
+    LoRA gradients as teacher-forcing every prompt + completion row in full."""
+    model, _ = tiny_llama(seed=0)
+    model = apply_lora(model, r=4, alpha=8, target_modules="all-linear")
+    generator = torch.Generator().manual_seed(1)
+    prompt_ids = torch.randint(3, 300, (3, 7), generator=generator)
+    prompt_mask = torch.ones(3, 7, dtype=torch.long)
+    prompt_mask[0, :2] = 0  # left padding
+    prompt_mask[2, :4] = 0
+    prompt_of_row = torch.tensor([2, 0, 0, 1, 2])  # unsorted, uneven groups
+    completion_ids = torch.randint(3, 300, (5, completion_width), generator=generator)
+    completion_mask = torch.ones(5, completion_width, dtype=torch.long)
+    if completion_width > 1:
+        completion_mask[1, 2:] = 0  # right padding
+        completion_mask[4, 4:] = 0
+
+    def weighted_sum(logps):
+        return (logps * completion_mask * torch.arange(1.0, 6.0)[:, None]).sum()
+
+    full_ids = torch.cat([prompt_ids[prompt_of_row], completion_ids], dim=1)
+    full_mask = torch.cat([prompt_mask[prompt_of_row], completion_mask], dim=1)
+    full = token_logps(model, full_ids, full_mask, start=7, position_ids=positions_from_mask(full_mask))
+    weighted_sum(full).backward()
+    full_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    model.zero_grad()
+
+    shared = shared_prompt_token_logps(model, prompt_ids, prompt_mask, prompt_of_row, completion_ids, completion_mask)
+    weighted_sum(shared).backward()
+    shared_grads = [p.grad for p in model.parameters() if p.requires_grad]
+
+    assert shared.shape == (5, completion_width)
+    torch.testing.assert_close(shared * completion_mask, full * completion_mask, rtol=0, atol=1e-5)
+    assert any(g.abs().sum() > 0 for g in full_grads)
+    for a, b in zip(shared_grads, full_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

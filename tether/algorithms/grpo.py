@@ -24,7 +24,7 @@ from tether.errors import ConfigError
 from tether.losses.grpo import (group_advantages, overlong_penalty, policy_loss, rloo_advantages,
                                 zero_variance_groups)
 from tether.losses.kl import masked_mean
-from tether.losses.logprobs import token_logps
+from tether.losses.logprobs import shared_prompt_token_logps
 from tether.models import reference_mode
 from tether.rewards.base import _mean_std as mean_std
 from tether.rewards.base import combine_rewards
@@ -33,12 +33,17 @@ from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSamp
 
 
 def completion_token_logps(model, rollout: RolloutBatch, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """log pi(y_t | x, y_<t) of every completion token, teacher-forced. Shape: (rows, L)."""
-    rows = slice(None) if rows is None else rows
-    input_ids, attention_mask, position_ids = rollout.sequences()
-    prompt_width = rollout.prompt_ids.shape[1]
-    return token_logps(model, input_ids[rows], attention_mask[rows], start=prompt_width,
-                       position_ids=position_ids[rows])  # (rows, L)
+    """log pi(y_t | x, y_<t) of every completion token, teacher-forced, each distinct prompt among
+    ``rows`` run through the model once (``shared_prompt_token_logps``). Shape: (rows, L)."""
+    rows = torch.arange(len(rollout), device=rollout.prompt_ids.device) if rows is None else rows
+    prompts, prompt_of_row = torch.unique(rollout.prompt_index[rows], return_inverse=True)
+    # Any row of a prompt holds its tokens; scatter keeps one per prompt.
+    first_row = torch.empty(len(prompts), dtype=torch.long, device=rows.device).scatter_(0, prompt_of_row, rows)
+    prompt_mask = rollout.prompt_mask[first_row]  # (U, S)
+    start = int(prompt_mask.any(0).long().argmax())  # drop columns that are padding in every prompt
+    return shared_prompt_token_logps(model, rollout.prompt_ids[first_row, start:], prompt_mask[:, start:],
+                                     prompt_of_row, rollout.completion_ids[rows],
+                                     rollout.completion_mask[rows])  # (rows, L)
 
 
 def reward_columns(tasks, repeat: int = 1) -> dict[str, list]:

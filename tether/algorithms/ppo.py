@@ -28,7 +28,7 @@ import torch
 from pydantic import Field, model_validator
 
 from tether.algorithms.common import load_policy
-from tether.algorithms.grpo import pool_scores, pooled_masked_mean, reward_columns
+from tether.algorithms.grpo import completion_token_logps, pool_scores, pooled_masked_mean, reward_columns
 from tether.audit.reward_hacking import RewardHackingMonitor
 from tether.config import GoldSettings, RewardSettings, RunConfig, Section
 from tether.data import encode_prompt, read_rows, truncate_prompt_left, validate_row
@@ -37,7 +37,6 @@ from tether.engine import BatchPlan, TrainingSession, console, distributed, prog
 from tether.engine.batches import shuffled_groups
 from tether.engine.plots import plot_metrics
 from tether.errors import ConfigError, DataValidationError
-from tether.losses.logprobs import token_logps
 from tether.losses.ppo import (AdaptiveKLController, FixedKLController, approx_kl, explained_variance, gae,
                                policy_loss, token_rewards, value_loss, whiten)
 from tether.models import load_model, reference_mode
@@ -253,13 +252,11 @@ def train_ppo(config: PPOConfig) -> Path:
     has_reference = reference is not None or config.model.lora is not None
 
     def reference_logps(rollout: RolloutBatch) -> torch.Tensor:
-        input_ids, attention_mask, position_ids = rollout.sequences()
-        start = rollout.prompt_ids.shape[1]
         with torch.no_grad():
             if reference is not None:
-                return token_logps(reference, input_ids, attention_mask, start=start, position_ids=position_ids)
+                return completion_token_logps(reference, rollout)
             with reference_mode(policy):
-                return token_logps(policy, input_ids, attention_mask, start=start, position_ids=position_ids)
+                return completion_token_logps(policy, rollout)
 
     plan = BatchPlan(shuffled_groups(len(prompts), settings.prompts_per_step), seed=config.train.seed, grad_accum=1,
                      max_steps=config.train.max_steps, epochs=config.train.epochs)

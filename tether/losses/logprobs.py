@@ -81,6 +81,14 @@ def selective_log_softmax(logits: Tensor, index: Tensor, chunk_size: int = DEFAU
     return _SelectiveLogSoftmax.apply(logits, index.long(), chunk_size).reshape(shape)
 
 
+def positions_from_mask(attention_mask: Tensor) -> Tensor:
+    """Position ids that count only real tokens: 0 at each row's first unmasked token.
+
+    Shape: (B, T) -> (B, T); masked positions get 0 (their value never matters).
+    """
+    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
 def token_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, *, start: int = 1,
                 position_ids: Tensor | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
     """log p(x_t | x_<t) for every position t in [start, T), under a causal language model.
@@ -133,3 +141,43 @@ def completion_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor
     if average:
         return total / mask.sum(dim=1).clamp(min=1.0)
     return total
+
+
+def shared_prompt_token_logps(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, prompt_of_row: Tensor,
+                              completion_ids: Tensor, completion_mask: Tensor, *,
+                              chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
+    """log p(y_t | x, y_<t) for completions that share prompts, each prompt run through the model once.
+
+    A group of N completions of one prompt, teacher-forced as N full sequences, pays for the prompt
+    N times. Here the prompts run once (with gradients), their KV cache is gathered to one row per
+    completion (``prompt_of_row``), and the completions run on top of it:
+
+        forward 1   prompts x             -> KV cache (U, H, S, D), logits at x's last token
+        gather      cache[prompt_of_row]  -> (R, H, S, D)                (differentiable)
+        forward 2   y_0 .. y_{L-2} with that cache -> logits predicting y_1 .. y_{L-1}
+
+    The result and its gradients equal ``token_logps`` on the concatenated rows (to float rounding;
+    tests check 1e-5): backward reaches the prompt's activations through the gathered cache, once
+    per completion that read them.
+
+    Shape:
+        prompt_ids, prompt_mask: (U, S), left-padded (column S-1 is every prompt's last token)
+        prompt_of_row: (R,) long, the prompt row each completion continues
+        completion_ids, completion_mask: (R, L), right-padded
+        output: (R, L) float32; padding columns hold the log-prob of the pad id (mask them)
+    """
+    positions = positions_from_mask(prompt_mask)  # (U, S)
+    prompt_out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
+                       use_cache=True, logits_to_keep=1)
+    first_logits = prompt_out.logits[:, -1][prompt_of_row].unsqueeze(1)  # (R, 1, V): predicts y_0
+    if completion_ids.shape[1] == 1:
+        return selective_log_softmax(first_logits, completion_ids, chunk_size)
+    cache = prompt_out.past_key_values
+    cache.batch_select_indices(prompt_of_row)  # (U, H, S, D) -> (R, H, S, D) in every layer
+    width = completion_ids.shape[1] - 1
+    attention_mask = torch.cat([prompt_mask[prompt_of_row], completion_mask[:, :-1]], dim=1)  # (R, S+L-1)
+    completion_positions = positions[prompt_of_row, -1:] + 1 + torch.arange(width, device=positions.device)
+    rest_logits = model(input_ids=completion_ids[:, :-1], attention_mask=attention_mask,
+                        position_ids=completion_positions, past_key_values=cache, use_cache=True).logits
+    logits = torch.cat([first_logits, rest_logits], dim=1)  # (R, L, V)
+    return selective_log_softmax(logits, completion_ids, chunk_size)

@@ -56,6 +56,7 @@ from torch import Tensor
 from tether.config import Section
 from tether.data import encode_prompt
 from tether.data.records import Prompt
+from tether.losses.logprobs import positions_from_mask
 from tether.rollout.stopping import (
     FinishReason, cut_at_stop, end_token_ids, find_stop, special_stop_ids,
 )
@@ -154,14 +155,6 @@ class Sampler(Protocol):
     """Anything that samples completions for RL: the Transformers loop here, vLLM on a GPU later."""
 
     def sample(self, prompts: Sequence[Prompt], config: RolloutConfig) -> RolloutBatch: ...
-
-
-def positions_from_mask(attention_mask: Tensor) -> Tensor:
-    """Position ids that count only real tokens: 0 at each row's first unmasked token.
-
-    Shape: (B, T) -> (B, T); masked positions get 0 (their value never matters).
-    """
-    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
 def sampling_logprobs(logits: Tensor, temperature: float, top_p: float) -> Tensor:
