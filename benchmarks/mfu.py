@@ -27,7 +27,7 @@ Model FLOPs of one step (only matmuls; norms, softmax, the optimizer are not cou
 
 Steps, on ``--model`` (``tether:default`` is SmolLM2-135M-Instruct; ``tiny`` the test model):
     sft   one optimizer step on B sequences of T tokens (all completion), tether's SFT loss
-    dpo   one step on B pairs (chosen + rejected in one forward), tether's ``dpo_step_loss``
+    dpo   one step on B pairs (the prompt once, chosen + rejected on its cache), tether's ``dpo_step_loss``
           with precomputed reference log-probs (as ``train_dpo`` does)
     grpo  one step: sample G completions for each of P prompts (tether's sampler, KV cache shared),
           then one clipped update on all rows (``policy_loss``); reported whole and by phase
@@ -125,6 +125,16 @@ def causal_pairs(lengths: list[int]) -> int:
     return sum(t * (t + 1) // 2 for t in lengths)
 
 
+def shared_prompt_flops(shape: ModelShape, prompts: list[int], rows: list[tuple[int, int]], training: bool) -> int:
+    """``shared_prompt_token_logps``: each prompt once (lm_head at its last token only), then every
+    completion on top of its prompt's cache (lm_head at each completion token).
+
+    ``prompts``: distinct prompt lengths; ``rows``: (prompt length, completion length) per completion."""
+    completion_tokens = sum(g for _, g in rows)
+    pairs = causal_pairs(prompts) + sum(p * g + g * (g + 1) // 2 for p, g in rows)
+    return step_flops(shape, sum(prompts) + completion_tokens, len(prompts) + completion_tokens, pairs, training)
+
+
 # ---- the steps ------------------------------------------------------------------------------
 
 @dataclass
@@ -174,10 +184,9 @@ def dpo_step_fn(model, tokenizer, shape: ModelShape, args):
         chosen, rejected = pair_logps(model, batch, average=False)
     batch["ref_chosen"], batch["ref_rejected"] = chosen, rejected
     config = load_config(DPOConfig, None, ["data.train=unused.jsonl"])
-    lengths = batch["attention_mask"].sum(1).tolist()
-    first = int(batch["completion_mask"].any(0).float().argmax())  # logits start here (logits_to_keep)
-    head_positions = sum(max(0, length - first) for length in lengths)
-    flops = step_flops(shape, sum(lengths), head_positions, causal_pairs(lengths), training=True)
+    prompts = batch["prompt_mask"].sum(1).tolist()  # (B,)
+    answers = batch["completion_mask"].sum(1).tolist()  # (2B,) chosen rows, then rejected rows
+    flops = shared_prompt_flops(shape, prompts, list(zip(prompts + prompts, answers)), training=True)
 
     def step(optimizer, autocast) -> Timing:
         start = time.perf_counter()
@@ -220,9 +229,8 @@ def grpo_step_fn(model, tokenizer, shape: ModelShape, args):
         decode_pairs = sum(p * g + g * (g + 1) // 2 for p, g in zip(prompt_lengths, completion_lengths))
         rollout_flops = (step_flops(shape, sum(unique_prompts), len(unique_prompts), causal_pairs(unique_prompts), False)
                          + step_flops(shape, generated, generated, decode_pairs, False))
-        # Update: a teacher-forced pass over prompt + completion, logits over the completion.
-        totals = [p + g for p, g in zip(prompt_lengths, completion_lengths)]
-        update_flops = step_flops(shape, sum(totals), mask.shape[0] * mask.shape[1], causal_pairs(totals), True)
+        # Update: a teacher-forced pass, each prompt once, then the completions on its cache.
+        update_flops = shared_prompt_flops(shape, unique_prompts, list(zip(prompt_lengths, completion_lengths)), True)
         return Timing(end - start, rollout_flops + update_flops,
                       {"rollout": (sampled - start, rollout_flops), "update": (end - sampled, update_flops)})
     return step

@@ -82,3 +82,35 @@ def test_reference_logps_are_computed_once_from_the_initial_weights(job):
     chosen, rejected = pair_logps(model, batch, average=False)
     torch.testing.assert_close(batch["ref_chosen"], chosen.detach(), atol=1e-5, rtol=0)
     torch.testing.assert_close(batch["ref_rejected"], rejected.detach(), atol=1e-5, rtol=0)
+
+
+def test_pair_logps_equal_scoring_each_full_sequence_alone(job):
+    """The batch runs each prompt once for both answers; every answer's log-prob (and its gradient)
+    equals scoring prompt + answer alone, as TRL and the parity tests do."""
+    from tether.algorithms.dpo import pair_logps
+    from tether.losses.logprobs import completion_logps
+
+    config = config_for(job)
+    model, tokenizer = load_model(job / "model")
+    examples = encode_pairs(config.data.train, tokenizer, config)
+    indices = [0, 3, 5]
+    batch = collate_pairs(examples, indices, tokenizer.pad_token_id)
+    chosen, rejected = pair_logps(model, batch, average=False)
+    (chosen.sum() - 2 * rejected.sum()).backward()
+    batched_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    alone = {}
+    for side in ("chosen_ids", "rejected_ids"):
+        values = []
+        for i in indices:
+            pair = examples.encoded[i]
+            ids = torch.tensor([pair["prompt_ids"] + pair[side]])
+            mask = torch.tensor([[0] * len(pair["prompt_ids"]) + [1] * len(pair[side])])
+            values.append(completion_logps(model, ids, torch.ones_like(ids), mask))
+        alone[side] = torch.cat(values)
+    (alone["chosen_ids"].sum() - 2 * alone["rejected_ids"].sum()).backward()
+    torch.testing.assert_close(chosen.detach(), alone["chosen_ids"].detach(), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(rejected.detach(), alone["rejected_ids"].detach(), atol=1e-5, rtol=1e-6)
+    for batched, single in zip(batched_grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)

@@ -16,10 +16,10 @@ import torch
 
 from tether.algorithms.common import epoch_schedule, load_policy
 from tether.config import DPOConfig
-from tether.data import encode_preference, load_records, pad_batch
+from tether.data import encode_preference, load_records
 from tether.engine import BatchPlan, console, distributed, fit, progress_bar, start_run
 from tether.losses.dpo import chosen_nll, dpo_loss, dpo_metrics
-from tether.losses.logprobs import completion_logps
+from tether.losses.logprobs import shared_prompt_token_logps
 from tether.models import reference_mode
 
 
@@ -42,16 +42,23 @@ def encode_pairs(path: str, tokenizer, config: DPOConfig) -> PreferenceExamples:
 
 
 def collate_pairs(examples: PreferenceExamples, indices: list[int], pad_id: int) -> dict:
-    """Chosen rows first, then rejected rows, in one padded batch: one forward pass for both.
+    """Each pair's prompt once (left-padded), then its chosen and rejected answers (right-padded):
+    the prompt runs through the model once for both answers (``shared_prompt_token_logps``).
 
-    Shape: input_ids, attention_mask, completion_mask (2B, T); ref_* (B,).
+    Shape: prompt_ids, prompt_mask (B, S); completion_ids, completion_mask (2B, L), chosen rows
+    first; ref_* (B,).
     """
     pairs = [examples.encoded[i] for i in indices]
-    rows = [{"input_ids": p["prompt_ids"] + p[side], "completion": [0] * len(p["prompt_ids"]) + [1] * len(p[side])}
-            for side in ("chosen_ids", "rejected_ids") for p in pairs]
-    batch = pad_batch([{"input_ids": r["input_ids"], "labels": r["completion"]} for r in rows], pad_id)
-    batch["completion_mask"] = (batch.pop("labels") == 1).long()  # padding was filled with -100
-    batch["num_items"] = len(indices)
+    prompts = [p["prompt_ids"] for p in pairs]
+    answers = [p[side] for side in ("chosen_ids", "rejected_ids") for p in pairs]
+    width, length = max(map(len, prompts)), max(map(len, answers))
+    batch = {
+        "prompt_ids": torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in prompts]),
+        "prompt_mask": torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts]),
+        "completion_ids": torch.tensor([ids + [pad_id] * (length - len(ids)) for ids in answers]),
+        "completion_mask": torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in answers]),
+        "num_items": len(indices),
+    }
     if examples.ref_chosen is not None:
         batch["ref_chosen"] = examples.ref_chosen[indices]
         batch["ref_rejected"] = examples.ref_rejected[indices]
@@ -59,9 +66,16 @@ def collate_pairs(examples: PreferenceExamples, indices: list[int], pad_id: int)
 
 
 def pair_logps(model, batch: dict, *, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    logps = completion_logps(model, batch["input_ids"], batch["attention_mask"],
-                             batch["completion_mask"], average=average)  # (2B,)
+    """log pi(y | x) of the chosen and of the rejected answers (summed over tokens, or averaged).
+    Shape: (B,), (B,)."""
     half = batch["num_items"]
+    prompt_of_row = torch.arange(half, device=batch["prompt_ids"].device).repeat(2)  # (2B,)
+    token_logps = shared_prompt_token_logps(model, batch["prompt_ids"], batch["prompt_mask"], prompt_of_row,
+                                            batch["completion_ids"], batch["completion_mask"])  # (2B, L)
+    mask = batch["completion_mask"].to(token_logps.dtype)
+    logps = (token_logps * mask).sum(1)  # (2B,)
+    if average:
+        logps = logps / mask.sum(1).clamp(min=1.0)
     return logps[:half], logps[half:]
 
 

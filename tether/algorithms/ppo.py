@@ -31,7 +31,7 @@ from tether.algorithms.common import load_policy
 from tether.algorithms.grpo import completion_token_logps, pool_scores, pooled_masked_mean, reward_columns
 from tether.audit.reward_hacking import RewardHackingMonitor
 from tether.config import GoldSettings, RewardSettings, RunConfig, Section
-from tether.data import encode_prompt, read_rows, truncate_prompt_left, validate_row
+from tether.data import encode_prompt, read_rows, seeded_subset, truncate_prompt_left, validate_row
 from tether.data.records import VerifiableRecord
 from tether.engine import BatchPlan, TrainingSession, console, distributed, progress_bar, start_run
 from tether.engine.batches import shuffled_groups
@@ -77,7 +77,7 @@ class PPOSettings(Section):
     # ---- held-out evaluation (data.eval): proxy reward, KL, and the gold reward when set
     gold: GoldSettings | None = None
     eval_max_new_tokens: int | None = Field(None, gt=0)
-    eval_prompts: int | None = Field(None, gt=0)  # the first N prompts of data.eval; None: all
+    eval_prompts: int | None = Field(None, gt=0)  # N prompts of data.eval drawn with train.seed; None: all
 
 
 class PPOConfig(RunConfig):
@@ -236,7 +236,7 @@ def train_ppo(config: PPOConfig) -> Path:
                             truncation=config.data.truncation)
 
     prompts = load(config.data.train)
-    held_out = load(config.data.eval)[:settings.eval_prompts] if config.data.eval else []
+    held_out = seeded_subset(load(config.data.eval), settings.eval_prompts, config.train.seed) if config.data.eval else []
     console.print(f"{len(prompts)} training prompts" + (f", {len(held_out)} held out" if held_out else ""))
     if len(prompts) < settings.prompts_per_step:
         raise ConfigError(f"{config.data.train} has {len(prompts)} prompts, fewer than ppo.prompts_per_step="

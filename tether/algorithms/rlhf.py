@@ -35,6 +35,7 @@ from tether.algorithms.reward import REPORT_FILE as REWARD_REPORT_FILE
 from tether.algorithms.reward import RewardModelConfig, RewardModelSettings, train_reward_model
 from tether.config import (DataSettings, ModelSettings, OptimSettings, RewardSettings, RunConfig, Section,
                            resolve_bundled)
+from tether.data import seeded_subset
 from tether.engine import console, distributed, latest_checkpoint, read_metrics, start_run
 from tether.errors import ConfigError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION
@@ -49,7 +50,7 @@ REPORT = "report.json"
 
 class GenerateStage(Section):
     num_candidates: int = Field(2, ge=2)  # responses per prompt to compare
-    max_prompts: int | None = Field(None, gt=0)  # the first N prompts of data.train; None: all
+    max_prompts: int | None = Field(None, gt=0)  # N prompts of data.train drawn with train.seed; None: all
     max_new_tokens: int = Field(48, gt=0)
     temperature: float = Field(1.0, gt=0)
     batch_prompts: int = Field(4, gt=0)
@@ -91,7 +92,7 @@ def generate_candidates(config: RLHFConfig, out: Path) -> None:
     from tether.feedback.generate import generate_items, load_named_model, read_prompts, write_jsonl
 
     stage = config.generate
-    prompts = read_prompts(config.data.train)[:stage.max_prompts]
+    prompts = seeded_subset(read_prompts(config.data.train), stage.max_prompts, config.train.seed)
     name, model, tokenizer = load_named_model(f"policy={config.model.path}")
     items = generate_items(prompts, [(name, model, tokenizer)], num_candidates=stage.num_candidates,
                            max_new_tokens=stage.max_new_tokens, temperature=stage.temperature,

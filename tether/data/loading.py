@@ -10,15 +10,18 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import json
+import random
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from tether.data.records import (
     Location, Prompt, RankingRecord, Record, SFTRecord, expand_ranking,
 )
 from tether.data.tokenize import encode_prompt, truncate_prompt_left
+
+T = TypeVar("T")
 from tether.data.validation import KINDS, validate_row
 from tether.errors import ConfigError, DataValidationError
 
@@ -209,3 +212,11 @@ def _expand_rankings(rankings: list[RankingRecord]) -> list[Record]:
         warnings.warn(f"{all_tied} of {len(rankings)} rankings have every response tied and "
                       f"give no preference pairs", stacklevel=3)
     return pairs
+
+
+def seeded_subset(rows: list[T], count: int | None, seed: int) -> list[T]:
+    """``count`` rows drawn without replacement with ``seed``, in file order; all rows if ``count`` is
+    None or not smaller. A draw rather than the first N: data files are often sorted by kind."""
+    if count is None or count >= len(rows):
+        return list(rows)
+    return [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), count))]
