@@ -26,8 +26,7 @@ import torch
 from tether.audit.base import AuditModel
 from tether.data import SFTRecord, encode_sft, pad_batch
 from tether.data.records import Prompt
-from tether.losses.logprobs import completion_logps, selective_log_softmax
-from tether.rollout.sampler import positions_from_mask
+from tether.losses.logprobs import completion_logps, shared_prompt_token_logps
 
 
 def _encode(prompt: Prompt, option: str, tokenizer, max_length: int) -> dict:
@@ -115,26 +114,13 @@ def _score_chunk(network, chunk: Sequence[tuple], pad_id: int, device, average: 
                               device=device)  # (G, S)
     prefix_mask = torch.tensor([[0] * (width - len(prefix)) + [1] * len(prefix) for _, prefix, _ in chunk],
                                device=device)  # (G, S)
-    output = network(input_ids=prefix_ids, attention_mask=prefix_mask, position_ids=positions_from_mask(prefix_mask),
-                     use_cache=True, logits_to_keep=1)
-    last = output.logits[:, -1]  # (G, V): predicts each option's first own token
-    lengths = prefix_mask.sum(dim=1)  # (G,)
-
     owner = torch.tensor([g for g, (_, _, rows) in enumerate(chunk) for _ in rows], device=device)  # (R,)
-    cache = output.past_key_values
-    cache.batch_select_indices(owner)  # the prefix's keys and values, copied to every option's row
     suffixes = pad_batch([{"input_ids": ids, "labels": mask} for _, _, rows in chunk for _, ids, mask in rows],
                          pad_id)
     suffix_ids, suffix_mask = suffixes["input_ids"].to(device), suffixes["attention_mask"].to(device)  # (R, U)
     # "labels" carry the 0/1 completion mask here; pad_batch pads them with -100, clamped to 0
     completion = suffixes["labels"].to(device).clamp(min=0).float()  # (R, U): 1 on option tokens
-    positions = lengths[owner, None] + torch.arange(suffix_ids.shape[1], device=device)  # (R, U)
-    attention = torch.cat([prefix_mask[owner], suffix_mask], dim=1)  # (R, S + U): prefix padding masked
-    logits = network(input_ids=suffix_ids, attention_mask=attention, position_ids=positions,
-                     past_key_values=cache, use_cache=True).logits  # (R, U, V)
-    # token t of the suffix is predicted by the prefix's last logit (t = 0) or suffix logit t - 1
-    predicting = torch.cat([last[owner, None], logits[:, :-1]], dim=1)  # (R, U, V)
-    logps = selective_log_softmax(predicting, suffix_ids) * completion  # (R, U)
+    logps = shared_prompt_token_logps(network, prefix_ids, prefix_mask, owner, suffix_ids, suffix_mask) * completion
     totals = logps.sum(dim=1)  # (R,)
     if average:
         totals = totals / completion.sum(dim=1).clamp(min=1.0)
