@@ -320,3 +320,14 @@ def test_truncate_left_cannot_go_below_the_template(tmp_path, tokenizer):
                     truncation="truncate_left") == [
         f"{path}:1: field 'prompt': prompt cannot be cut to max_prompt_tokens={overhead}: the "
         f"chat template alone leaves no room for its text"]
+
+
+def test_seeded_subset_draws_across_the_file_in_order():
+    from tether.data import seeded_subset
+
+    rows = [f"harmful-{i}" for i in range(50)] + [f"benign-{i}" for i in range(50)]  # sorted by kind
+    subset = seeded_subset(rows, 20, seed=0)
+    assert subset == seeded_subset(rows, 20, seed=0) != seeded_subset(rows, 20, seed=1)
+    assert len(set(subset)) == 20 and subset == sorted(subset, key=rows.index)  # file order kept
+    assert any(r.startswith("benign") for r in subset) and any(r.startswith("harmful") for r in subset)
+    assert seeded_subset(rows, None, seed=0) == rows == seeded_subset(rows, 500, seed=0)
