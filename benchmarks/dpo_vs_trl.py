@@ -22,7 +22,9 @@ How the jobs are made identical:
     same seed, so the adapters start from the same random A matrices.
 What stays different is what the benchmark measures: TRL (``precompute_ref_log_probs`` left at
 its default, False) runs a no-grad reference forward in every step; tether computes reference
-log-probs once before training. TRL's fused LM head never builds (B, T, V) logits; tether does.
+log-probs once before training, and runs each prompt once with both answers on its KV cache
+(TRL runs 2B full prompt + answer rows). TRL's fused LM head never builds (B, T, V) logits;
+tether does.
 tether also writes a checkpoint after the last step, inside the span (TRL's saving is off).
 """
 

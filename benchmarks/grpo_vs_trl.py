@@ -27,7 +27,9 @@ One optimizer step consumes exactly one rollout batch on both sides: TRL gets
 
 What stays different is what the benchmark measures: tether's sampler prefills each prompt once
 and shares its KV cache with its N samples, and drops finished rows from the decode batch;
-TRL's ``model.generate`` decodes P*N rows with the prompt copied N times. TRL's fused LM head
+TRL's ``model.generate`` decodes P*N rows with the prompt copied N times. In the update, tether
+again runs each prompt once and its N completions on the gathered KV cache (same gradients);
+TRL's forward/backward runs P*N full prompt + completion rows. TRL's fused LM head
 never builds (B, T, V) logits and computes per-token entropy for logging; tether builds the logits.
 tether also writes a checkpoint after the last step, inside the span (TRL's saving is off).
 """
