@@ -59,3 +59,21 @@ def test_scripted_judge_errors_are_named():
     judge = ScriptedJudge("safety_refusal")
     with pytest.raises(TetherError, match="'kind' column"):
         judge.judge([JudgeRequest("p", "a", "b")], load_constitution())
+
+
+def test_on_topic_prefers_the_answer_about_the_request():
+    from tether.rewards.relevance import on_topic, request_text
+
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How do I kill a Python process?"}]
+    assert request_text(prompt) == "How do I kill a Python process?"
+    on, drifted = on_topic([prompt, prompt], ["Run kill with the process id, or pkill python, to stop the process.",
+                                              "Mocha tortillas are a festive dish for the beach."])
+    assert on > drifted + 0.3
+    assert resolve_reward("on_topic") is on_topic
+
+
+def test_tie_margin_turns_small_gaps_into_ties():
+    requests = [JudgeRequest("p", "one two three", "one two")]  # length_proxy gap: 1 word
+    assert backend_from_spec("scripted:length_proxy").judge(requests, load_constitution())[0].choice == "A"
+    wide = backend_from_spec("scripted:length_proxy", tie_margin=1.5)
+    assert wide.judge(requests, load_constitution())[0].choice == "tie"

@@ -62,6 +62,9 @@ class RankStage(Section):
     judge: str = "local:tether:default"  # judge backend: local:PATH or openai:URL
     judge_model: str | None = None  # model name for an openai backend
     constitution: str = DEFAULT_CONSTITUTION
+    # Score gaps within this are ties, and ties make no pair (local judge: log-prob units;
+    # scripted: reward units). None: the backend's default.
+    tie_margin: float | None = Field(None, ge=0)
 
 
 class RewardModelStage(Section):
@@ -127,7 +130,7 @@ def rank_candidates(config: RLHFConfig, run_dir: Path, out: Path) -> None:
     from tether.feedback.preferences import judgments_to_pairs, preference_rows
 
     items = read_records(run_dir / CANDIDATES, FeedbackItem)
-    backend = backend_from_spec(stage.judge, model=stage.judge_model)
+    backend = backend_from_spec(stage.judge, model=stage.judge_model, tie_margin=stage.tie_margin)
     result = judge_items(items, backend, load_constitution(stage.constitution), progress=config.train.progress)
     write_jsonl(run_dir / JUDGMENTS, result.judgments)
     pairs = judgments_to_pairs(items, result.judgments)

@@ -290,19 +290,22 @@ class ScriptedJudge:
         return verdicts
 
 
-def backend_from_spec(spec: str, *, model: str | None = None,
-                      api_key_env: str | None = "OPENAI_API_KEY", batch_size: int = 4):
-    """``local:PATH`` (PATH may be ``tether:default``), ``openai:URL`` or ``scripted:REWARD``."""
+def backend_from_spec(spec: str, *, model: str | None = None, api_key_env: str | None = "OPENAI_API_KEY",
+                      batch_size: int = 4, tie_margin: float | None = None):
+    """``local:PATH`` (PATH may be ``tether:default``), ``openai:URL`` or ``scripted:REWARD``.
+
+    ``tie_margin``: score differences within it are ties (local: log-prob units, default 0;
+    scripted: reward units, default 1e-3); the HTTP judge states ties itself."""
     kind, _, target = spec.partition(":")
     if kind == "local" and target:
         from tether.feedback.generate import load_named_model
 
         name, judge_model, tokenizer = load_named_model(target)
-        return LocalJudge(judge_model, tokenizer, name=name, batch_size=batch_size)
+        return LocalJudge(judge_model, tokenizer, name=name, batch_size=batch_size, tie_margin=tie_margin or 0.0)
     if kind == "openai" and target:
         return OpenAIJudge(target, model or "", api_key_env=api_key_env)
     if kind == "scripted" and target:
-        return ScriptedJudge(target)
+        return ScriptedJudge(target) if tie_margin is None else ScriptedJudge(target, tie_margin=tie_margin)
     raise ConfigError(f"unknown judge backend {spec!r}; use local:PATH (e.g. local:tether:default), "
                       "openai:URL (e.g. openai:http://localhost:8000) or scripted:REWARD "
                       "(e.g. scripted:safety_refusal)")

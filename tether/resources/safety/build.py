@@ -1,6 +1,6 @@
 """Assemble the safety preference set from its part files.
 
-    python tether/resources/safety/build.py          # writes train.jsonl, heldout.jsonl, sft.jsonl
+    python tether/resources/safety/build.py          # writes train.jsonl, heldout.jsonl, sft.jsonl, benign_prompts_*.jsonl
 
 Source: ``parts/*.jsonl``, one file per (kind, category), each row
 ``{"id", "split", "kind", "category", "prompt", "chosen", "rejected"}``. The split is written by
@@ -13,6 +13,9 @@ Outputs (deterministic: same parts, same bytes):
   "kind", "category"}``, ordered round-robin over categories within each kind, so any prefix
   of a kind (``tether demo --eval-limit``) mixes categories.
 * ``sft.jsonl``: the train split's prompt + chosen as ``{"id", "prompt", "completion"}``.
+* ``benign_prompts_train.jsonl`` / ``benign_prompts_heldout.jsonl``: the benign look-alike
+  prompts alone (``{"id", "prompt", "kind", "category"}``), for pipelines that should only ever be
+  rewarded for helping (the RLHF recipe's on-topic annotator).
 
 Checks (all problems are reported together, nothing is written if any is found): required
 fields are non-empty strings, ids are unique and spell ``harm-CATEGORY-NNN`` /
@@ -145,7 +148,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def build(parts_dir: Path = HERE / "parts", out_dir: Path = HERE) -> dict[str, Counter]:
-    """Check the parts and write the three outputs to ``out_dir``.
+    """Check the parts and write the outputs to ``out_dir``.
 
     Returns counts per split keyed by ``(kind, category)``. Raises ValueError listing every
     problem when a check fails (nothing is written then).
@@ -160,6 +163,10 @@ def build(parts_dir: Path = HERE / "parts", out_dir: Path = HERE) -> dict[str, C
         _write_jsonl(out_dir / f"{name}.jsonl", [{f: r[f] for f in FIELDS} for r in split_rows])
     _write_jsonl(out_dir / "sft.jsonl", [{"id": r["id"], "prompt": r["prompt"],
                                           "completion": r["chosen"]} for r in splits["train"]])
+    for name, split_rows in splits.items():
+        _write_jsonl(out_dir / f"benign_prompts_{name}.jsonl",
+                     [{f: r[f] for f in ("id", "prompt", "kind", "category")}
+                      for r in split_rows if r["kind"] == "benign_lookalike"])
     return {name: Counter((r["kind"], r["category"]) for r in split_rows)
             for name, split_rows in splits.items()}
 
