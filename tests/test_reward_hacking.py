@@ -73,3 +73,27 @@ def test_planted_run_games_the_proxy_and_raises_the_warning(tmp_path, capsys):
     assert flags[:2] == [0.0, 0.0] and 1.0 in flags  # needs 3 evaluations, then fires
     assert "possible reward hacking" in capsys.readouterr().err
     assert (config.run_dir() / PLOT_FILE).stat().st_size > 10_000
+
+
+SEEN = []
+
+
+def column_echo(prompts, completions, tag, **_):
+    SEEN.append((list(prompts), list(tag)))
+    return [float(t) for t in tag]
+
+
+def test_several_samples_per_prompt_are_scored_with_their_own_prompt(tmp_path):
+    from tether.audit.reward_hacking import RewardHackingMonitor
+    from tether.models.tiny import tiny_llama
+    from tether.rewards.base import RewardSpec
+
+    model, tokenizer = tiny_llama(seed=0)
+    SEEN.clear()
+    monitor = RewardHackingMonitor(tmp_path, ["first", "second"], {"tag": [1, 5]},
+                                   [RewardSpec("echo", column_echo)], max_new_tokens=3, samples_per_prompt=3)
+    metrics = monitor.evaluate(model, tokenizer, 0, None)
+    assert SEEN == [(["first"] * 3 + ["second"] * 3, [1, 1, 1, 5, 5, 5])]
+    assert metrics["eval/proxy_reward"] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        RewardHackingMonitor(tmp_path, ["x"], {}, [], samples_per_prompt=0)

@@ -78,6 +78,7 @@ class PPOSettings(Section):
     gold: GoldSettings | None = None
     eval_max_new_tokens: int | None = Field(None, gt=0)
     eval_prompts: int | None = Field(None, gt=0)  # N prompts of data.eval drawn with train.seed; None: all
+    eval_samples: int = Field(1, gt=0)  # samples per held-out prompt at each evaluation (more: less noise)
 
 
 class PPOConfig(RunConfig):
@@ -283,7 +284,7 @@ def train_ppo(config: PPOConfig) -> Path:
             reward_specs(gold.rewards) if gold else (),
             max_new_tokens=settings.eval_max_new_tokens or settings.max_new_tokens,
             stop=settings.stop, window=gold.window if gold else 3, min_change=gold.min_change if gold else 0.0,
-            seed=config.train.seed, title=f"PPO {config.train.run_name}")
+            seed=config.train.seed, title=f"PPO {config.train.run_name}", samples_per_prompt=settings.eval_samples)
         monitor.restore(session.start_step)
 
     def evaluate(step: int) -> dict[str, float]:

@@ -5,8 +5,8 @@ from its start, the proxy reward R_proxy (what RL optimizes: a reward model, a h
 reward R_gold that training never sees, against d = sqrt(KL(pi || pi_ref)). The proxy keeps rising;
 the gold rises, peaks, then falls: past the peak the policy exploits the proxy's errors.
 
-Every evaluation, ``RewardHackingMonitor`` samples one completion (temperature 1, a fixed seed, so
-evaluations differ only by the policy) for each held-out prompt and records
+Every evaluation, ``RewardHackingMonitor`` samples ``samples_per_prompt`` completions (temperature 1, a
+fixed seed, so evaluations differ only by the policy) for each held-out prompt and records
 
     eval/proxy_reward   mean proxy reward (the trainer's reward functions, weighted sum)
     eval/gold_reward    mean gold reward (held-out reward functions), when configured
@@ -92,13 +92,19 @@ class RewardHackingMonitor:
     def __init__(self, run_dir: str | Path, prompts: Sequence[Prompt], columns: dict[str, list],
                  proxy_specs: Sequence[RewardSpec], gold_specs: Sequence[RewardSpec] = (), *,
                  max_new_tokens: int = 64, stop: Sequence[str] = (), window: int = 3,
-                 min_change: float = 0.0, seed: int = 0, title: str = ""):
+                 min_change: float = 0.0, seed: int = 0, title: str = "", samples_per_prompt: int = 1):
         if not prompts:
             raise ValueError("the reward-hacking monitor needs held-out prompts")
+        if samples_per_prompt < 1:
+            raise ValueError(f"samples_per_prompt must be at least 1, got {samples_per_prompt}")
         self.run_dir = Path(run_dir)
-        self.prompts, self.columns = list(prompts), columns
+        n = samples_per_prompt
+        self.prompts = list(prompts)
+        # Sampled rows are grouped by prompt (row r holds prompt r // n): score them with repeated columns.
+        self.row_prompts = [p for p in self.prompts for _ in range(n)]
+        self.row_columns = {key: [v for v in values for _ in range(n)] for key, values in columns.items()}
         self.proxy_specs, self.gold_specs = list(proxy_specs), list(gold_specs)
-        self.rollout = RolloutConfig(num_samples=1, temperature=1.0, max_new_tokens=max_new_tokens,
+        self.rollout = RolloutConfig(num_samples=n, temperature=1.0, max_new_tokens=max_new_tokens,
                                      stop=list(stop), seed=seed)
         self.window, self.min_change, self.title = window, min_change, title
         self.history: list[dict[str, float]] = []
@@ -113,7 +119,7 @@ class RewardHackingMonitor:
     def evaluate(self, model, tokenizer, step: int, reference_logps: ReferenceLogps | None) -> dict[str, float]:
         """One evaluation at ``step``; call it under ``torch.no_grad()`` (and the run's autocast).
 
-        ``reference_logps(rollout)`` gives log pi_ref of the sampled tokens, shape (P, L); None when the
+        ``reference_logps(rollout)`` gives log pi_ref of the sampled tokens, shape (P*n, L); None when the
         run has no reference model (the KL is then NaN).
         """
         rollout = TransformersSampler(model, tokenizer).sample(self.prompts, self.rollout)
@@ -122,9 +128,9 @@ class RewardHackingMonitor:
             metrics["eval/gold_reward"] = self._mean_reward(self.gold_specs, rollout.texts)
         kl = math.nan
         if reference_logps is not None:
-            mask = rollout.completion_mask.bool()  # (P, L)
+            mask = rollout.completion_mask.bool()  # (P*n, L)
             # model_logps: the policy at temperature 1, which drew these samples.
-            per_token = kl_estimate(rollout.model_logps, reference_logps(rollout).float(), "k3")  # (P, L)
+            per_token = kl_estimate(rollout.model_logps, reference_logps(rollout).float(), "k3")  # (P*n, L)
             kl = torch.where(mask, per_token, 0.0).sum(1).mean().item()
         metrics["eval/kl"] = kl
         metrics["eval/sqrt_kl"] = math.sqrt(max(kl, 0.0)) if math.isfinite(kl) else math.nan
@@ -145,7 +151,7 @@ class RewardHackingMonitor:
         return metrics
 
     def _mean_reward(self, specs: Sequence[RewardSpec], texts: list[str]) -> float:
-        totals, _, _ = combine_rewards(specs, self.prompts, texts, self.columns, on_error="score_failed")
+        totals, _, _ = combine_rewards(specs, self.row_prompts, texts, self.row_columns, on_error="score_failed")
         return sum(totals) / len(totals)
 
     @property
