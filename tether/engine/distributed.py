@@ -113,9 +113,18 @@ def world() -> World:
 
 
 def shutdown() -> None:
-    """Leave the process group (the end of a torchrun job); a no-op in one process."""
+    """Leave the process group (the end of a torchrun job); a no-op in one process.
+
+    On gloo the ranks first meet at a barrier: a rank that tears its connections down while a peer
+    is still using them can abort the peer ("terminate called without an active exception", seen
+    once in CI). The barrier has a timeout, so a rank whose peers died does not hang here."""
     global _world
     if dist.is_initialized():
+        if dist.get_backend() == "gloo":
+            try:
+                dist.monitored_barrier(timeout=timedelta(seconds=60))
+            except RuntimeError:  # a peer is gone or stuck: leave anyway
+                pass
         dist.destroy_process_group()
     _world = None
 
