@@ -12,9 +12,12 @@ made from, so the interval resamples probes, not tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+
+import torch
 
 from tether.data.records import Prompt
 
@@ -82,3 +85,15 @@ class AuditModel:
             for offset in range(0, len(texts), num_samples):
                 groups.append([text.strip() for text in texts[offset:offset + num_samples]])
         return groups
+
+
+@contextmanager
+def evaluation_mode(network: torch.nn.Module) -> Iterator[torch.device]:
+    """The network in eval mode (dropout off) for the block, its training flag restored after;
+    yields the device its parameters are on."""
+    was_training = network.training
+    network.eval()
+    try:
+        yield next(network.parameters()).device
+    finally:
+        network.train(was_training)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import torch
 
-from tether.audit.base import AuditModel
+from tether.audit.base import AuditModel, evaluation_mode
 from tether.data import SFTRecord, encode_sft, pad_batch
 from tether.data.records import Prompt
 from tether.losses.logprobs import completion_logps, shared_prompt_token_logps
@@ -90,18 +90,13 @@ def option_logprobs(model: AuditModel, prompts: Sequence[Prompt], options: Seque
     groups.sort(key=lambda group: len(group[1]))  # similar prefix lengths together: little padding
     scores = [[0.0] * len(choices) for choices in options]
     network = model.model
-    device = next(network.parameters()).device
-    was_training = network.training
-    network.eval()
-    try:
+    with evaluation_mode(network) as device:
         for start in range(0, len(groups), model.batch_size):
             chunk = groups[start:start + model.batch_size]
             for (p, _, rows), values in zip(chunk, _score_chunk(network, chunk, model.tokenizer.pad_token_id,
                                                                 device, average)):
                 for (k, _, _), value in zip(rows, values):
                     scores[p][k] = value
-    finally:
-        network.train(was_training)
     return scores
 
 
@@ -145,10 +140,7 @@ def option_logprobs_simple(model: AuditModel, prompts: Sequence[Prompt], options
     rows.sort(key=lambda row: len(row[2]["input_ids"]))  # similar lengths together: little padding
     scores = [[0.0] * len(choices) for choices in options]
     network = model.model
-    device = next(network.parameters()).device
-    was_training = network.training
-    network.eval()
-    try:
+    with evaluation_mode(network) as device:
         for start in range(0, len(rows), model.batch_size):
             chunk = rows[start:start + model.batch_size]
             batch = {k: v.to(device) for k, v in
@@ -158,8 +150,6 @@ def option_logprobs_simple(model: AuditModel, prompts: Sequence[Prompt], options
                                      completion_mask, average=average)  # (B,)
             for (p, k, _), value in zip(chunk, logps.tolist()):
                 scores[p][k] = value
-    finally:
-        network.train(was_training)
     return scores
 
 

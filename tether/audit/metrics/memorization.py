@@ -37,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from tether.audit.base import AuditModel, MetricResult, mean_of
+from tether.audit.base import AuditModel, MetricResult, evaluation_mode, mean_of
 from tether.data import encode_prompt, read_rows
 from tether.data.records import Prompt
 from tether.errors import DataValidationError
@@ -159,10 +159,7 @@ def continue_greedily(model: AuditModel, prompts: Sequence[Prompt], prefixes: Se
     rows = [encode_prompt(prompt, tokenizer) + list(tokenizer(prefix, add_special_tokens=False)["input_ids"])
             for prompt, prefix in zip(prompts, prefixes)]
     texts: list[str] = []
-    device = next(network.parameters()).device
-    was_training = network.training
-    network.eval()
-    try:
+    with evaluation_mode(network) as device:
         for start in range(0, len(rows), model.batch_size):
             chunk = rows[start:start + model.batch_size]
             longest = max(map(len, chunk))
@@ -173,8 +170,6 @@ def continue_greedily(model: AuditModel, prompts: Sequence[Prompt], prefixes: Se
                                       do_sample=False,
                                       max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
             texts.extend(tokenizer.decode(row[longest:].tolist(), skip_special_tokens=True) for row in output)
-    finally:
-        network.train(was_training)
     return texts
 
 
