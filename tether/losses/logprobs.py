@@ -12,8 +12,20 @@ keep every float32 block alive until backward.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import Tensor, nn
+from transformers import LlamaForCausalLM
+
+# transformers 5.x renamed the forward's ``past_key_values`` to ``cache`` (the old name warns, and
+# is due to go in 5.40); 4.x only knows the old one.
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+
+
+def output_cache(output) -> object:
+    """The KV cache a forward with ``use_cache=True`` returned, under either transformers' name."""
+    return output[CACHE_KWARG]
 
 DEFAULT_CHUNK_SIZE = 256  # rows per block: 256 x 150k vocab x 4 bytes = 150 MB at most
 
@@ -172,12 +184,12 @@ def shared_prompt_token_logps(model: nn.Module, prompt_ids: Tensor, prompt_mask:
     first_logits = prompt_out.logits[:, -1][prompt_of_row].unsqueeze(1)  # (R, 1, V): predicts y_0
     if completion_ids.shape[1] == 1:
         return selective_log_softmax(first_logits, completion_ids, chunk_size)
-    cache = prompt_out.past_key_values
+    cache = output_cache(prompt_out)
     cache.batch_select_indices(prompt_of_row)  # (U, H, S, D) -> (R, H, S, D) in every layer
     width = completion_ids.shape[1] - 1
     attention_mask = torch.cat([prompt_mask[prompt_of_row], completion_mask[:, :-1]], dim=1)  # (R, S+L-1)
     completion_positions = positions[prompt_of_row, -1:] + 1 + torch.arange(width, device=positions.device)
     rest_logits = model(input_ids=completion_ids[:, :-1], attention_mask=attention_mask,
-                        position_ids=completion_positions, past_key_values=cache, use_cache=True).logits
+                        position_ids=completion_positions, use_cache=True, **{CACHE_KWARG: cache}).logits
     logits = torch.cat([first_logits, rest_logits], dim=1)  # (R, L, V)
     return selective_log_softmax(logits, completion_ids, chunk_size)

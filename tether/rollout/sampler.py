@@ -56,7 +56,7 @@ from torch import Tensor
 from tether.config import Section
 from tether.data import encode_prompt
 from tether.data.records import Prompt
-from tether.losses.logprobs import positions_from_mask
+from tether.losses.logprobs import CACHE_KWARG, output_cache, positions_from_mask
 from tether.rollout.stopping import (
     FinishReason, cut_at_stop, end_token_ids, find_stop, special_stop_ids,
 )
@@ -258,8 +258,8 @@ class TransformersSampler:
     def _forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any
                  ) -> Any:
         return self.model(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids, past_key_values=cache, use_cache=True,
-                          logits_to_keep=1)
+                          position_ids=position_ids, use_cache=True, logits_to_keep=1,
+                          **{CACHE_KWARG: cache})
 
     def _decode(self, encoded: list[list[int]], config: RolloutConfig,
                 generator: torch.Generator | None) -> _Group:
@@ -275,7 +275,7 @@ class TransformersSampler:
 
         # ---- prefill once per prompt, then give each of its N samples a copy of the cache
         output = self._forward(prompt_ids, prompt_mask, positions, None)
-        cache = output.past_key_values
+        cache = output_cache(output)
         cache.batch_repeat_interleave(n)  # (G, H, S, D) -> (G*N, H, S, D) in every layer
         logits = output.logits[:, -1].repeat_interleave(n, dim=0)  # (R, V), R = G*N
         rows_total = len(encoded) * n
