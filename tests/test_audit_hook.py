@@ -120,3 +120,72 @@ def test_pair_metric_compares_with_the_starting_model(workdir):
     (line,) = [row for row in read_metrics(run_dir) if "audit/drift_kl" in row]
     assert line["step"] == 2 and line["audit/drift_kl"] > 0
     assert line["audit/drift_kl/change"] == line["audit/drift_kl"]  # a pair metric is its own change
+
+
+# ---- keeping the best audited step ----------------------------------------------------------
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _same_weights(final_dir, checkpoint_file) -> bool:
+    """The exported final model holds exactly the weights of a saved trainable state."""
+    import torch
+
+    final, saved = _weights(final_dir / "model.safetensors"), _weights(checkpoint_file)
+    return all(torch.equal(final[name], tensor) for name, tensor in saved.items() if name in final)
+
+
+def test_keep_best_ends_with_the_best_passing_step(workdir):
+    """The planted metric rises with training. keep_best (max) with a gate that caps the rise at
+    +1.2 nats must end on the highest audited value below the cap: not the last step, and exactly
+    that step's weights (compared with its checkpoint)."""
+    from tether.algorithms.sft import train_sft
+
+    final = train_sft(sft_config(workdir, "best", "audit.every=2", "train.save_every=2", "train.keep_last=10",
+                                 "audit.keep_best=answer_logprob", "audit.keep_best_mode=max",
+                                 "audit.keep_best_unless=answer_logprob>+1.2"))
+    run_dir = workdir / "runs" / "best"
+    baseline = json.loads((run_dir / BASELINE_FILE).read_text())["answer_logprob"]
+    lines = audit_lines(run_dir)
+    passing = [row for row in lines if row["audit/answer_logprob"] - baseline <= 1.2]
+    assert 0 < len(passing) < len(lines), "the cap must cut the run for this test to mean anything"
+    expected = max(passing, key=lambda row: row["audit/answer_logprob"])
+    best = json.loads((run_dir / "audit_best" / "best.json").read_text())
+    assert best["step"] == expected["step"] < 12
+    assert best["values"]["answer_logprob"] == pytest.approx(expected["audit/answer_logprob"])
+    checkpoint = run_dir / "checkpoints" / f"checkpoint-{best['step']:07d}" / "model.safetensors"
+    assert _same_weights(final, checkpoint)
+    last = run_dir / "checkpoints" / f"checkpoint-{12:07d}" / "model.safetensors"
+    assert not _same_weights(final, last)
+
+
+def test_keep_best_falls_back_to_the_starting_weights(workdir):
+    """Minimising a metric that training only raises: no audited step beats the start, so the
+    final model is the starting model."""
+    from tether.algorithms.sft import train_sft
+    from tether.models import load_model
+
+    final = train_sft(sft_config(workdir, "best_start", "audit.every=4", "audit.keep_best=answer_logprob"))
+    best = json.loads((workdir / "runs" / "best_start" / "audit_best" / "best.json").read_text())
+    assert best["step"] == 0
+    trained, _ = load_model(final)
+    start, _ = load_model(workdir / "model")
+    assert all(torch_equal(a, b) for a, b in zip(trained.state_dict().values(), start.state_dict().values()))
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
+def test_keep_best_names_a_reported_metric(workdir):
+    from tether.algorithms.sft import train_sft
+
+    with pytest.raises(ConfigError, match="audit.keep_best names over_refusal"):
+        train_sft(sft_config(workdir, "bad_best", "audit.every=2", "audit.keep_best=over_refusal"))
+    with pytest.raises(ConfigError, match="keep_best_unless needs audit.keep_best"):
+        AuditHook(2, [answer_logprob], keep_best_unless="answer_logprob>1")

@@ -112,8 +112,13 @@ class AuditHookSettings(Section):
     limit: int | None = Field(6, gt=0)
     stop_on: str | None = None  # gates as in `tether audit --fail-on`, e.g. "over_refusal>+10pp"
     baseline: str | None = None  # JSON {metric: value}; default: measured on the starting model
+    # End with the weights of the audited step (or the start) with the lowest (or highest) value
+    # of this metric, among steps that pass the keep_best_unless gates (same syntax as stop_on).
+    keep_best: str | None = None
+    keep_best_mode: Literal["min", "max"] = "min"
+    keep_best_unless: str | None = None
 
-    @field_validator("stop_on")
+    @field_validator("stop_on", "keep_best_unless")
     @classmethod
     def _gates_parse(cls, value: str | None) -> str | None:
         from tether.audit.gate import parse_fail_on

@@ -17,6 +17,21 @@ rates); pair metrics such as drift (``evaluate_pair(baseline, candidate)``) are 
 When a gate fails, training stops with :class:`AuditRegressionError` *before* that step's
 checkpoint is written, so the newest checkpoint on disk is the last one that passed.
 
+Keeping the best audited step instead of the last (early stopping on an audit):
+
+    audit:
+      every: 5
+      metrics: [refusal_calibration]
+      keep_best: unsafe_compliance                # the audited value to minimise (max: keep_best_mode)
+      keep_best_unless: "over_refusal>+8pp"       # steps failing these gates cannot be the best
+
+The starting weights are the first candidate (with the baseline values); each audited step that
+passes the ``keep_best_unless`` gates and strictly beats the best so far replaces it, its
+trainable weights written to ``RUN/audit_best/`` (``model.safetensors`` and ``best.json``, so a
+resumed run keeps its best). When training ends the best weights are loaded back into the model,
+so the trainer's final model is the best audited step; checkpoints keep the last step's weights.
+The selection reads the audit's probe sets, so report results on data the audit never saw.
+
 A metric is one of:
 
 * a module name under ``tether.audit.metrics`` (or a full module path) with
@@ -47,6 +62,7 @@ from tether.errors import ConfigError, TetherError
 
 Metric = str | Callable[[AuditModel], Mapping[str, float] | Sequence[MetricResult]]
 BASELINE_FILE = "audit_baseline.json"
+BEST_DIR = "audit_best"
 
 
 class AuditRegressionError(TetherError):
@@ -93,12 +109,21 @@ class AuditHook:
     """
 
     def __init__(self, every: int, metrics: Sequence[Metric], *, stop_on: str | Sequence[Gate] | None = None,
-                 limit: int | None = 6, baseline: Mapping[str, float] | None = None):
+                 limit: int | None = 6, baseline: Mapping[str, float] | None = None,
+                 keep_best: str | None = None, keep_best_mode: str = "min",
+                 keep_best_unless: str | Sequence[Gate] | None = None):
         if every < 1:
             raise ConfigError(f"audit.every must be at least 1, got {every}")
+        if keep_best_mode not in ("min", "max"):
+            raise ConfigError(f"audit.keep_best_mode must be min or max, got {keep_best_mode!r}")
+        if keep_best is None and keep_best_unless:
+            raise ConfigError("audit.keep_best_unless needs audit.keep_best (the metric to select on)")
         self.every, self.limit = every, limit
         self.metrics = [_resolve(metric) for metric in metrics]
-        self.gates = list(parse_fail_on(stop_on) if isinstance(stop_on, str) or stop_on is None else stop_on)
+        self.gates = _gates(stop_on)
+        self.keep_best, self.keep_best_mode = keep_best, keep_best_mode
+        self.best_gates = _gates(keep_best_unless)
+        self.best: dict | None = None  # {"step", "values", "changes"} of the best candidate so far
         self.baseline = dict(baseline) if baseline is not None else None
         self.tokenizer = None
         self.baseline_model: AuditModel | None = None
@@ -114,7 +139,8 @@ class AuditHook:
                 raise ConfigError(f"audit.baseline: no such file {path}")
             baseline = json.loads(path.read_text(encoding="utf-8"))
         return cls(settings.every, settings.metrics, stop_on=settings.stop_on, limit=settings.limit,
-                   baseline=baseline)
+                   baseline=baseline, keep_best=settings.keep_best, keep_best_mode=settings.keep_best_mode,
+                   keep_best_unless=settings.keep_best_unless)
 
     # ---- set-up ------------------------------------------------------------------------------
 
@@ -137,15 +163,21 @@ class AuditHook:
             self.baseline = self.measure(self.baseline_model)
             if session.world.is_main:
                 saved.write_text(json.dumps(self.baseline, indent=2), encoding="utf-8")
-        unknown = [gate.metric for gate in self.gates if gate.metric not in self.baseline]
-        if unknown:
-            raise ConfigError(f"audit.stop_on names {', '.join(unknown)}, which the audit metrics do not "
-                              f"report; they report {', '.join(sorted(self.baseline)) or 'nothing'}")
+        reported = ", ".join(sorted(self.baseline)) or "nothing"
+        for key, names in (("stop_on", [gate.metric for gate in self.gates]),
+                           ("keep_best_unless", [gate.metric for gate in self.best_gates]),
+                           ("keep_best", [self.keep_best] if self.keep_best else [])):
+            unknown = [name for name in names if name not in self.baseline]
+            if unknown:
+                raise ConfigError(f"audit.{key} names {', '.join(unknown)}, which the audit metrics do not "
+                                  f"report; they report {reported}")
         units = {name: None for name in self.baseline}
         for _, thing in self.metrics:
             declared = getattr(thing, "METRICS", None)
             units.update(declared if isinstance(declared, dict) else {})
-        check_gates(self.gates, units)  # "+5pp" only on rates
+        check_gates(self.gates + self.best_gates, units)  # "+5pp" only on rates
+        if self.keep_best:
+            self._start_best(session)
         if not self._needs_pairs():
             self.baseline_model = None  # only pair metrics need the starting weights in memory
 
@@ -195,6 +227,8 @@ class AuditHook:
         session.metrics.log(done, line)
         self.history.append({"step": done, **values})
         failed = [gate for gate in self.gates if gate.fails(changes[gate.metric])]
+        if self.keep_best and not failed:
+            self._consider(session, done, values, changes)
         if failed:
             from tether.engine.checkpoint import latest_checkpoint
 
@@ -202,3 +236,52 @@ class AuditHook:
             kept = f"the last checkpoint that passed is kept at {last}" if last else "no checkpoint was saved yet"
             moved = "; ".join(f"{gate.text} (change {changes[gate.metric]:+.4g})" for gate in failed)
             raise AuditRegressionError(f"audit at step {done} failed: {moved}; training stopped, {kept}.")
+
+    # ---- keeping the best audited step -------------------------------------------------------
+
+    def _best_dir(self, session) -> Path:
+        return Path(session.run_dir) / BEST_DIR
+
+    def _start_best(self, session) -> None:
+        """A resumed run reads its best so far; a fresh one starts with the starting weights."""
+        record = self._best_dir(session) / "best.json"
+        if session.resumed_from is not None and record.is_file():
+            self.best = json.loads(record.read_text(encoding="utf-8"))
+            return
+        self._save_best(session, 0, dict(self.baseline), {name: 0.0 for name in self.baseline})
+
+    def _consider(self, session, done: int, values: dict[str, float], changes: dict[str, float]) -> None:
+        if any(gate.fails(changes[gate.metric]) for gate in self.best_gates):
+            return
+        value, best = values[self.keep_best], self.best["values"][self.keep_best]
+        better = value < best if self.keep_best_mode == "min" else value > best
+        if better and not math.isnan(value):
+            self._save_best(session, done, values, changes)
+
+    def _save_best(self, session, step: int, values: dict[str, float], changes: dict[str, float]) -> None:
+        from tether.engine.checkpoint import save_trainable_state
+
+        folder = self._best_dir(session)
+        save_trainable_state(session.module, folder / "model.safetensors")
+        self.best = {"step": step, "metric": self.keep_best, "mode": self.keep_best_mode,
+                     "unless": [gate.text for gate in self.best_gates], "values": values, "changes": changes}
+        if session.world.is_main:
+            (folder / "best.json").write_text(json.dumps(self.best, indent=2), encoding="utf-8")
+
+    def finish(self, session) -> None:
+        """At the end of training: load the best audited step's weights into the model."""
+        if not self.keep_best or self.best is None:
+            return
+        from tether.engine.checkpoint import load_trainable_state
+        from tether.engine.progress import console
+
+        load_trainable_state(session.module, self._best_dir(session) / "model.safetensors")
+        step, value = self.best["step"], self.best["values"][self.keep_best]
+        where = "the starting weights (no audited step beat them)" if step == 0 else f"step {step}"
+        rule = f" among steps passing {', '.join(self.best['unless'])}" if self.best["unless"] else ""
+        console.print(f"audit: keeping {where}: {self.keep_best} {value:.4g} "
+                      f"({self.keep_best_mode}imum{rule})")
+
+
+def _gates(spec: str | Sequence[Gate] | None) -> list[Gate]:
+    return list(parse_fail_on(spec) if isinstance(spec, str) or spec is None else spec)

@@ -39,6 +39,37 @@ def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             if param.requires_grad}
 
 
+def save_trainable_state(model: torch.nn.Module, path: str | Path) -> None:
+    """Write the trainable parameters alone (no optimizer state) to one safetensors file, atomically.
+    Every rank calls it (FSDP gathers); rank 0 writes."""
+    weights = trainable_state(model)
+    if distributed.is_main():
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file(weights, str(tmp))
+        os.replace(tmp, path)
+    distributed.barrier()
+
+
+def load_trainable_state(model: torch.nn.Module, path: str | Path) -> None:
+    """Copy the weights in a safetensors file written from this model's trainable parameters
+    (a checkpoint's, or ``save_trainable_state``'s) into the model."""
+    weights = load_file(str(path))
+    expected = {name for name, p in model.named_parameters() if p.requires_grad}
+    if set(weights) != expected:
+        missing = sorted(expected - set(weights))[:3]
+        unexpected = sorted(set(weights) - expected)[:3]
+        raise CheckpointError(f"{path} does not match this model's trainable parameters "
+                              f"(missing e.g. {missing}, unexpected e.g. {unexpected}); was it "
+                              "saved by a run with another model or LoRA setting?")
+    params = dict(model.named_parameters())
+    sharded = distributed.world().enabled
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(distributed.shard_like(tensor, params[name]) if sharded else tensor)
+
+
 def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler, *, keep_last: int = 2,
                     extra_state: dict | None = None) -> Path:
@@ -98,22 +129,10 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer: torch.o
     for name in ("model.safetensors", "trainer.pt", "state.json"):
         if not (path / name).is_file():
             raise CheckpointError(f"checkpoint {path} is incomplete: {name} is missing")
-    weights = load_file(str(path / "model.safetensors"))
-    expected = {name for name, p in model.named_parameters() if p.requires_grad}
-    if set(weights) != expected:
-        missing = sorted(expected - set(weights))[:3]
-        unexpected = sorted(set(weights) - expected)[:3]
-        raise CheckpointError(f"checkpoint {path} does not match this model's trainable parameters "
-                              f"(missing e.g. {missing}, unexpected e.g. {unexpected}); was it "
-                              "saved by a run with another model or LoRA setting?")
-    params = dict(model.named_parameters())
-    sharded = distributed.world().enabled
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            params[name].copy_(distributed.shard_like(tensor, params[name]) if sharded else tensor)
+    load_trainable_state(model, path / "model.safetensors")
     trainer = torch.load(path / "trainer.pt", weights_only=True)
     optimizer.load_state_dict(distributed.shard_optimizer_state(trainer["optimizer"], optimizer)
-                              if sharded else trainer["optimizer"])
+                              if distributed.world().enabled else trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
     restore_rng_state(trainer["rng"])
     return json.loads((path / "state.json").read_text())

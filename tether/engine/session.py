@@ -134,6 +134,10 @@ class TrainingSession:
         return json.loads(path.read_text())
 
     def close(self) -> None:
+        """End of training: hooks finish (the audit may load its best step's weights back)."""
+        for hook in self.hooks:
+            if hasattr(hook, "finish"):
+                hook.finish(self)
         self.metrics.close()
 
     def diverged(self, what: str) -> None:
