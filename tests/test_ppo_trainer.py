@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 import tether.algorithms.ppo as ppo_module
@@ -126,3 +127,35 @@ def test_config_and_prompt_errors(job, tmp_path):
     assert [(p.line, p.field) for p in error.value.problems] == [(2, "prompt"), (3, "prompt")]
     records = load_prompts(str(job / "prompts.jsonl"), None)
     assert len(records) == 16 and records[0].answer == "" and records[0].location.line == 1
+
+
+def test_value_warmup_fits_the_critic_alone_before_the_first_update(job, monkeypatch):
+    """The critic's warm-up raises the first rollout's explained variance from 0 (the zero head) and
+    leaves the policy's weights and the session's optimizer and schedule as they were."""
+    seen = {}
+    original = ppo_module.warm_up_critic
+
+    def watched(session, *args, **kwargs):
+        def snapshot():
+            return ({name: p.detach().clone() for name, p in session.module.policy.named_parameters()},
+                    {name: p.detach().clone() for name, p in session.module.value_head.named_parameters()})
+
+        seen["before"] = snapshot()
+        values = original(session, *args, **kwargs)
+        seen["after"] = snapshot()
+        seen["optimizer"], seen["lr_steps"] = session.optimizer.state_dict()["state"], session.scheduler.last_epoch
+        return values
+
+    monkeypatch.setattr(ppo_module, "warm_up_critic", watched)
+    config = config_for(job, "train.run_name=warmup", "ppo.kl_coef=0", "ppo.value_warmup_steps=40",
+                        "train.max_steps=2", "train.log_every=10", "data.eval=null")
+    train_ppo(config)
+    (policy_before, head_before), (policy_after, head_after) = seen["before"], seen["after"]
+    assert policy_before.keys() == policy_after.keys()
+    assert all(torch.equal(policy_before[name], policy_after[name]) for name in policy_before)
+    assert not torch.equal(head_before["summary.weight"], head_after["summary.weight"])  # the head moved
+    assert seen["optimizer"] == {} and seen["lr_steps"] == 0  # the PPO optimizer has not stepped
+    rows = [row for row in read_metrics(config.run_dir()) if "value_warmup/explained_variance_after" in row]
+    assert len(rows) == 1 and rows[0]["step"] == 1  # logged once, with the first step (log_every 10 or not)
+    before, after = rows[0]["value_warmup/explained_variance_before"], rows[0]["value_warmup/explained_variance_after"]
+    assert before == pytest.approx(0.0, abs=1e-6) and after > before + 0.1, (before, after)

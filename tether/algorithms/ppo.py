@@ -8,7 +8,9 @@ the sampling policy's log-probs and the critic's values; per-token rewards r_t =
 score at the last token); GAE advantages and returns; whitening; then ``ppo_epochs`` passes of shuffled
 minibatches with the clipped policy and value losses, stopping early once the approximate KL from the
 sampling policy passes ``target_kl``. Formulas: tether/losses/ppo.py. The critic is a head on the
-policy's own backbone: tether/models/value_head.py.
+policy's own backbone: tether/models/value_head.py. It starts at V = 0; with ``value_warmup_steps`` a
+fresh run first fits it alone to the first rollout's returns (``warm_up_critic``), so the first
+advantages already have a baseline.
 
 Under torchrun (DDP or FSDP2, docs/scaling.md) each rank samples and scores a contiguous block of the
 step's prompts, as in GRPO. Everything PPO computes over the batch is computed over the whole step:
@@ -35,6 +37,7 @@ from tether.data import encode_prompt, read_rows, seeded_subset, truncate_prompt
 from tether.data.records import VerifiableRecord
 from tether.engine import BatchPlan, TrainingSession, console, distributed, progress_bar, start_run
 from tether.engine.batches import shuffled_groups
+from tether.engine.optim import build_optimizer
 from tether.engine.plots import plot_metrics
 from tether.errors import ConfigError, DataValidationError
 from tether.losses.ppo import (AdaptiveKLController, FixedKLController, approx_kl, explained_variance, gae,
@@ -64,6 +67,7 @@ class PPOSettings(Section):
     epsilon: float = Field(0.2, gt=0, lt=1)  # policy ratio clip (TRL's cliprange)
     cliprange_value: float | None = Field(0.2, gt=0)  # None: unclipped value loss
     vf_coef: float = Field(0.1, ge=0)
+    value_warmup_steps: int = Field(0, ge=0)  # fresh run: steps fitting the critic alone before the first update
     kl_coef: float = Field(0.05, ge=0)  # 0: no KL penalty, and no reference model is loaded
     kl_estimator: Literal["k1", "k3"] = "k1"
     adaptive_kl: bool = False  # Ziegler et al.'s controller steers the KL toward kl_target
@@ -208,6 +212,61 @@ def forward_chunks(actor_critic: PolicyWithValueHead, rollout: RolloutBatch, chu
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
+def pooled_gradients(module: torch.nn.Module) -> None:
+    """Each parameter's gradient summed over ranks, for a small module trained outside the DDP/FSDP
+    wrapper (the critic's warm-up). One process: as is."""
+    if not distributed.world().enabled:
+        return
+    params = list(module.parameters())
+    ranks = distributed.gather_objects([p.grad.tolist() for p in params])
+    for index, p in enumerate(params):
+        p.grad = torch.tensor([rank[index] for rank in ranks], dtype=p.grad.dtype).sum(0).to(p.device)
+
+
+def warm_up_critic(session: TrainingSession, rollout: RolloutBatch, returns: torch.Tensor, mask: torch.Tensor, *,
+                   steps: int, chunk: int) -> torch.Tensor:
+    """Fit the value head alone to one rollout's returns; returns its new values of that rollout.
+
+    The head starts at V = 0, so without this the first advantages are the returns minus nothing. A
+    copy of the head takes ``steps`` full-batch AdamW steps (the run's optim settings, a fresh
+    optimizer) on the unclipped value loss over the step's tokens, every rank's:
+
+        L = 1/2 mean_t (V_t - R_t)^2,   V_t = w . h_{t-1} + b
+
+    then replaces the head. The backbone's states h_{t-1} are computed once, without gradients (the
+    head is linear on them), so the policy's weights and the session's optimizer and schedule are
+    untouched. Unclipped: the value clip would hold V within cliprange_value of its zero start.
+
+    Shape: returns, mask (b, L) -> values (b, L)
+    """
+    actor_critic = session.module
+    input_ids, attention_mask, position_ids = rollout.sequences()
+    start = rollout.prompt_ids.shape[1]
+    with torch.no_grad(), session.autocast(), distributed.gathered_params(actor_critic):
+        hidden = torch.cat([actor_critic.features(input_ids[i:i + chunk], attention_mask[i:i + chunk],
+                                                  position_ids[i:i + chunk], start=start)
+                            for i in range(0, len(rollout), chunk)]).float()  # (b, L, H)
+    head = ValueHead(hidden.shape[-1]).to(hidden.device)
+    head.load_state_dict({name: distributed.full_tensor(value)
+                          for name, value in actor_critic.value_head.state_dict().items()})
+    optimizer = build_optimizer(head, session.config.optim)
+    tokens = int(mask.sum())
+    share = tokens / max(distributed.all_reduce_sum(tokens), 1)  # token means over the whole step
+    for _ in range(steps):
+        values = head(hidden)  # (b, L)
+        loss, _ = value_loss(values, values.detach(), returns, mask, cliprange_value=None)
+        (loss * share).backward()
+        pooled_gradients(head)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        sharded = distributed.is_sharded(actor_critic)
+        for name, param in actor_critic.value_head.named_parameters():
+            trained = head.state_dict()[name]
+            param.copy_(distributed.shard_like(trained, param) if sharded else trained)
+        return head(hidden)
+
+
 def save_policy_and_value_head(actor_critic: PolicyWithValueHead, tokenizer, directory: Path) -> Path:
     """The policy in the single-process format, and ``value_head.safetensors`` beside it (FSDP's
     shards gathered first, a collective: every rank calls this; rank 0 writes)."""
@@ -338,6 +397,20 @@ def train_ppo(config: PPOConfig) -> Path:
             # Whitening is a statistic of the whole step's tokens, every rank's (pooled_whiten).
             if settings.whiten_rewards:
                 rewards = pooled_whiten(rewards, mask, shift_mean=False)
+            warmup = {}
+            if step == 0 and settings.value_warmup_steps:  # step 0: a fresh run (resume starts later)
+                # ---- critic warm-up: the zero head would make these advantages the bare returns ----
+                # Its target is the Monte-Carlo return (lam = 1), which needs no critic.
+                _, mc_returns = gae(rewards, torch.zeros_like(old_values), mask, gamma=settings.gamma, lam=1.0)
+                warmed = warm_up_critic(session, rollout, mc_returns, mask, steps=settings.value_warmup_steps,
+                                        chunk=minibatch)  # (b, L)
+                warmup = {"value_warmup/explained_variance_before": pooled_explained_variance(old_values, mc_returns,
+                                                                                              mask),
+                          "value_warmup/explained_variance_after": pooled_explained_variance(warmed, mc_returns, mask)}
+                console.print(f"value warm-up: {settings.value_warmup_steps} steps on the critic alone, explained "
+                              f"variance {warmup['value_warmup/explained_variance_before']:.3f} -> "
+                              f"{warmup['value_warmup/explained_variance_after']:.3f}")
+                old_values = warmed  # the critic the updates start from, and the GAE baseline
             advantages, returns = gae(rewards, old_values, mask, gamma=settings.gamma, lam=settings.lam)
             if settings.whiten_advantages:
                 advantages = pooled_whiten(advantages, mask)
@@ -410,13 +483,13 @@ def train_ppo(config: PPOConfig) -> Path:
                 "explained_variance": pooled_explained_variance(old_values, returns, mask),
                 "completion_length": lengths.float().mean().item(),
                 "frac_truncated": num_truncated / len(all_scores),
-                "updates": float(updates), "early_stopped": float(stopped), **grad,
+                "updates": float(updates), "early_stopped": float(stopped), **grad, **warmup,
             })
             wants_eval = monitor is not None and (
                 done == plan.total_steps or bool(config.train.eval_every and done % config.train.eval_every == 0))
             if wants_eval:
                 metrics.update(evaluate(done))
-            if wants_eval or session.should_log(done):
+            if wants_eval or warmup or session.should_log(done):
                 session.log(done, metrics)
             bar.advance(1, status=f"reward {metrics['reward/mean']:.3f} kl {metrics['kl']:.3f}")
             session.end_step(done)

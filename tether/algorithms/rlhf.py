@@ -3,9 +3,11 @@
     1. generate   K candidate responses per prompt from the policy          1-candidates.jsonl
     2. rank       them: an AI judge under a constitution, or a labeling-app  2-judgments.jsonl
                   export (TRL preference or ranking JSONL)                   2-preferences.jsonl
-    3. reward     a Bradley-Terry reward model on those preferences          3-reward-model/final
+    3. reward     a Bradley-Terry reward model on those preferences, with    3-reward-model/final
+                  a share of the prompts held out to check that it learned   2-preferences-{train,heldout}.jsonl
     4. PPO        the policy against the reward model, KL-penalised          4-ppo/final
-    report        held-out reward-model score and KL before/after PPO        report.json
+    report        the reward model's held-out accuracy; held-out reward-     report.json
+                  model score and KL before/after PPO
 
     tether train rlhf --config recipes/rlhf-ppo.yaml
 
@@ -32,17 +34,19 @@ from pydantic import Field
 
 from tether.algorithms.ppo import PPOConfig, PPOSettings, train_ppo
 from tether.algorithms.reward import REPORT_FILE as REWARD_REPORT_FILE
-from tether.algorithms.reward import RewardModelConfig, RewardModelSettings, train_reward_model
+from tether.algorithms.reward import RewardModelConfig, RewardModelSettings, data_kind, train_reward_model
 from tether.config import (DataSettings, ModelSettings, OptimSettings, RewardSettings, RunConfig, Section,
                            resolve_bundled)
-from tether.data import seeded_subset
+from tether.data import read_rows, seeded_subset, validate_row
 from tether.engine import console, distributed, latest_checkpoint, read_metrics, start_run
-from tether.errors import ConfigError, TetherError
+from tether.errors import ConfigError, DataValidationError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION
 
 CANDIDATES = "1-candidates.jsonl"
 JUDGMENTS = "2-judgments.jsonl"
 PREFERENCES = "2-preferences.jsonl"
+PREFERENCES_TRAIN = "2-preferences-train.jsonl"  # stage 3's split of PREFERENCES, by prompt
+PREFERENCES_HELD_OUT = "2-preferences-heldout.jsonl"
 REWARD_RUN = "3-reward-model"
 PPO_RUN = "4-ppo"
 REPORT = "report.json"
@@ -75,6 +79,9 @@ class RewardModelStage(Section):
     epochs: float = Field(1.0, gt=0)
     max_steps: int | None = Field(None, gt=0)
     max_length: int = Field(512, gt=8)
+    # Share of the ranked prompts (all their pairs) kept out of training to measure the reward model's
+    # pairwise accuracy on prompts it never saw (drawn with train.seed). 0: train on every pair, unchecked.
+    heldout_fraction: float = Field(0.2, ge=0, lt=1)
 
 
 class RLHFConfig(RunConfig):
@@ -150,16 +157,62 @@ def rank_candidates(config: RLHFConfig, run_dir: Path, out: Path) -> None:
                       "(rank.judge: openai:URL), more candidates, or rank by hand (rank.source: file).[/]")
 
 
-def train_stage_reward_model(config: RLHFConfig, run_dir: Path) -> Path:
-    """Stage 3: the reward model, as ``tether train reward`` would train it."""
+def split_by_prompt(path: Path, fraction: float, seed: int, settings: RewardModelSettings
+                    ) -> tuple[list[dict], list[dict]]:
+    """The rows of a preference (or ranking) file in two parts, training and held out, split by prompt:
+    every pair of one prompt lands on the same side, so held-out accuracy is measured on prompts the
+    reward model never saw, not on siblings of its training pairs. Of the P distinct prompts,
+    round(fraction * P), at least 1 and at most P - 1, are drawn with ``seed``; rows keep their file
+    order. Every row is validated first, so errors name this file's own lines."""
+    kind = data_kind(str(path), settings)
+    rows, problems = [], []
+    for location, row, problem in read_rows(path):
+        row_problems = [problem] if problem is not None else validate_row(row, kind, location)[1]
+        problems.extend(row_problems)
+        if not row_problems:
+            rows.append(row)
+    if problems:
+        raise DataValidationError(problems[0].problem, problems=problems)
+    keys = [json.dumps(row["prompt"], sort_keys=True) for row in rows]
+    prompts = list(dict.fromkeys(keys))  # distinct, in file order
+    if len(prompts) < 2:
+        raise ConfigError(f"reward_model.heldout_fraction={fraction} holds out whole prompts, but {path} has "
+                          f"pairs for {len(prompts)} prompt(s): rank more prompts, or set "
+                          "reward_model.heldout_fraction=0 to train on every pair with no held-out check")
+    held_out = set(seeded_subset(prompts, min(max(round(fraction * len(prompts)), 1), len(prompts) - 1), seed))
+    return ([row for row, key in zip(rows, keys) if key not in held_out],
+            [row for row, key in zip(rows, keys) if key in held_out])
+
+
+def write_split(config: RLHFConfig, run_dir: Path) -> None:
+    """Stage 3's data: PREFERENCES split by prompt into PREFERENCES_TRAIN and PREFERENCES_HELD_OUT."""
+    from tether.feedback.generate import write_jsonl
+
     stage = config.reward_model
+    train, held_out = split_by_prompt(run_dir / PREFERENCES, stage.heldout_fraction, config.train.seed, stage.reward)
+    write_jsonl(run_dir / PREFERENCES_TRAIN, train)
+    write_jsonl(run_dir / PREFERENCES_HELD_OUT, held_out)
+    console.print(f"stage 3: {len(train)} preference rows to train on, {len(held_out)} held out (whole prompts, "
+                  f"reward_model.heldout_fraction={stage.heldout_fraction}) -> {run_dir / PREFERENCES_TRAIN}, "
+                  f"{run_dir / PREFERENCES_HELD_OUT}")
+
+
+def train_stage_reward_model(config: RLHFConfig, run_dir: Path) -> Path:
+    """Stage 3: the reward model, as ``tether train reward`` would train it, on the training part of the
+    preferences, with the held-out part as ``data.eval`` (its accuracy and ECE go to reward_report.json).
+    The split is deterministic, so an interrupted stage resumes on the same rows."""
+    stage = config.reward_model
+    data = DataSettings(train=str(run_dir / PREFERENCES), max_length=stage.max_length)
+    if stage.heldout_fraction > 0:
+        distributed.main_only(lambda: write_split(config, run_dir), "splitting the preferences")
+        data = DataSettings(train=str(run_dir / PREFERENCES_TRAIN), eval=str(run_dir / PREFERENCES_HELD_OUT),
+                            max_length=stage.max_length)
     train = config.train.model_copy(update={
         "run_name": REWARD_RUN, "output_dir": str(run_dir), "batch_size": stage.batch_size, "epochs": stage.epochs,
         "max_steps": stage.max_steps, "eval_every": None, "save_every": None,
         "resume": latest_checkpoint(run_dir / REWARD_RUN / "checkpoints") is not None})
     return train_reward_model(RewardModelConfig(
-        model=stage.model or config.model, optim=stage.optim, train=train, reward=stage.reward,
-        data=DataSettings(train=str(run_dir / PREFERENCES), max_length=stage.max_length)))
+        model=stage.model or config.model, optim=stage.optim, train=train, reward=stage.reward, data=data))
 
 
 def ppo_config(config: RLHFConfig, run_dir: Path, reward_model: Path) -> PPOConfig:
@@ -176,8 +229,39 @@ def ppo_config(config: RLHFConfig, run_dir: Path, reward_model: Path) -> PPOConf
 
 # ------------------------------------------------------------------------------------------- report
 
+# At or below this held-out pairwise accuracy (chance: 0.5) the reward model has not learned the ranking.
+LEARNED_ACCURACY = 0.55
+
+
+def reward_model_summary(reward_report: dict) -> dict:
+    """What stage 3's reward_report.json says about the reward model: its held-out pairwise accuracy
+    and calibration (ECE) before and after training, and a plain verdict when it learned nothing.
+
+    ``held_out_accuracy_stderr`` is the binomial sqrt(a (1 - a) / n); pairs of one prompt are
+    correlated, so the real uncertainty is somewhat larger."""
+    after, before = reward_report.get("held_out_after") or {}, reward_report.get("held_out_before") or {}
+    pairs = reward_report.get("held_out_pairs") or 0
+    accuracy = after.get("accuracy")
+    stderr = math.sqrt(accuracy * (1 - accuracy) / pairs) if accuracy is not None and pairs else None
+    summary = {"path": reward_report.get("model"), "train_pairs": reward_report.get("train_pairs"),
+               "final_train": reward_report.get("final_train"), "held_out_pairs": pairs,
+               "held_out_accuracy": accuracy, "held_out_ece": after.get("ece"), "held_out_accuracy_stderr": stderr,
+               "held_out_before": {"accuracy": before.get("accuracy"), "ece": before.get("ece")}}
+    if accuracy is None:
+        summary["warning"] = ("no held-out pairs (reward_model.heldout_fraction: 0): nothing shows whether the "
+                              "reward model learned the ranking")
+    elif accuracy <= LEARNED_ACCURACY:
+        summary["warning"] = (f"the reward model did not learn the ranking: it orders {accuracy:.0%} of {pairs} "
+                              "held-out pairs as ranked (chance: 50%), so PPO optimised noise")
+    elif accuracy - 2 * stderr <= 0.5:
+        summary["warning"] = (f"held-out accuracy {accuracy:.2f} +- {stderr:.2f} on {pairs} pairs is within noise "
+                              "of chance: rank more prompts before trusting the reward model")
+    return summary
+
+
 def rlhf_report(run_dir: Path, seconds: dict[str, float | None]) -> dict:
-    """Held-out reward-model score (proxy), gold reward if configured, and KL, before and after PPO."""
+    """The reward model's held-out accuracy and ECE; held-out reward-model score (proxy), gold reward if
+    configured, and KL, before and after PPO."""
     evals = [row for row in read_metrics(run_dir / PPO_RUN) if "eval/proxy_reward" in row]
     if not evals:
         raise TetherError(f"{run_dir / PPO_RUN} logged no held-out evaluation")
@@ -190,11 +274,11 @@ def rlhf_report(run_dir: Path, seconds: dict[str, float | None]) -> dict:
     report["reward_hacking_flagged"] = any(row.get("eval/reward_hacking", 0.0) > 0 for row in evals)
     reward_report = run_dir / REWARD_RUN / REWARD_REPORT_FILE
     if reward_report.is_file():
-        rm = json.loads(reward_report.read_text())
-        report["reward_model"] = {"path": rm.get("model"), "train_pairs": rm.get("train_pairs"),
-                                  "final_train": rm.get("final_train")}
-    report["stages"] = {"candidates": str(run_dir / CANDIDATES), "preferences": str(run_dir / PREFERENCES),
-                        "reward_model": str(run_dir / REWARD_RUN / "final"), "policy": str(run_dir / PPO_RUN / "final")}
+        report["reward_model"] = reward_model_summary(json.loads(reward_report.read_text()))
+    stages = {"candidates": run_dir / CANDIDATES, "preferences": run_dir / PREFERENCES,
+              "preferences_train": run_dir / PREFERENCES_TRAIN, "preferences_held_out": run_dir / PREFERENCES_HELD_OUT,
+              "reward_model": run_dir / REWARD_RUN / "final", "policy": run_dir / PPO_RUN / "final"}
+    report["stages"] = {name: str(path) for name, path in stages.items() if path.exists()}
     report["seconds"] = seconds  # None: the stage was already done and skipped
     return report
 
@@ -209,9 +293,27 @@ def print_report(report: dict) -> None:
     for name, label in labels.items():
         if name in report:
             values = report[name]
-            table.add_row(label, *(f"{v:.3f}" if isinstance(v, float) and math.isfinite(v) else "n/a"
-                                   for v in (values["before"], values["after"])))
+            table.add_row(label, fmt(values["before"]), fmt(values["after"]))
     console.print(table)
+
+    rm = report.get("reward_model")
+    if rm is None:
+        return
+    if rm["held_out_accuracy"] is not None:
+        table = Table(title=f"RLHF: reward model on {rm['held_out_pairs']} held-out pairs (unseen prompts)")
+        for column in ("metric", "untrained", "trained"):
+            table.add_column(column, justify="left" if column == "metric" else "right")
+        stderr = rm["held_out_accuracy_stderr"]
+        table.add_row("pairwise accuracy (chance 0.5)", fmt(rm["held_out_before"]["accuracy"]),
+                      fmt(rm["held_out_accuracy"]) + (f" ± {stderr:.3f}" if stderr is not None else ""))
+        table.add_row("calibration error (ECE)", fmt(rm["held_out_before"]["ece"]), fmt(rm["held_out_ece"]))
+        console.print(table)
+    if "warning" in rm:
+        console.print(f"[bold yellow]warning: {rm['warning']}[/]")
+
+
+def fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) and math.isfinite(value) else "n/a"
 
 
 # ---------------------------------------------------------------------------------------- the run

@@ -77,13 +77,21 @@ class PolicyWithValueHead(nn.Module):
             output: logps (B, L) float32, values (B, L) float32
         """
         lm = causal_lm(self.policy)
-        hidden = lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                  position_ids=position_ids, use_cache=False).last_hidden_state  # (B, S+L, H)
-        hidden = hidden[:, start - 1:-1]  # (B, L, H): h_{t-1} for each completion token y_t
+        hidden = self.features(input_ids, attention_mask, position_ids, start=start)  # (B, L, H)
         logits = lm.get_output_embeddings()(hidden)  # (B, L, V)
         logps = selective_log_softmax(logits, input_ids[:, start:])  # (B, L)
         values = self.value_head(hidden if self.train_backbone else hidden.detach())
         return logps, values  # (B, L), (B, L)
+
+    def features(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *, start: int) -> Tensor:
+        """h_{t-1} for each completion token y_t = ``input_ids[:, start:]``: what both heads read.
+
+        Shape: input_ids, attention_mask, position_ids (B, S + L) -> (B, L, H)
+        """
+        hidden = causal_lm(self.policy).get_decoder()(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            use_cache=False).last_hidden_state  # (B, S+L, H)
+        return hidden[:, start - 1:-1]
 
 
 def save_value_head(head: ValueHead, directory: str | Path) -> Path:
