@@ -72,20 +72,6 @@ def test_on_topic_prefers_the_answer_about_the_request():
     assert resolve_reward("on_topic") is on_topic
 
 
-def test_finished_on_topic_ranks_a_finished_answer_above_a_cut_off_one():
-    from tether.rewards.relevance import finished, finished_on_topic
-
-    assert finished(["Use kill.", "Really?", 'He said "stop."', "**Done.**", "Run kill with the", "", "3.5 is"]) == \
-        [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0]
-    prompt = "How do I kill a Python process?"
-    cut_off, done, drifted = finished_on_topic([prompt] * 3, [
-        "Run kill with the process id of the Python process, or use pkill python to stop all of",
-        "Run kill with the process id, or pkill python.",
-        "Mocha tortillas are a festive dish for the beach."])
-    assert done > cut_off and done > drifted  # finished beats cut off; on topic beats drifted
-    assert resolve_reward("finished_on_topic") is finished_on_topic
-
-
 def test_tie_margin_turns_small_gaps_into_ties():
     requests = [JudgeRequest("p", "one two three", "one two")]  # length_proxy gap: 1 word
     assert backend_from_spec("scripted:length_proxy").judge(requests, load_constitution())[0].choice == "A"

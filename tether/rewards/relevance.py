@@ -13,7 +13,6 @@ learned reward model against.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -38,26 +37,3 @@ def on_topic(prompts: Sequence[Any], completions: Sequence[Any], **_columns: Any
     requests = encoder.encode([request_text(p) for p in prompts])  # (N, H), unit rows
     answers = encoder.encode([completion_text(c) or " " for c in completions])  # (N, H)
     return (requests * answers).sum(dim=1).tolist()
-
-
-_SENTENCE_END = re.compile(r"[.!?][\"')\]*_`]*\s*$")
-
-
-def finished(completions: Sequence[Any]) -> list[float]:
-    """1.0 where the answer ends a sentence (``.``, ``!`` or ``?``, maybe then a closing quote,
-    bracket or markdown mark), else 0.0: an answer cut off by the token budget almost never does.
-    The text alone decides, so a cut that happens to fall just after a full stop counts as finished."""
-    return [1.0 if _SENTENCE_END.search(completion_text(c)) else 0.0 for c in completions]
-
-
-def finished_on_topic(prompts: Sequence[Any], completions: Sequence[Any], **_columns: Any) -> list[float]:
-    """A scripted annotator for short chat answers, the way a person ranks them at a glance: a
-    finished answer beats one cut off mid-sentence, and between two of the same kind the one that
-    stays on the request's topic wins.
-
-        finished_on_topic(x, y) = finished(y) + on_topic(x, y)
-
-    ``on_topic`` (MiniLM cosine) lies in [-1, 1] and is rarely above 0.8, so finishing outweighs
-    most topic gaps. Like ``on_topic``, it would reward harmful help too: harmless prompts only.
-    """
-    return [done + topic for done, topic in zip(finished(completions), on_topic(prompts, completions))]

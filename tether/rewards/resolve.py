@@ -12,7 +12,7 @@ from tether.rewards.code import code_test_reward
 from tether.rewards.format import think_answer_format_reward
 from tether.rewards.math import math_answer_reward
 from tether.rewards.planted import length_penalized_gold, length_proxy
-from tether.rewards.relevance import finished_on_topic, on_topic
+from tether.rewards.relevance import on_topic
 from tether.rewards.safety import safety_refusal
 
 BUILT_IN: dict[str, Callable] = {
@@ -23,7 +23,6 @@ BUILT_IN: dict[str, Callable] = {
     "length_penalized_gold": length_penalized_gold,
     "safety_refusal": safety_refusal,
     "on_topic": on_topic,
-    "finished_on_topic": finished_on_topic,
 }
 REWARD_MODEL = "reward_model:"  # "reward_model:PATH" scores with a trained reward model
 
