@@ -64,6 +64,26 @@ def test_items_hold_k_candidates_from_each_model(prompts_file):
     assert other_seed != expected
 
 
+def test_candidates_shared_out_among_temperatures(prompts_file):
+    """Three candidates at [0.5, 2.0]: two at 0.5 (the remainder goes first), one at 2.0, each
+    exactly what the sampler gives at that temperature, labelled with it."""
+    model, tokenizer = tiny_llama(seed=0)
+    prompts = read_prompts(prompts_file)
+    items = generate_items(prompts, [("base", model, tokenizer)], num_candidates=3, max_new_tokens=6,
+                           temperature=[0.5, 2.0], seed=3, progress=False)
+    texts = [p[1] for p in prompts]
+    cool = sample_candidates(model, tokenizer, texts, num_candidates=2, max_new_tokens=6, temperature=0.5,
+                             seed=3, progress=False)
+    hot = sample_candidates(model, tokenizer, texts, num_candidates=1, max_new_tokens=6, temperature=2.0,
+                            seed=3, progress=False)
+    for item, low, high in zip(items, cool, hot):
+        assert [c.model for c in item.candidates] == ["base@T0.5", "base@T0.5", "base@T2"]
+        assert [c.text for c in item.candidates] == low + high
+        assert item.metadata["generation"]["temperature"] == [0.5, 2.0]
+    with pytest.raises(ConfigError, match="3 temperatures need at least as many candidates"):
+        generate_items(prompts, [("m", model, tokenizer)], num_candidates=2, temperature=[0.5, 1.0, 2.0])
+
+
 def test_impossible_requests_fail_before_sampling(prompts_file):
     model, tokenizer = tiny_llama()
     prompts = read_prompts(prompts_file)

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tether.algorithms.ppo import PPOConfig, PPOSettings, train_ppo
 from tether.algorithms.reward import REPORT_FILE as REWARD_REPORT_FILE
@@ -56,7 +56,17 @@ class GenerateStage(Section):
     num_candidates: int = Field(2, ge=2)  # responses per prompt to compare
     max_prompts: int | None = Field(None, gt=0)  # N prompts of data.train drawn with train.seed; None: all
     max_new_tokens: int = Field(48, gt=0)
-    temperature: float = Field(1.0, gt=0)
+    # One value, or several to share each prompt's candidates out among (e.g. [0.3, 1.0]: a focused
+    # and a wandering answer side by side, so rankings have clear contrasts to learn from).
+    temperature: float | list[float] = 1.0
+
+    @field_validator("temperature")
+    @classmethod
+    def _positive(cls, value: float | list[float]) -> float | list[float]:
+        values = value if isinstance(value, list) else [value]
+        if not values or any(t <= 0 for t in values):
+            raise ValueError(f"generate.temperature must be positive (one value or a list), got {value}")
+        return value
     batch_prompts: int = Field(4, gt=0)
 
 

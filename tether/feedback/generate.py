@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -143,21 +143,35 @@ def sample_candidates(model, tokenizer, prompts: list[Prompt], *, num_candidates
 
 
 def generate_items(prompts: list[tuple[str, Prompt, dict]], models: list[tuple[str, object, object]],
-                   *, num_candidates: int = 2, max_new_tokens: int = 128, temperature: float = 1.0,
-                   seed: int = 0, batch_prompts: int = 4, progress: bool = True) -> list[FeedbackItem]:
+                   *, num_candidates: int = 2, max_new_tokens: int = 128,
+                   temperature: float | Sequence[float] = 1.0, seed: int = 0, batch_prompts: int = 4,
+                   progress: bool = True) -> list[FeedbackItem]:
     """One FeedbackItem per prompt with ``num_candidates`` candidates from each ``(name, model,
-    tokenizer)``; every model samples with the same seed."""
+    tokenizer)``; every model samples with the same seed.
+
+    ``temperature`` may list several values: each model's candidates are then shared out among them
+    (4 candidates at [0.3, 1.0]: two at each), and a candidate's ``model`` reads ``NAME@T0.3``. Mixed
+    temperatures give a ranking clear contrasts (a focused answer beside a wandering one)."""
+    temperatures = [float(temperature)] if isinstance(temperature, (int, float)) else [float(t) for t in temperature]
     if num_candidates * len(models) < 2:
         raise ConfigError("an item needs at least two candidates: pass --num-candidates 2 or more, "
                           "or a second --model")
-    if temperature == 0 and num_candidates > 1:
+    if not temperatures or num_candidates < len(temperatures):
+        raise ConfigError(f"{len(temperatures)} temperatures need at least as many candidates per model, "
+                          f"got num_candidates={num_candidates}")
+    shares = [num_candidates // len(temperatures) + (i < num_candidates % len(temperatures))
+              for i in range(len(temperatures))]
+    if any(t == 0 and share > 1 for t, share in zip(temperatures, shares)):
         raise ConfigError("temperature 0 is greedy: the K candidates of a model would be identical")
     texts = [prompt for _, prompt, _ in prompts]
-    per_model = [(name, sample_candidates(model, tokenizer, texts, num_candidates=num_candidates,
-                                          max_new_tokens=max_new_tokens, temperature=temperature,
-                                          seed=seed, batch_prompts=batch_prompts,
-                                          progress=progress, description=f"generate {name}"))
-                 for name, model, tokenizer in models]
+    per_model = []  # (candidate model label, [candidates of prompt i])
+    for name, model, tokenizer in models:
+        for t, share in zip(temperatures, shares):
+            label = name if len(temperatures) == 1 else f"{name}@T{t:g}"
+            per_model.append((label, sample_candidates(model, tokenizer, texts, num_candidates=share,
+                                                       max_new_tokens=max_new_tokens, temperature=t, seed=seed,
+                                                       batch_prompts=batch_prompts, progress=progress,
+                                                       description=f"generate {label}")))
     items = []
     for index, (item_id, prompt, metadata) in enumerate(prompts):
         candidates = [(name, text) for name, groups in per_model for text in groups[index]]
@@ -165,6 +179,7 @@ def generate_items(prompts: list[tuple[str, Prompt, dict]], models: list[tuple[s
             id=item_id, prompt=prompt,
             candidates=[Candidate(id=f"c{j}", text=text, model=name)
                         for j, (name, text) in enumerate(candidates)],
-            metadata={**metadata, "generation": {"temperature": temperature, "seed": seed,
-                                                 "max_new_tokens": max_new_tokens}}))
+            metadata={**metadata, "generation": {
+                "temperature": temperatures[0] if len(temperatures) == 1 else temperatures,
+                "seed": seed, "max_new_tokens": max_new_tokens}}))
     return items
