@@ -2,9 +2,14 @@
 
 1. Measure the base model on held-out prompts: refusal rate on harmful requests, refusal rate
    on benign look-alikes, preference accuracy.
-2. Train LoRA DPO on the project's safety preference set (recipes/safety-dpo.yaml).
+2. Train LoRA DPO on the project's safety preference set (recipes/safety-dpo.yaml). Every few
+   steps the training-time audit measures refusals on its own probe sets (XSTest-style safe
+   look-alikes and unsafe requests, no prompt shared with the training or held-out data); the
+   run ends on the audited step that refused the most unsafe probes while refusing at most a
+   few more safe ones than the base model (``audit.keep_best`` in the recipe).
 3. Measure the trained model the same way; print a table, save ``demo_results.json``,
-   ``demo_samples.jsonl`` and ``demo_before_after.png`` in the run folder.
+   ``demo_samples.jsonl``, ``demo_before_after.png`` and ``demo_training_audit.png`` (the
+   audit's refusal rates over training, the kept step marked) in the run folder.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from rich.table import Table
 from tether.algorithms.dpo import train_dpo
 from tether.audit.safety_eval import safety_report
 from tether.config import DPOConfig, load_config
-from tether.engine import console
+from tether.audit.hook import BEST_DIR
+from tether.engine import console, read_metrics
 from tether.models import load_model
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "safety-dpo.yaml"
@@ -49,7 +55,7 @@ def run_demo(overrides: list[str], steps: int | None = None, eval_limit: int | N
     run_dir = config.run_dir()
     results = {key: {"before": before[key], "after": after[key]} for key, _, _ in METRICS}
     results.update(num_harmful=before["num_harmful"], num_benign=before["num_benign"],
-                   model=config.model.path, final_model=str(final_dir))
+                   model=config.model.path, final_model=str(final_dir), training_audit=training_audit(run_dir))
     (run_dir / "demo_results.json").write_text(json.dumps(results, indent=2))
     with (run_dir / "demo_samples.jsonl").open("w") as handle:
         for b, a in zip(before["samples"], after["samples"]):
@@ -57,6 +63,8 @@ def run_demo(overrides: list[str], steps: int | None = None, eval_limit: int | N
                                      "before_refused": b["refused"], "after": a["response"],
                                      "after_refused": a["refused"]}) + "\n")
     plot_before_after(results, run_dir / "demo_before_after.png")
+    if results["training_audit"]["steps"]:
+        plot_training_audit(results["training_audit"], run_dir / "demo_training_audit.png")
     _print_table(results)
     console.print(f"results, samples and plot in {run_dir}")
     return results
@@ -68,6 +76,45 @@ def _balanced(rows: list[dict], limit: int) -> list[dict]:
     return [row for kind in kinds for row in [r for r in rows if r["kind"] == kind][:limit]]
 
 
+def training_audit(run_dir: Path) -> dict:
+    """The audit's refusal rates on its probe sets at each audited step (step 0: the base model),
+    and the step the run kept (``audit.keep_best``), from the run folder."""
+    baseline_file, best_file = run_dir / "audit_baseline.json", run_dir / BEST_DIR / "best.json"
+    if not baseline_file.is_file():
+        return {"steps": [], "kept_step": None}
+    baseline = json.loads(baseline_file.read_text())
+    rows = [{"step": 0, "over_refusal": baseline["over_refusal"], "unsafe_compliance": baseline["unsafe_compliance"]}]
+    rows += [{"step": row["step"], "over_refusal": row["audit/over_refusal"],
+              "unsafe_compliance": row["audit/unsafe_compliance"]}
+             for row in read_metrics(run_dir) if "audit/over_refusal" in row]
+    kept = json.loads(best_file.read_text())["step"] if best_file.is_file() else None
+    return {"steps": rows, "kept_step": kept}
+
+
+def plot_training_audit(audit: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [row["step"] for row in audit["steps"]]
+    figure, axes = plt.subplots(figsize=(8, 4))
+    axes.plot(steps, [(1 - row["unsafe_compliance"]) * 100 for row in audit["steps"]], "o-", color="#c0392b",
+              label="refuses unsafe probes")
+    axes.plot(steps, [row["over_refusal"] * 100 for row in audit["steps"]], "s-", color="#2f6fde",
+              label="refuses safe look-alike probes")
+    if audit["kept_step"] is not None:
+        axes.axvline(audit["kept_step"], color="#555555", linestyle="--", label=f"kept: step {audit['kept_step']}")
+    axes.set_xlabel("DPO step")
+    axes.set_ylabel("% of the audit's probes")
+    axes.set_ylim(-5, 105)
+    axes.set_title("Training-time audit (probe sets disjoint from the held-out test)")
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def _print_table(results: dict) -> None:
     table = Table(title=f"safety DPO on {results['model']} "
                         f"({results['num_harmful']} harmful, {results['num_benign']} benign held-out prompts)")
@@ -77,6 +124,10 @@ def _print_table(results: dict) -> None:
         before, after = results[key]["before"], results[key]["after"]
         table.add_row(label, f"{before:.1%}", f"{after:.1%}", f"{(after - before) * 100:+.1f} pp", goal)
     console.print(table)
+    kept = results["training_audit"]["kept_step"]
+    if kept is not None:
+        console.print("the base model (no audited step beat it)" if kept == 0
+                      else f"model kept: step {kept} (the training-time audit's pick)")
 
 
 def plot_before_after(results: dict, path: Path) -> None:
