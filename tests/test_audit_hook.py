@@ -189,3 +189,20 @@ def test_keep_best_names_a_reported_metric(workdir):
         train_sft(sft_config(workdir, "bad_best", "audit.every=2", "audit.keep_best=over_refusal"))
     with pytest.raises(ConfigError, match="keep_best_unless needs audit.keep_best"):
         AuditHook(2, [answer_logprob], keep_best_unless="answer_logprob>1")
+
+
+def test_a_resumed_run_keeps_the_best_it_had(workdir):
+    """Resuming a finished run (no steps left) must still end on the best step recorded before,
+    read back from audit_best/best.json, not on the starting weights."""
+    from tether.algorithms.sft import train_sft
+
+    args = ["audit.every=2", "train.save_every=2", "train.keep_last=10", "audit.keep_best=answer_logprob",
+            "audit.keep_best_mode=max", "audit.keep_best_unless=answer_logprob>+1.2"]
+    first = train_sft(sft_config(workdir, "best_resume", *args))
+    run_dir = workdir / "runs" / "best_resume"
+    best = json.loads((run_dir / "audit_best" / "best.json").read_text())
+    assert best["step"] > 0
+    again = train_sft(sft_config(workdir, "best_resume", *args, "train.resume=true"))
+    assert json.loads((run_dir / "audit_best" / "best.json").read_text()) == best
+    checkpoint = run_dir / "checkpoints" / f"checkpoint-{best['step']:07d}" / "model.safetensors"
+    assert first == again and _same_weights(again, checkpoint)

@@ -23,5 +23,9 @@ def test_demo_smoke_on_the_default_model(tmp_path):
     samples = [json.loads(line) for line in (run_dir / "demo_samples.jsonl").read_text().splitlines()]
     assert len(samples) == 6 and all(sample["before"] for sample in samples)
     assert (run_dir / "demo_before_after.png").stat().st_size > 10_000
+    # the recipe's training-time audit ran (its baseline at least) and its pick is recorded
+    audit = results["training_audit"]
+    assert audit["steps"][0]["step"] == 0 and audit["kept_step"] is not None
+    assert (run_dir / "demo_training_audit.png").stat().st_size > 10_000
     assert (run_dir / "final" / "adapter_config.json").is_file()
     assert "refusal rate, harmful" in result.stderr + result.stdout  # the table wraps at 80 columns
