@@ -37,6 +37,7 @@ from tether.data import encode_prompt, read_rows, seeded_subset, truncate_prompt
 from tether.data.records import VerifiableRecord
 from tether.engine import BatchPlan, TrainingSession, console, distributed, progress_bar, start_run
 from tether.engine.batches import shuffled_groups
+from tether.engine.checkpoint import copy_weights
 from tether.engine.optim import build_optimizer
 from tether.engine.plots import plot_metrics
 from tether.errors import ConfigError, DataValidationError
@@ -259,11 +260,8 @@ def warm_up_critic(session: TrainingSession, rollout: RolloutBatch, returns: tor
         pooled_gradients(head)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    copy_weights(actor_critic.value_head, head.state_dict())
     with torch.no_grad():
-        sharded = distributed.is_sharded(actor_critic)
-        for name, param in actor_critic.value_head.named_parameters():
-            trained = head.state_dict()[name]
-            param.copy_(distributed.shard_like(trained, param) if sharded else trained)
         return head(hidden)
 
 

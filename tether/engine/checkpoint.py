@@ -63,11 +63,16 @@ def load_trainable_state(model: torch.nn.Module, path: str | Path) -> None:
         raise CheckpointError(f"{path} does not match this model's trainable parameters "
                               f"(missing e.g. {missing}, unexpected e.g. {unexpected}); was it "
                               "saved by a run with another model or LoRA setting?")
-    params = dict(model.named_parameters())
-    sharded = distributed.world().enabled
+    copy_weights(model, weights)
+
+
+def copy_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Copy whole tensors into the module's parameters of the same names, each placed as its parameter
+    is (an FSDP shard, or on the parameter's device)."""
+    params = dict(module.named_parameters())
     with torch.no_grad():
         for name, tensor in weights.items():
-            params[name].copy_(distributed.shard_like(tensor, params[name]) if sharded else tensor)
+            params[name].copy_(distributed.shard_like(tensor, params[name]))
 
 
 def save_checkpoint(directory: str | Path, step: int, model: torch.nn.Module,
