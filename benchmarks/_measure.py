@@ -183,7 +183,7 @@ def side_by_side(script: str, args, prepare, compare, ratios, *, title: str, ok_
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         spec = prepare(args, work_dir)
-        print(title.format(spec=spec), flush=True)
+        print(title.format(spec=spec) + f" OMP_WAIT_POLICY={child_env(args.threads)['OMP_WAIT_POLICY']}", flush=True)
         results: dict[str, dict] = {}
         for name in args.order:
             child_spec = {**spec, "result_path": str(work_dir / f"result-{name}.json")}

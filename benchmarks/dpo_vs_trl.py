@@ -17,13 +17,13 @@ How the jobs are made identical:
   * tokens: the pairs are tokenized once by tether (chat template, end-of-turn token) and the
     same ids are handed to TRL, whose own tokenization is skipped (``_TokenizedDPOTrainer``);
   * batches: tether groups pairs of similar length (``BatchPlan``); TRL is given the pairs in
-    exactly that order with a sequential sampler, so step k sees the same pairs, padded alike;
+    exactly that order with a sequential sampler, so step k sees the same pairs;
   * LoRA: r=16, alpha=32, dropout 0, all-linear on both, created right after seeding with the
     same seed, so the adapters start from the same random A matrices.
 What stays different is what the benchmark measures: TRL (``precompute_ref_log_probs`` left at
 its default, False) runs a no-grad reference forward in every step; tether computes reference
-log-probs once before training, and runs each prompt once with both answers on its KV cache
-(TRL runs 2B full prompt + answer rows). TRL's fused LM head never builds (B, T, V) logits;
+log-probs once before training, and reads each pair as one packed row, prompt then both answers
+under a block mask (TRL runs 2B full prompt + answer rows). TRL's fused LM head never builds (B, T, V) logits;
 tether does.
 tether also writes a checkpoint after the last step, inside the span (TRL's saving is off).
 """
@@ -185,12 +185,12 @@ def run_tether(spec: dict) -> None:
 def tether_batches(spec: dict, tokenizer):
     """The token ids tether trains on, and the pair indices of every step, in tether's order."""
     from tether.algorithms.common import epoch_schedule
-    from tether.algorithms.dpo import encode_pairs
+    from tether.algorithms.dpo import encode_pairs, pair_length
     from tether.engine import BatchPlan
 
     config = tether_config(spec, "trl-data")
     examples = encode_pairs(config.data.train, tokenizer, config)
-    lengths = [len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) for p in examples.encoded]
+    lengths = [pair_length(p) for p in examples.encoded]
     plan = BatchPlan(epoch_schedule(lengths, config.data, spec["batch_size"]), seed=spec["seed"],
                      grad_accum=1, max_steps=spec["steps"])
     steps = [plan.micro_batches(step)[0] for step in range(spec["steps"])]

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from tether.losses.logprobs import (completion_logps, positions_from_mask, selective_log_softmax,
-                                    shared_prompt_token_logps, token_logps)
+from tether.losses.logprobs import (completion_logps, log_softmax_at, packed_prompt_token_logps,
+                                    positions_from_mask, selective_log_softmax, shared_prompt_token_logps,
+                                    token_logps)
 from tether.models import apply_lora
 from tether.models.tiny import tiny_llama
 
@@ -70,6 +71,30 @@ def test_selective_log_softmax_gradient_matches_autograd(dtype, atol):
 
     assert ours.grad.dtype == dtype
     torch.testing.assert_close(ours.grad.float(), reference.grad.float(), rtol=0, atol=atol)
+
+
+def test_log_softmax_at_a_position_asked_for_several_targets():
+    """A prompt's last token predicts the first token of each of its answers: one position, several
+    targets (twice the same one here). Values and gradients equal log_softmax + gather."""
+    generator = torch.Generator().manual_seed(5)
+    base = torch.randn(2, 5, 20, generator=generator) * 2
+    batch = torch.tensor([0, 0, 0, 1, 1, 0])
+    position = torch.tensor([4, 4, 4, 0, 3, 1])
+    target = torch.tensor([7, 7, 2, 19, 0, 5])
+    weights = torch.randn(6, generator=generator)
+
+    ours = base.clone().requires_grad_(True)
+    out = log_softmax_at(ours, batch, position, target, chunk_size=2)
+    (out * weights).sum().backward()
+    reference = base.clone().requires_grad_(True)
+    expected = torch.log_softmax(reference, dim=-1)[batch, position, target]
+    (expected * weights).sum().backward()
+
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(ours.grad, reference.grad, rtol=0, atol=1e-6)
+    assert ours.grad[1, 1].abs().sum() == 0  # positions nobody asked for get no gradient
+    with pytest.raises(ValueError, match="three"):
+        log_softmax_at(base, batch, position[:3], target)
 
 
 def test_selective_log_softmax_rejects_bad_arguments():
@@ -148,12 +173,43 @@ def test_completion_logps_rejects_a_completion_at_position_zero(model):
         completion_logps(model, input_ids, attention_mask, completion_mask)
 
 
+class _CountingModel(torch.nn.Module):
+    """Forwards to ``inner`` and counts calls; reports ``attention`` as its attention implementation."""
+
+    def __init__(self, inner, attention: str):
+        super().__init__()
+        self.inner, self.calls = inner, []
+        self.config = type("Config", (), {"_attn_implementation": attention})()
+
+    def forward(self, **kwargs):
+        self.calls.append(kwargs["attention_mask"].dim())
+        return self.inner(**kwargs)
+
+
+SHARED_PROMPT_ROUTES = {
+    "kv-cache": lambda model: (shared_prompt_token_logps, model),
+    "packed-sdpa": lambda model: (packed_prompt_token_logps, model),
+    "packed-eager": lambda model: (packed_prompt_token_logps, _attention(model, "eager")),
+}
+
+
+def _attention(model, implementation):
+    model.base_model.model.config._attn_implementation = implementation
+    return model
+
+
+@pytest.mark.parametrize("route", SHARED_PROMPT_ROUTES)
 @pytest.mark.parametrize("completion_width", [1, 6])
-def test_shared_prompt_logps_and_gradients_equal_full_sequences(completion_width):
-    """Each prompt run once with its KV cache gathered per completion gives the same log-probs and
-    LoRA gradients as teacher-forcing every prompt + completion row in full."""
+def test_shared_prompt_logps_and_gradients_equal_full_sequences(completion_width, route):
+    """Each prompt run once (its KV cache gathered per completion, or packed with its completions
+    into one row under a block mask) gives the same log-probs and LoRA gradients as
+    teacher-forcing every prompt + completion row in full."""
     model, _ = tiny_llama(seed=0)
     model = apply_lora(model, r=4, alpha=8, target_modules="all-linear")
+    with torch.no_grad():  # B != 0, so the adapters take part in the gradients compared
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.1, generator=torch.Generator().manual_seed(2))
     generator = torch.Generator().manual_seed(1)
     prompt_ids = torch.randint(3, 300, (3, 7), generator=generator)
     prompt_mask = torch.ones(3, 7, dtype=torch.long)
@@ -176,12 +232,48 @@ def test_shared_prompt_logps_and_gradients_equal_full_sequences(completion_width
     full_grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
     model.zero_grad()
 
-    shared = shared_prompt_token_logps(model, prompt_ids, prompt_mask, prompt_of_row, completion_ids, completion_mask)
+    logps_fn, model = SHARED_PROMPT_ROUTES[route](model)
+    shared = logps_fn(model, prompt_ids, prompt_mask, prompt_of_row, completion_ids, completion_mask)
     weighted_sum(shared).backward()
     shared_grads = [p.grad for p in model.parameters() if p.requires_grad]
 
     assert shared.shape == (5, completion_width)
     torch.testing.assert_close(shared * completion_mask, full * completion_mask, rtol=0, atol=1e-5)
     assert any(g.abs().sum() > 0 for g in full_grads)
-    for a, b in zip(shared_grads, full_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(shared_grads, full_grads):  # entries up to ~10: float32 sums differ by ~1e-6
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _prompts_and_completions():
+    generator = torch.Generator().manual_seed(6)
+    prompt_ids = torch.randint(3, 300, (2, 5), generator=generator)
+    prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    completion_ids = torch.randint(3, 300, (4, 4), generator=generator)
+    completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 0]])
+    return prompt_ids, prompt_mask, torch.tensor([0, 1, 0, 1]), completion_ids, completion_mask
+
+
+def test_packed_logps_run_one_forward_and_fall_back_without_custom_masks():
+    model, _ = tiny_llama(seed=0)
+    batch = _prompts_and_completions()
+    with torch.no_grad():
+        packed_model = _CountingModel(model, "sdpa")
+        packed = packed_prompt_token_logps(packed_model, *batch)
+        flash_model = _CountingModel(model, "flash_attention_2")  # takes no 4D mask
+        fallback = packed_prompt_token_logps(flash_model, *batch)
+    assert packed_model.calls == [4]  # one forward, with a (U, 1, T, T) block mask
+    assert flash_model.calls == [2, 2]  # the KV-cache route: prompts, then completions
+    mask = batch[-1]
+    torch.testing.assert_close(packed * mask, fallback * mask, rtol=0, atol=1e-5)
+    assert (packed[mask == 0] == 0).all()
+
+
+def test_packed_logps_reject_padding_on_the_wrong_side():
+    model, _ = tiny_llama(seed=0)
+    prompt_ids, prompt_mask, prompt_of_row, completion_ids, completion_mask = _prompts_and_completions()
+    with pytest.raises(ValueError, match="left-padded"):
+        packed_prompt_token_logps(model, prompt_ids, prompt_mask.flip(1), prompt_of_row, completion_ids,
+                                  completion_mask)
+    with pytest.raises(ValueError, match="right-padded"):
+        packed_prompt_token_logps(model, prompt_ids, prompt_mask, prompt_of_row, completion_ids,
+                                  completion_mask.flip(1))

@@ -19,7 +19,7 @@ from tether.config import DPOConfig
 from tether.data import encode_preference, load_records
 from tether.engine import BatchPlan, console, distributed, fit, progress_bar, start_run
 from tether.losses.dpo import chosen_nll, dpo_loss, dpo_metrics
-from tether.losses.logprobs import shared_prompt_token_logps
+from tether.losses.logprobs import packed_prompt_token_logps
 from tether.models import reference_mode
 
 # Reference scoring keeps no activations for a backward pass, so it runs this many training batches'
@@ -47,7 +47,7 @@ def encode_pairs(path: str, tokenizer, config: DPOConfig) -> PreferenceExamples:
 
 def collate_pairs(examples: PreferenceExamples, indices: list[int], pad_id: int) -> dict:
     """Each pair's prompt once (left-padded), then its chosen and rejected answers (right-padded):
-    the prompt runs through the model once for both answers (``shared_prompt_token_logps``).
+    the model reads each pair as one row, prompt then both answers (``packed_prompt_token_logps``).
 
     Shape: prompt_ids, prompt_mask (B, S); completion_ids, completion_mask (2B, L), chosen rows
     first; ref_* (B,).
@@ -74,7 +74,7 @@ def pair_logps(model, batch: dict, *, average: bool) -> tuple[torch.Tensor, torc
     Shape: (B,), (B,)."""
     half = batch["num_items"]
     prompt_of_row = torch.arange(half, device=batch["prompt_ids"].device).repeat(2)  # (2B,)
-    token_logps = shared_prompt_token_logps(model, batch["prompt_ids"], batch["prompt_mask"], prompt_of_row,
+    token_logps = packed_prompt_token_logps(model, batch["prompt_ids"], batch["prompt_mask"], prompt_of_row,
                                             batch["completion_ids"], batch["completion_mask"])  # (2B, L)
     mask = batch["completion_mask"].to(token_logps.dtype)
     logps = (token_logps * mask).sum(1)  # (2B,)
@@ -93,7 +93,7 @@ def compute_reference(model, examples: PreferenceExamples, pad_id: int, config: 
         return
     # Longest first, so batches pad little (and memory peaks at the start, not mid-run).
     indices = sorted(set(range(len(examples)) if indices is None else indices),
-                     key=lambda i: -_pair_length(examples.encoded[i]))
+                     key=lambda i: -pair_length(examples.encoded[i]))
     examples.ref_chosen = torch.full((len(examples),), float("nan"))
     examples.ref_rejected = torch.full((len(examples),), float("nan"))
     was_training = model.training
@@ -113,8 +113,9 @@ def compute_reference(model, examples: PreferenceExamples, pad_id: int, config: 
     model.train(was_training)
 
 
-def _pair_length(pair: dict) -> int:
-    return len(pair["prompt_ids"]) + max(len(pair["chosen_ids"]), len(pair["rejected_ids"]))
+def pair_length(pair: dict) -> int:
+    """Tokens in the row the model reads for a pair: prompt, chosen answer, rejected answer."""
+    return len(pair["prompt_ids"]) + len(pair["chosen_ids"]) + len(pair["rejected_ids"])
 
 
 def _fresh_lora(model) -> bool:
@@ -164,7 +165,7 @@ def train_dpo(config: DPOConfig) -> Path:
     held_out = encode_pairs(config.data.eval, tokenizer, config) if config.data.eval else None
     console.print(f"{len(train)} training pairs" + (f", {len(held_out)} held out" if held_out else ""))
 
-    lengths = [_pair_length(p) for p in train.encoded]
+    lengths = [pair_length(p) for p in train.encoded]
     plan = BatchPlan(epoch_schedule(lengths, config.data, config.train.batch_size),
                      seed=config.train.seed, grad_accum=config.train.grad_accum,
                      max_steps=config.train.max_steps, epochs=config.train.epochs)

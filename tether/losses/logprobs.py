@@ -30,41 +30,72 @@ def output_cache(output) -> object:
 DEFAULT_CHUNK_SIZE = 256  # rows per block: 256 x 150k vocab x 4 bytes = 150 MB at most
 
 
-class _SelectiveLogSoftmax(torch.autograd.Function):
-    """log_softmax(logits)[index] for (B, N, V) logits; saves only the (B, N) logsumexp for backward.
+class _LogSoftmaxAt(torch.autograd.Function):
+    """``log_softmax(logits[b, n])[y]`` at M given (b, n, y); saves only the (B, N) logsumexp for backward.
 
-    Blocks are rows of one batch element, so a sliced ``logits[:, :-1]`` is read in place, never copied.
+    One position may be asked for several targets (a prompt's last token predicts the first token
+    of each of its answers). Blocks are rows of one batch element, so a sliced ``logits[:, :-1]``
+    is read in place, never copied.
     """
 
     @staticmethod
-    def forward(ctx, logits: Tensor, index: Tensor, chunk_size: int) -> Tensor:  # (B, N, V), (B, N) -> (B, N)
-        logsumexp = torch.empty(index.shape, dtype=torch.float32, device=logits.device)  # (B, N)
+    def forward(ctx, logits: Tensor, batch: Tensor, position: Tensor, target: Tensor,  # (B, N, V), (M,) x 3
+                chunk_size: int) -> Tensor:  # -> (M,)
+        logsumexp = torch.empty(logits.shape[:2], dtype=torch.float32, device=logits.device)  # (B, N)
         for b in range(logits.shape[0]):
             for start in range(0, logits.shape[1], chunk_size):
                 block = logits[b, start:start + chunk_size].float()  # (n, V), the only float32 copy
                 logsumexp[b, start:start + chunk_size] = torch.logsumexp(block, dim=-1)
-        target = logits.gather(-1, index.unsqueeze(-1)).squeeze(-1).float()  # (B, N)
-        ctx.save_for_backward(logits, index, logsumexp)
+        ctx.save_for_backward(logits, batch, position, target, logsumexp)
         ctx.chunk_size = chunk_size
-        return target - logsumexp
+        return logits[batch, position, target].float() - logsumexp[batch, position]
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_output: Tensor):  # (B, N) -> (B, N, V)
-        logits, index, logsumexp = ctx.saved_tensors
+    def backward(ctx, grad_output: Tensor):  # (M,) -> (B, N, V)
+        logits, batch, position, target, logsumexp = ctx.saved_tensors
+        num_batch, width = logits.shape[:2]
         grad_output = grad_output.float()
+        flat = batch * width + position  # (M,)
+        # d/dz_v sum_m g_m [z_{y_m} - logsumexp(z)] = sum_m g_m 1[v = y_m] - (sum_m g_m) softmax(z)_v
+        grad_sum = torch.zeros(num_batch * width, device=logits.device).index_add_(0, flat, grad_output)
+        grad_sum = grad_sum.view(num_batch, width)  # (B, N)
+        order = flat.argsort()
+        block_starts = [b * width + start for b in range(num_batch) for start in range(0, width, ctx.chunk_size)]
+        bounds = torch.searchsorted(flat[order], torch.tensor(block_starts + [num_batch * width],
+                                                              device=flat.device)).tolist()
         grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        # d/dz_v [z_y - logsumexp(z)] = 1[v = y] - softmax(z)_v
-        for b in range(logits.shape[0]):
-            for start in range(0, logits.shape[1], ctx.chunk_size):
-                rows = slice(start, start + ctx.chunk_size)
-                grad = grad_output[b, rows, None]  # (n, 1)
-                # In place: one (n, V) float32 temporary instead of four.
-                block = torch.sub(logits[b, rows].float(), logsumexp[b, rows, None])  # (n, V)
-                block.exp_().mul_(-grad)
-                block.scatter_add_(-1, index[b, rows, None], grad)
-                grad_logits[b, rows] = block  # casts back to the logits' dtype
-        return grad_logits, None, None
+        blocks = ((b, start) for b in range(num_batch) for start in range(0, width, ctx.chunk_size))
+        for k, (b, start) in enumerate(blocks):
+            rows = slice(start, start + ctx.chunk_size)
+            # In place: one (n, V) float32 temporary instead of four.
+            block = torch.sub(logits[b, rows].float(), logsumexp[b, rows, None])  # (n, V)
+            block.exp_().mul_(-grad_sum[b, rows, None])
+            inside = order[bounds[k]:bounds[k + 1]]  # the targets asked for in this block
+            block.index_put_((position[inside] - start, target[inside]), grad_output[inside], accumulate=True)
+            grad_logits[b, rows] = block  # casts back to the logits' dtype
+        return grad_logits, None, None, None, None
+
+
+def log_softmax_at(logits: Tensor, batch: Tensor, position: Tensor, target: Tensor,
+                   chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
+    """``log_softmax(logits, -1)[batch, position, target]``, computed block by block in float32.
+
+    The general form of ``selective_log_softmax``: a position may appear any number of times
+    (or not at all). Differentiable (once) with respect to ``logits``.
+
+    Shape:
+        logits: (B, N, V)
+        batch, position, target: (M,) integer indices into B, N and V
+        output: (M,), float32
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    if logits.dim() != 3 or not batch.shape == position.shape == target.shape or batch.dim() != 1:
+        raise ValueError(f"log_softmax_at takes (B, N, V) logits and three (M,) index tensors, got logits "
+                         f"{tuple(logits.shape)} and {tuple(batch.shape)}, {tuple(position.shape)}, "
+                         f"{tuple(target.shape)}")
+    return _LogSoftmaxAt.apply(logits, batch.long(), position.long(), target.long(), chunk_size)
 
 
 def selective_log_softmax(logits: Tensor, index: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
@@ -90,7 +121,10 @@ def selective_log_softmax(logits: Tensor, index: Tensor, chunk_size: int = DEFAU
         logits, index = logits[None], index[None]
     elif logits.dim() > 3:
         logits, index = logits.flatten(0, -3), index.flatten(0, -2)
-    return _SelectiveLogSoftmax.apply(logits, index.long(), chunk_size).reshape(shape)
+    num_batch, width = index.shape
+    batch = torch.arange(num_batch, device=index.device).repeat_interleave(width)  # (B*N,)
+    position = torch.arange(width, device=index.device).repeat(num_batch)  # (B*N,)
+    return _LogSoftmaxAt.apply(logits, batch, position, index.reshape(-1).long(), chunk_size).reshape(shape)
 
 
 def positions_from_mask(attention_mask: Tensor) -> Tensor:
@@ -193,3 +227,94 @@ def shared_prompt_token_logps(model: nn.Module, prompt_ids: Tensor, prompt_mask:
                         position_ids=completion_positions, use_cache=True, **{CACHE_KWARG: cache}).logits
     logits = torch.cat([first_logits, rest_logits], dim=1)  # (R, L, V)
     return selective_log_softmax(logits, completion_ids, chunk_size)
+
+
+# Attention implementations that take a ready-made (B, 1, T, T) mask, and the form they take it in:
+# SDPA a boolean "may attend", eager an additive float mask. Flash-attention kernels take none.
+_CUSTOM_MASKS = {"sdpa": "bool", "eager": "additive"}
+
+
+def _attention_implementation(model: nn.Module) -> str | None:
+    while isinstance(getattr(model, "module", None), nn.Module):  # DistributedDataParallel
+        model = model.module
+    return getattr(getattr(model, "config", None), "_attn_implementation", None)
+
+
+def packed_prompt_token_logps(model: nn.Module, prompt_ids: Tensor, prompt_mask: Tensor, prompt_of_row: Tensor,
+                              completion_ids: Tensor, completion_mask: Tensor, *,
+                              chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
+    """log p(y_t | x, y_<t) for completions that share prompts, in one forward without padding between them.
+
+    Each prompt and all of its completions become one row, ``x y1 y2 ...``, and a block mask lets
+    every completion see its prompt and its own earlier tokens only; each completion's positions
+    restart where the prompt ends. So a pair (prompt, chosen, rejected) costs one row of
+    |x| + |y1| + |y2| tokens, padded only to the batch's longest such row, where the KV-cache
+    route (``shared_prompt_token_logps``) pads every answer to the longest answer and runs two
+    forwards. The lm_head runs from the shortest prompt's last token on.
+
+    The result and its gradients equal ``token_logps`` on the concatenated rows (to float rounding).
+    Attention grows with the square of a packed row, so this suits a few completions per prompt
+    (preference pairs); for large groups the KV-cache route is cheaper. Attention kernels that
+    take no custom mask (flash-attention) fall back to that route.
+
+    Shape:
+        prompt_ids, prompt_mask: (U, S), left-padded
+        prompt_of_row: (R,) long, the prompt row each completion continues
+        completion_ids, completion_mask: (R, L), right-padded
+        output: (R, L) float32; padding columns hold 0
+    """
+    mask_kind = _CUSTOM_MASKS.get(_attention_implementation(model))
+    if mask_kind is None:
+        return shared_prompt_token_logps(model, prompt_ids, prompt_mask, prompt_of_row, completion_ids,
+                                         completion_mask, chunk_size=chunk_size)
+    device = prompt_ids.device
+    num_prompts, width = prompt_ids.shape
+    prompt_lengths, lengths = prompt_mask.sum(1), completion_mask.sum(1)  # (U,), (R,)
+    if not torch.equal(prompt_mask.bool(), torch.arange(width, device=device) >= width - prompt_lengths[:, None]):
+        raise ValueError("prompt_mask must be left-padded (padding, then every prompt token)")
+    if not bool((prompt_lengths > 0).all()):
+        raise ValueError("every prompt needs at least one token")
+    if not torch.equal(completion_mask.bool(),
+                       torch.arange(completion_ids.shape[1], device=device) < lengths[:, None]):
+        raise ValueError("completion_mask must be right-padded (every completion token, then padding)")
+
+    # Where each completion starts in its prompt's row: after the prompt and the completions before it.
+    row_ends = prompt_lengths.tolist()
+    starts = []
+    for prompt, length in zip(prompt_of_row.tolist(), lengths.tolist()):
+        starts.append(row_ends[prompt])
+        row_ends[prompt] += length
+    total = max(row_ends)
+    input_ids = torch.zeros(num_prompts, total, dtype=prompt_ids.dtype, device=device)  # (U, T)
+    position_ids = torch.zeros(num_prompts, total, dtype=torch.long, device=device)
+    segment = torch.full((num_prompts, total), -1, dtype=torch.long, device=device)  # -1 pad, 0 prompt, r+1
+
+    p_row, p_col = prompt_mask.nonzero(as_tuple=True)
+    column = p_col - (width - prompt_lengths[p_row])  # prompt tokens move to the row's start
+    input_ids[p_row, column] = prompt_ids[p_row, p_col]
+    position_ids[p_row, column] = column
+    segment[p_row, column] = 0
+
+    row, token = completion_mask.nonzero(as_tuple=True)  # (K,) each: one entry per completion token
+    packed_row = prompt_of_row[row]
+    column = torch.tensor(starts, dtype=torch.long, device=device)[row] + token
+    input_ids[packed_row, column] = completion_ids[row, token]
+    position_ids[packed_row, column] = prompt_lengths[packed_row] + token
+    segment[packed_row, column] = row + 1
+
+    query, key = segment[:, :, None], segment[:, None, :]  # (U, T, 1), (U, 1, T)
+    causal = torch.ones(total, total, dtype=torch.bool, device=device).tril()
+    allowed = causal & ((key == 0) | (key == query)) & (query >= 0)
+    allowed |= torch.eye(total, dtype=torch.bool, device=device)  # padding sees itself: no empty softmax row
+    allowed = allowed[:, None]  # (U, 1, T, T)
+    if mask_kind == "additive":
+        allowed = torch.zeros(allowed.shape, device=device).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+
+    # Token t of a completion is predicted at the token before it: the prompt's last for t = 0.
+    source = torch.where(token == 0, prompt_lengths[packed_row] - 1, column - 1)  # (K,)
+    first = int(source.min())
+    logits = model(input_ids=input_ids, attention_mask=allowed, position_ids=position_ids, use_cache=False,
+                   logits_to_keep=total - first).logits  # (U, T - first, V)
+    values = log_softmax_at(logits, packed_row, source - first, completion_ids[row, token], chunk_size)  # (K,)
+    out = torch.zeros(completion_ids.shape, dtype=torch.float32, device=device)
+    return out.index_put((row, token), values)  # (R, L)
