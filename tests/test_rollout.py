@@ -285,3 +285,20 @@ def test_model_mode_is_restored(varied):
         assert model.training
     finally:
         model.eval()
+
+
+def test_generate_responses_splits_prompts_into_even_batches_and_keeps_their_order(varied, monkeypatch):
+    from tether.rollout import generate
+
+    model, tokenizer = varied
+    prompts = [f"question {'x' * k}" for k in (5, 1, 3, 2, 4)]
+    expected = generate.generate_responses(model, tokenizer, prompts, max_new_tokens=3, batch_size=5,
+                                           progress=False)
+    sizes = []
+    real_sample = generate.TransformersSampler.sample
+    monkeypatch.setattr(generate.TransformersSampler, "sample",
+                        lambda self, batch, config: sizes.append(len(batch)) or real_sample(self, batch, config))
+    answers = generate.generate_responses(model, tokenizer, prompts, max_new_tokens=3, batch_size=4,
+                                          progress=False)
+    assert sizes == [3, 2]  # not 4 + 1: a batch costs its longest decode
+    assert answers == expected

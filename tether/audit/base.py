@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from tether.data.records import Prompt
+from tether.rollout.generate import DEFAULT_BATCH_SIZE, generate_responses
 
 
 def mean_of(key: str) -> Callable[[Sequence[dict]], float]:
@@ -59,13 +60,11 @@ class AuditModel:
     model: Any  # a transformers causal LM, in eval mode
     tokenizer: Any
     path: str = ""
-    batch_size: int = 16
+    batch_size: int = DEFAULT_BATCH_SIZE  # prompts per generation batch
 
     def answer(self, prompts: Sequence[Prompt], *, max_new_tokens: int = 64,
                progress: bool = True, description: str = "generate") -> list[str]:
         """One greedy answer per prompt, in input order."""
-        from tether.rollout.generate import generate_responses
-
         return generate_responses(self.model, self.tokenizer, list(prompts),
                                   max_new_tokens=max_new_tokens, batch_size=self.batch_size,
                                   progress=progress, description=description)

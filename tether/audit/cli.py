@@ -24,6 +24,7 @@ EXIT_MODULE_FAILED, EXIT_USAGE, EXIT_GATE_FAILED = 1, 2, 3
 
 def build_parser() -> argparse.ArgumentParser:
     from tether.audit.suite import SUITES
+    from tether.rollout.generate import DEFAULT_BATCH_SIZE
 
     parser = argparse.ArgumentParser(prog="tether audit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fail-on", default="", metavar="GATES",
                         help='comma-separated gates on candidate - baseline, e.g. '
                              '"over_refusal>+5pp,toxicity_prob>+2pp,drift_kl>0.5"; exit 3 when one fails')
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per generation batch")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     return parser

@@ -14,7 +14,7 @@ import torch
 from tether.audit.refusal import is_refusal
 from tether.algorithms.dpo import PreferenceExamples, collate_pairs, pair_logps
 from tether.data import PreferenceRecord, encode_preference
-from tether.rollout.generate import generate_responses
+from tether.rollout.generate import DEFAULT_BATCH_SIZE, generate_responses
 
 
 @torch.no_grad()
@@ -35,7 +35,7 @@ def preference_accuracy(model, tokenizer, pairs: list[PreferenceRecord], *, max_
 
 
 def safety_report(model, tokenizer, rows: list[dict], *, max_new_tokens: int = 48,
-                  batch_size: int = 16, bf16: bool = False, progress: bool = True) -> dict:
+                  batch_size: int = DEFAULT_BATCH_SIZE, bf16: bool = False, progress: bool = True) -> dict:
     """``rows`` are held-out records with ``prompt``, ``chosen``, ``rejected`` and ``kind``
     ("harmful" or "benign_lookalike"). Returns the rates and every generated response."""
     prompts = [row["prompt"] for row in rows]

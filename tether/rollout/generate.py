@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import math
+
 from tether.data.records import Prompt
 from tether.engine.progress import progress_bar
 from tether.rollout.sampler import RolloutConfig, TransformersSampler
 
+# Decoding reads every weight once per new token whatever the number of rows, so on a CPU 48 rows
+# cost little more per token than 16 (SmolLM2, 48 refusal probes x 32 tokens: 11.8 s in one batch,
+# 17.3 s in batches of 16). Prefill keeps only the last position's logits, so memory stays small.
+DEFAULT_BATCH_SIZE = 48
+
 
 def generate_responses(model, tokenizer, prompts: list[Prompt], *, max_new_tokens: int = 64,
-                       batch_size: int = 16, temperature: float = 0.0, seed: int = 0,
+                       batch_size: int = DEFAULT_BATCH_SIZE, temperature: float = 0.0, seed: int = 0,
                        progress: bool = True, description: str = "generate") -> list[str]:
     """One response per prompt, in input order; greedy when ``temperature == 0``.
 
-    Prompts are sorted by length so each batch pads little.
+    Prompts are sorted by length so each batch pads little, and split into batches of equal size
+    (49 prompts at most 48 per batch: 25 + 24, not 48 + 1, since a batch costs its longest decode).
     """
     was_training = model.training
     model.eval()
@@ -22,8 +30,9 @@ def generate_responses(model, tokenizer, prompts: list[Prompt], *, max_new_token
     responses: list[str] = [""] * len(prompts)
     try:
         with progress_bar(description, len(prompts), enabled=progress) as bar:
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
+            size = math.ceil(len(order) / max(1, math.ceil(len(order) / batch_size)))
+            for start in range(0, len(order), size):
+                rows = order[start:start + size]
                 texts = sampler.sample([prompts[i] for i in rows], config).texts
                 for index, text in zip(rows, texts):
                     responses[index] = text.strip()

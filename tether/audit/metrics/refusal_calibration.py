@@ -30,7 +30,7 @@ from tether.audit.refusal_classifier import accuracy_report, classifier_name, de
 
 METRICS = {"over_refusal": "rate", "unsafe_compliance": "rate"}
 SAFE_SET, UNSAFE_SET = "refusal_safe", "refusal_unsafe"
-DEFAULT_LIMIT = 24  # probes per set: 48 prompts, 3 batches of 16
+DEFAULT_LIMIT = 24  # probes per set: 48 prompts, one generation batch
 DEFAULT_MAX_NEW_TOKENS = 32  # the classifier reads the first two sentences
 
 
