@@ -24,7 +24,9 @@ from tether.models import reference_mode
 
 # Reference scoring keeps no activations for a backward pass, so it runs this many training batches'
 # worth of pairs at once (fewer, fuller forwards) and still peaks below a training step's memory.
-REFERENCE_BATCH_FACTOR = 4
+# Not more: on SmolLM2 (CPU), 64 pairs scored 16.4-16.9 s in forwards of 8 or 16 pairs, 18-19 s
+# in forwards of 32 (the (rows, T, V) logits outgrow the caches).
+REFERENCE_BATCH_FACTOR = 2
 
 
 @dataclass
