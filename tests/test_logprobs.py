@@ -266,6 +266,8 @@ def test_packed_logps_run_one_forward_and_fall_back_without_custom_masks():
     mask = batch[-1]
     torch.testing.assert_close(packed * mask, fallback * mask, rtol=0, atol=1e-5)
     assert (packed[mask == 0] == 0).all()
+    empty = packed_prompt_token_logps(packed_model, *batch[:-1], torch.zeros_like(mask))
+    assert empty.shape == mask.shape and not empty.any()
 
 
 def test_packed_logps_reject_padding_on_the_wrong_side():

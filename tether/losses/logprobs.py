@@ -296,6 +296,9 @@ def packed_prompt_token_logps(model: nn.Module, prompt_ids: Tensor, prompt_mask:
     segment[p_row, column] = 0
 
     row, token = completion_mask.nonzero(as_tuple=True)  # (K,) each: one entry per completion token
+    out = torch.zeros(completion_ids.shape, dtype=torch.float32, device=device)  # (R, L)
+    if row.numel() == 0:  # only empty completions: nothing to score
+        return out
     packed_row = prompt_of_row[row]
     column = torch.tensor(starts, dtype=torch.long, device=device)[row] + token
     input_ids[packed_row, column] = completion_ids[row, token]
@@ -316,5 +319,4 @@ def packed_prompt_token_logps(model: nn.Module, prompt_ids: Tensor, prompt_mask:
     logits = model(input_ids=input_ids, attention_mask=allowed, position_ids=position_ids, use_cache=False,
                    logits_to_keep=total - first).logits  # (U, T - first, V)
     values = log_softmax_at(logits, packed_row, source - first, completion_ids[row, token], chunk_size)  # (K,)
-    out = torch.zeros(completion_ids.shape, dtype=torch.float32, device=device)
     return out.index_put((row, token), values)  # (R, L)
