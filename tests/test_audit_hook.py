@@ -206,3 +206,29 @@ def test_a_resumed_run_keeps_the_best_it_had(workdir):
     assert json.loads((run_dir / "audit_best" / "best.json").read_text()) == best
     checkpoint = run_dir / "checkpoints" / f"checkpoint-{best['step']:07d}" / "model.safetensors"
     assert first == again and _same_weights(again, checkpoint)
+
+
+PROGRESS_SEEN: list[bool] = []
+
+
+def progress_flag(model):
+    """Planted metric: records whether the hook let the audited model draw progress bars."""
+    PROGRESS_SEEN.append(model.progress)
+    return {"progress_flag": float(model.progress)}
+
+
+def test_hook_follows_train_progress(workdir, monkeypatch):
+    """With train.progress=false the audit's generation draws no progress bars either."""
+    from tether.algorithms.sft import train_sft
+    import tether.audit.base as base
+
+    PROGRESS_SEEN.clear()
+    config = sft_config(workdir, "quiet", "audit.every=6", "audit.metrics=[test_audit_hook:progress_flag]")
+    train_sft(config)
+    assert PROGRESS_SEEN == [False, False, False]  # baseline, steps 6 and 12
+
+    calls = []
+    monkeypatch.setattr(base, "generate_responses", lambda *args, **kwargs: calls.append(kwargs["progress"]) or [])
+    base.AuditModel("quiet", None, None, progress=False).answer(["hi"])
+    base.AuditModel("loud", None, None).answer(["hi"])
+    assert calls == [False, True]

@@ -61,13 +61,14 @@ class AuditModel:
     tokenizer: Any
     path: str = ""
     batch_size: int = DEFAULT_BATCH_SIZE  # prompts per generation batch
+    progress: bool = True  # False: no progress bars (a trainer's hook with train.progress off)
 
     def answer(self, prompts: Sequence[Prompt], *, max_new_tokens: int = 64,
                progress: bool = True, description: str = "generate") -> list[str]:
         """One greedy answer per prompt, in input order."""
         return generate_responses(self.model, self.tokenizer, list(prompts),
                                   max_new_tokens=max_new_tokens, batch_size=self.batch_size,
-                                  progress=progress, description=description)
+                                  progress=progress and self.progress, description=description)
 
     def sample(self, prompts: Sequence[Prompt], *, num_samples: int, max_new_tokens: int = 64,
                temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> list[list[str]]:

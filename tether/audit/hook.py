@@ -155,7 +155,7 @@ class AuditHook:
         device = next(session.module.parameters()).device
         initial, self.tokenizer = load_model(session.config.model.path)
         self.baseline_model = AuditModel("baseline", initial.to(device), self.tokenizer,
-                                         path=session.config.model.path)
+                                         path=session.config.model.path, progress=session.config.train.progress)
         saved = Path(session.run_dir) / BASELINE_FILE
         if self.baseline is None and saved.is_file():
             self.baseline = json.loads(saved.read_text(encoding="utf-8"))
@@ -220,7 +220,7 @@ class AuditHook:
         if self.tokenizer is None:
             self.start(session)
         values = self.measure(AuditModel(f"step {done}", session.module, self.tokenizer,
-                                         path=session.config.model.path))
+                                         path=session.config.model.path, progress=session.config.train.progress))
         changes = self.changes(values)
         line = {f"audit/{name}": value for name, value in values.items()}
         line.update({f"audit/{gate.metric}/change": changes[gate.metric] for gate in self.gates})
