@@ -53,7 +53,9 @@ def ppo_config(job: Path, name: str, *extra: str) -> PPOConfig:
 
 # DDP: full fine-tuning against a loaded reference, held-out evaluation on rank 0. FSDP2: LoRA (the
 # reference is the base, with the weights gathered), whitened rewards, and an early stop on the KL.
-PPO_VARIANTS = {"ddp": ["data.eval=JOB/prompts.jsonl", "ppo.eval_prompts=2", "optim.lr=3e-3"],
+# ddp: the critic warm-up pools its gradients over ranks (engine.distributed.all_reduce_sum_tensors)
+PPO_VARIANTS = {"ddp": ["data.eval=JOB/prompts.jsonl", "ppo.eval_prompts=2", "optim.lr=3e-3",
+                        "ppo.value_warmup_steps=3"],
                 "fsdp": ["model.lora={r: 4, alpha: 8}", "ppo.whiten_rewards=true", "ppo.target_kl=0.02",
                          "optim.lr=5e-2"]}
 

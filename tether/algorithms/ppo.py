@@ -213,17 +213,6 @@ def forward_chunks(actor_critic: PolicyWithValueHead, rollout: RolloutBatch, chu
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def pooled_gradients(module: torch.nn.Module) -> None:
-    """Each parameter's gradient summed over ranks, for a small module trained outside the DDP/FSDP
-    wrapper (the critic's warm-up). One process: as is."""
-    if not distributed.world().enabled:
-        return
-    params = list(module.parameters())
-    ranks = distributed.gather_objects([p.grad.tolist() for p in params])
-    for index, p in enumerate(params):
-        p.grad = torch.tensor([rank[index] for rank in ranks], dtype=p.grad.dtype).sum(0).to(p.device)
-
-
 def warm_up_critic(session: TrainingSession, rollout: RolloutBatch, returns: torch.Tensor, mask: torch.Tensor, *,
                    steps: int, chunk: int) -> torch.Tensor:
     """Fit the value head alone to one rollout's returns; returns its new values of that rollout.
@@ -257,7 +246,7 @@ def warm_up_critic(session: TrainingSession, rollout: RolloutBatch, returns: tor
         values = head(hidden)  # (b, L)
         loss, _ = value_loss(values, values.detach(), returns, mask, cliprange_value=None)
         (loss * share).backward()
-        pooled_gradients(head)
+        distributed.all_reduce_sum_tensors([p.grad for p in head.parameters()])  # every rank's tokens
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     copy_weights(actor_critic.value_head, head.state_dict())

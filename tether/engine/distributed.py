@@ -380,6 +380,17 @@ def all_reduce_sum(value: float | int) -> float | int:
     return type(value)(tensor.item())
 
 
+def all_reduce_sum_tensors(tensors: Sequence[torch.Tensor]) -> None:
+    """Each tensor summed over ranks, in place, in one all-reduce (small plain tensors, e.g. the
+    gradients of a module trained outside the DDP/FSDP wrapper). One process: as is."""
+    if not world().enabled or not tensors:
+        return
+    flat = torch.cat([tensor.detach().reshape(-1) for tensor in tensors]).to(_comm_device())
+    dist.all_reduce(flat)
+    for tensor, summed in zip(tensors, flat.split([tensor.numel() for tensor in tensors])):
+        tensor.copy_(summed.view_as(tensor))
+
+
 def all_reduce_max(value: int) -> int:
     if not world().enabled:
         return value
