@@ -302,3 +302,4 @@ def test_generate_responses_splits_prompts_into_even_batches_and_keeps_their_ord
                                           progress=False)
     assert sizes == [3, 2]  # not 4 + 1: a batch costs its longest decode
     assert answers == expected
+    assert generate.generate_responses(model, tokenizer, [], batch_size=4, progress=False) == []

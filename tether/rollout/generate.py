@@ -30,7 +30,8 @@ def generate_responses(model, tokenizer, prompts: list[Prompt], *, max_new_token
     responses: list[str] = [""] * len(prompts)
     try:
         with progress_bar(description, len(prompts), enabled=progress) as bar:
-            size = math.ceil(len(order) / max(1, math.ceil(len(order) / batch_size)))
+            batches = max(1, math.ceil(len(order) / batch_size))
+            size = max(1, math.ceil(len(order) / batches))  # no prompts: no batch, and range() needs a step
             for start in range(0, len(order), size):
                 rows = order[start:start + size]
                 texts = sampler.sample([prompts[i] for i in rows], config).texts
