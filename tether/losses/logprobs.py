@@ -61,11 +61,10 @@ class _LogSoftmaxAt(torch.autograd.Function):
         grad_sum = torch.zeros(num_batch * width, device=logits.device).index_add_(0, flat, grad_output)
         grad_sum = grad_sum.view(num_batch, width)  # (B, N)
         order = flat.argsort()
-        block_starts = [b * width + start for b in range(num_batch) for start in range(0, width, ctx.chunk_size)]
-        bounds = torch.searchsorted(flat[order], torch.tensor(block_starts + [num_batch * width],
-                                                              device=flat.device)).tolist()
+        blocks = [(b, start) for b in range(num_batch) for start in range(0, width, ctx.chunk_size)]
+        block_starts = [b * width + start for b, start in blocks] + [num_batch * width]
+        bounds = torch.searchsorted(flat[order], torch.tensor(block_starts, device=flat.device)).tolist()
         grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        blocks = ((b, start) for b in range(num_batch) for start in range(0, width, ctx.chunk_size))
         for k, (b, start) in enumerate(blocks):
             rows = slice(start, start + ctx.chunk_size)
             # In place: one (n, V) float32 temporary instead of four.
