@@ -63,6 +63,7 @@ from tether.errors import ConfigError, TetherError
 Metric = str | Callable[[AuditModel], Mapping[str, float] | Sequence[MetricResult]]
 BASELINE_FILE = "audit_baseline.json"
 BEST_DIR = "audit_best"
+BEST_FILE = "best.json"  # in BEST_DIR: the kept step and its values
 
 
 class AuditRegressionError(TetherError):
@@ -244,7 +245,7 @@ class AuditHook:
 
     def _start_best(self, session) -> None:
         """A resumed run reads its best so far; a fresh one starts with the starting weights."""
-        record = self._best_dir(session) / "best.json"
+        record = self._best_dir(session) / BEST_FILE
         if session.resumed_from is not None and record.is_file():
             self.best = json.loads(record.read_text(encoding="utf-8"))
             return
@@ -266,7 +267,7 @@ class AuditHook:
         self.best = {"step": step, "metric": self.keep_best, "mode": self.keep_best_mode,
                      "unless": [gate.text for gate in self.best_gates], "values": values, "changes": changes}
         if session.world.is_main:
-            (folder / "best.json").write_text(json.dumps(self.best, indent=2), encoding="utf-8")
+            (folder / BEST_FILE).write_text(json.dumps(self.best, indent=2), encoding="utf-8")
 
     def finish(self, session) -> None:
         """At the end of training: load the best audited step's weights into the model."""

@@ -22,7 +22,7 @@ from rich.table import Table
 from tether.algorithms.dpo import train_dpo
 from tether.audit.safety_eval import safety_report
 from tether.config import DPOConfig, load_config
-from tether.audit.hook import BEST_DIR
+from tether.audit.hook import BASELINE_FILE, BEST_DIR, BEST_FILE
 from tether.engine import console, read_metrics
 from tether.models import load_model
 
@@ -79,7 +79,7 @@ def _balanced(rows: list[dict], limit: int) -> list[dict]:
 def training_audit(run_dir: Path) -> dict:
     """The audit's refusal rates on its probe sets at each audited step (step 0: the base model),
     and the step the run kept (``audit.keep_best``), from the run folder."""
-    baseline_file, best_file = run_dir / "audit_baseline.json", run_dir / BEST_DIR / "best.json"
+    baseline_file, best_file = run_dir / BASELINE_FILE, run_dir / BEST_DIR / BEST_FILE
     if not baseline_file.is_file():
         return {"steps": [], "kept_step": None}
     baseline = json.loads(baseline_file.read_text())
