@@ -1,0 +1,169 @@
+"""Build the labeled refusal set: choose the prompts, generate the responses, merge the labels.
+
+    python tether/resources/refusal_labels/build.py prompts
+    python tether/resources/refusal_labels/build.py generate --source NAME=MODEL[@CHECKPOINT][:TEMPERATURE] ...
+    python tether/resources/refusal_labels/build.py merge
+
+``prompts`` writes ``prompts.jsonl``: 150 prompts (75 harmful, 75 benign look-alikes), each with
+its split. The split is drawn per prompt (seeded, stratified by kind and origin), so every
+response to a prompt lands in the same half and the test half holds requests the calibration
+half never saw.
+
+``generate`` assigns each prompt to ``RESPONSES_PER_PROMPT`` of the sources (seeded, balanced)
+and writes ``responses.jsonl``: one row per (prompt, source), unlabeled. A source is a model
+(``default``, or a LoRA run's ``final`` folder) with an optional checkpoint folder of that run
+whose trainable weights replace the final ones, and a sampling temperature (0: greedy).
+
+``merge`` joins ``responses.jsonl`` with ``labels.jsonl`` (``{"id", "label"}``, written by a
+person reading each response; README.md has the rules) into ``labeled.jsonl``, the set the
+judges are trained and tested on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+HERE = Path(__file__).parent
+RESOURCES = HERE.parent
+SEED = 16
+RESPONSES_PER_PROMPT = 3
+MAX_NEW_TOKENS = 96
+LABELS = ("full_refusal", "partial_refusal", "compliance")
+# Prompts drawn from each origin: (file, kind field -> our kind, how many of each kind, rows to skip).
+# The demo reports on safety/heldout.jsonl and the training-time audit reads the first 24 probes
+# of each audit file, so neither is used here; train.jsonl prompts are seen in training (noted
+# per row as origin "safety-train").
+TRAIN_PER_KIND = 20
+PROBES_PER_KIND = 30
+PROBES_SKIPPED = 24
+# The sources' names fix which prompts each one answers (assign_sources), so a source can be
+# generated on its own, in any order; its model is given on the command line (README.md).
+SOURCES = ("base", "base-t07", "dpo-8", "dpo-16", "dpo-16-t07", "dpo-32", "overrefuse", "sft")
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+
+def choose_prompts() -> list[dict]:
+    rng = random.Random(SEED)
+    train = _read(RESOURCES / "safety" / "train.jsonl")
+    pool = []
+    for kind in ("harmful", "benign_lookalike"):
+        rows = [row for row in train if row["kind"] == kind]
+        pool += [{"id": row["id"], "prompt": row["prompt"], "prompt_kind": _kind(kind), "origin": "safety-train"}
+                 for row in rng.sample(rows, TRAIN_PER_KIND)]
+    for name, kind in (("refusal_unsafe.jsonl", "harmful"), ("refusal_safe.jsonl", "benign")):
+        rows = _read(RESOURCES / "audit" / name)[PROBES_SKIPPED:]
+        pool += [{"id": row["id"], "prompt": row["prompt"], "prompt_kind": kind, "origin": "audit-probe"}
+                 for row in rng.sample(rows, PROBES_PER_KIND)]
+    pool += [{"id": row["id"], "prompt": row["prompt"], "prompt_kind": _kind(row["kind"]), "origin": "new"}
+             for row in _read(HERE / "new_prompts.jsonl")]
+    if len({row["prompt"] for row in pool}) != len(pool):
+        raise SystemExit("a prompt appears twice")
+    # Split per (kind, origin) group: half calibration, half test.
+    for group in sorted({(row["prompt_kind"], row["origin"]) for row in pool}):
+        members = [row for row in pool if (row["prompt_kind"], row["origin"]) == group]
+        rng.shuffle(members)
+        for index, row in enumerate(members):
+            row["split"] = "calibration" if index % 2 == 0 else "test"
+    return pool
+
+
+def _kind(kind: str) -> str:
+    return "harmful" if kind == "harmful" else "benign"
+
+
+def assign_sources(prompts: list[dict]) -> dict[str, list[dict]]:
+    """Each prompt to RESPONSES_PER_PROMPT distinct sources, every source getting about as many."""
+    rng = random.Random(SEED + 1)
+    order = list(SOURCES)
+    work: dict[str, list[dict]] = {name: [] for name in SOURCES}
+    for row in prompts:
+        rng.shuffle(order)
+        for name in sorted(order, key=lambda name: len(work[name]))[:RESPONSES_PER_PROMPT]:
+            work[name].append(row)
+    return work
+
+
+def parse_source(spec: str) -> dict:
+    name, _, rest = spec.partition("=")
+    rest, _, temperature = rest.partition(":")
+    model, _, checkpoint = rest.partition("@")
+    return {"name": name, "model": model, "checkpoint": checkpoint or None, "temperature": float(temperature or 0)}
+
+
+def generate(specs: list[str]) -> None:
+    import torch
+
+    from tether.engine.checkpoint import load_trainable_state
+    from tether.models import load_model
+    from tether.rollout.generate import generate_responses
+
+    sources = [parse_source(spec) for spec in specs]
+    unknown = [source["name"] for source in sources if source["name"] not in SOURCES]
+    if unknown:
+        raise SystemExit(f"unknown sources {unknown}; the names are {SOURCES}")
+    work = assign_sources(_read(HERE / "prompts.jsonl"))
+    out = HERE / "responses.jsonl"
+    done = {(row["prompt_id"], row["source"]) for row in _read(out)} if out.is_file() else set()
+    rows = _read(out) if out.is_file() else []
+    for source in sources:
+        todo = [row for row in work[source["name"]] if (row["id"], source["name"]) not in done]
+        if not todo:
+            continue
+        model, tokenizer = load_model(source["model"])
+        if source["checkpoint"]:
+            load_trainable_state(model, Path(source["checkpoint"]) / "model.safetensors")
+        with torch.no_grad():
+            texts = generate_responses(model, tokenizer, [row["prompt"] for row in todo],
+                                       max_new_tokens=MAX_NEW_TOKENS, temperature=source["temperature"],
+                                       seed=SEED, description=source["name"])
+        for row, text in zip(todo, texts):
+            rows.append({"prompt_id": row["id"], "prompt": row["prompt"], "response": text,
+                         "source": source["name"], "prompt_kind": row["prompt_kind"],
+                         "origin": row["origin"], "split": row["split"]})
+        _write(out, _numbered(rows))  # after every source, so an interrupted run keeps its work
+        del model
+
+
+def _numbered(rows: list[dict]) -> list[dict]:
+    rows = sorted(rows, key=lambda row: (row["prompt_id"], row["source"]))
+    return [{"id": f"r{index:03d}", **{k: v for k, v in row.items() if k != "id"}}
+            for index, row in enumerate(rows)]
+
+
+def merge() -> None:
+    responses = _read(HERE / "responses.jsonl")
+    labels = {row["id"]: row["label"] for row in _read(HERE / "labels.jsonl")}
+    bad = {label for label in labels.values() if label not in LABELS}
+    if bad:
+        raise SystemExit(f"unknown labels {sorted(bad)}; use {LABELS}")
+    missing = [row["id"] for row in responses if row["id"] not in labels]
+    if missing:
+        raise SystemExit(f"{len(missing)} responses have no label yet, e.g. {missing[:5]}")
+    _write(HERE / "labeled.jsonl", [{**row, "label": labels[row["id"]]} for row in responses])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("stage", choices=["prompts", "generate", "merge"])
+    parser.add_argument("--source", action="append", default=[], help="NAME=MODEL[@CHECKPOINT][:TEMPERATURE]")
+    args = parser.parse_args()
+    if args.stage == "prompts":
+        _write(HERE / "prompts.jsonl", choose_prompts())
+    elif args.stage == "generate":
+        generate(args.source)
+    else:
+        merge()
+
+
+if __name__ == "__main__":
+    main()
