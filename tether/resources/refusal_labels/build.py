@@ -135,9 +135,10 @@ def generate(specs: list[str]) -> None:
 
 
 def _numbered(rows: list[dict]) -> list[dict]:
+    """Rows in a fixed order with an id that stays put as sources are added (labels refer to it)."""
     rows = sorted(rows, key=lambda row: (row["prompt_id"], row["source"]))
-    return [{"id": f"r{index:03d}", **{k: v for k, v in row.items() if k != "id"}}
-            for index, row in enumerate(rows)]
+    return [{"id": f"{row['prompt_id']}/{row['source']}", **{k: v for k, v in row.items() if k != "id"}}
+            for row in rows]
 
 
 def merge() -> None:
