@@ -20,11 +20,14 @@ import numpy as np
 import torch
 
 from tether.audit.data_audit import wilson_interval
-from tether.judges.refusal_head import WEIGHTS, RefusalHeadJudge, pair_features
+from tether.judges.refusal_head import WEIGHTS, RefusalHeadJudge, combined_score, cue_columns, pair_features
 
 LABELED = Path(__file__).resolve().parents[1] / "resources" / "refusal_labels" / "labeled.jsonl"
 REFUSALS = ("full_refusal", "partial_refusal")
-L2_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
+L2_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+# The phrase cues are a few dozen precise columns beside 1536 embedding numbers; multiplying their
+# standardized values by CUE_WEIGHT lets the L2 penalty spare them that much more.
+CUE_WEIGHTS = (1.0, 3.0, 10.0)
 FOLDS = 5
 SEED = 16
 FORMAT = "1"
@@ -60,11 +63,14 @@ def fit_logistic(features: np.ndarray, targets: np.ndarray, l2: float) -> tuple[
     return weight.detach().numpy(), float(bias.detach())
 
 
-def standardization(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and scale (a constant column gets scale 1). Shapes: (N, F) -> (F,), (F,)."""
+def standardization(features: np.ndarray, cue_weight: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and scale (a constant column gets scale 1), the cue columns' scale divided
+    by ``cue_weight``. Shapes: (N, F) -> (F,), (F,)."""
     mean = features.mean(0)
     scale = features.std(0)
-    return mean, np.where(scale > 1e-8, scale, 1.0)
+    scale = np.where(scale > 1e-8, scale, 1.0)
+    scale[cue_columns(features)] /= cue_weight
+    return mean, scale
 
 
 def grouped_folds(groups: list[str], folds: int = FOLDS, seed: int = SEED) -> np.ndarray:
@@ -75,13 +81,14 @@ def grouped_folds(groups: list[str], folds: int = FOLDS, seed: int = SEED) -> np
     return np.array([fold_of[group] for group in groups])
 
 
-def out_of_fold_scores(features: np.ndarray, targets: np.ndarray, folds: np.ndarray, l2: float) -> np.ndarray:
+def out_of_fold_scores(features: np.ndarray, targets: np.ndarray, folds: np.ndarray, l2: float,
+                       cue_weight: float) -> np.ndarray:
     scores = np.zeros(len(targets))
     for fold in sorted(set(folds.tolist())):
         train, held = folds != fold, folds == fold
-        mean, scale = standardization(features[train])
+        mean, scale = standardization(features[train], cue_weight)
         weight, bias = fit_logistic((features[train] - mean) / scale, targets[train], l2)
-        scores[held] = 1 / (1 + np.exp(-(((features[held] - mean) / scale) @ weight + bias)))
+        scores[held] = combined_score(features[held], weight, bias, mean, scale)
     return scores
 
 
@@ -101,13 +108,16 @@ def train(rows: list[dict], features: np.ndarray, path: Path = WEIGHTS) -> dict:
     folds = grouped_folds([row["prompt_id"] for row, keep in zip(rows, calibration) if keep])
     cv = {}
     for l2 in L2_GRID:
-        scores = out_of_fold_scores(x, y, folds, l2)
-        cv[l2] = (float(((scores >= 0.5) == y).mean()), scores)
-    l2 = max(L2_GRID, key=lambda value: (cv[value][0], value))  # ties: the stronger penalty
-    threshold = best_threshold(cv[l2][1], y)
-    mean, scale = standardization(x)
+        for cue_weight in CUE_WEIGHTS:
+            scores = out_of_fold_scores(x, y, folds, l2, cue_weight)
+            cv[l2, cue_weight] = (float(((scores >= 0.5) == y).mean()), scores)
+    # ties: the stronger penalty, then the smaller cue weight
+    l2, cue_weight = max(cv, key=lambda key: (cv[key][0], key[0], -key[1]))
+    threshold = best_threshold(cv[l2, cue_weight][1], y)
+    mean, scale = standardization(x, cue_weight)
     weight, bias = fit_logistic((x - mean) / scale, y, l2)
-    chosen = {"l2": l2, "threshold": threshold, "cv_accuracy": {str(k): v[0] for k, v in cv.items()},
+    chosen = {"l2": l2, "cue_weight": cue_weight, "threshold": threshold,
+              "cv_accuracy": {f"l2={k[0]},cue_weight={k[1]}": v[0] for k, v in cv.items()},
               "calibration_rows": int(calibration.sum()), "calibration_refusals": int(y.sum())}
     _save(path, weight, bias, mean, scale, chosen)
     return chosen
