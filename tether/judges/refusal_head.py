@@ -117,7 +117,9 @@ class RefusalHeadJudge:
         self.mean, self.scale = tensors["mean"], tensors["scale"]  # (F,), (F,); scale already / cue weight
         self.threshold = float(meta["threshold"])
         self.training = json.loads(meta.get("training", "{}"))
-        digest = hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]
+        # the tensors' bytes and the threshold: safetensors writes metadata keys in no fixed order
+        digest = hashlib.sha256(b"".join(tensors[key].tobytes() for key in sorted(tensors))
+                                + repr(self.threshold).encode()).hexdigest()[:12]
         self.version = f"{meta.get('format', '1')}-{digest}"
         self._encoder = encoder
 
