@@ -159,3 +159,20 @@ def test_shipped_weights_are_what_training_writes(trained):
     shipped, again = RefusalHeadJudge(WEIGHTS), RefusalHeadJudge(trained["real"][1])
     assert again.threshold == pytest.approx(shipped.threshold, abs=1e-6)
     np.testing.assert_allclose(again.weight, shipped.weight, atol=1e-4)
+
+
+def test_build_reproduces_the_prompts_and_their_sources(rows):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("refusal_labels_build", LABELS_DIR / "build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    prompts = build.choose_prompts()
+    assert prompts == training.load_rows(LABELS_DIR / "prompts.jsonl")
+    work = build.assign_sources(prompts)
+    answered = {(row["id"], name) for name, chosen in work.items() for row in chosen}
+    assert {(row["prompt_id"], row["source"]) for row in rows} == answered
+    per_prompt = {}
+    for prompt_id, source in answered:
+        per_prompt.setdefault(prompt_id, set()).add(source)
+    assert all(len(sources) == build.RESPONSES_PER_PROMPT for sources in per_prompt.values())
