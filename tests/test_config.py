@@ -40,4 +40,12 @@ def test_wrong_type_and_missing_key_and_bad_file(tmp_path):
 
 def test_packing_needs_a_token_budget():
     with pytest.raises(ConfigError, match="train.batch_size is a token budget"):
-        load_config(SFTConfig, None, ["data.train=a.jsonl", "data.batching=pack", "train.batch_size=8"])
+        load_config(SFTConfig, None, ["data.train=a.jsonl", "data.batching=pack", "train.batch_size=8",
+                                        "train.bf16=false"])
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_bf16_auto_follows_the_hardware(monkeypatch, fast):
+    monkeypatch.setattr("tether.hardware.bf16_is_fast", lambda: fast)
+    assert load_config(SFTConfig, None, ["data.train=a.jsonl"]).train.bf16 is fast
+    assert load_config(SFTConfig, None, ["data.train=a.jsonl", "train.bf16=false"]).train.bf16 is False
