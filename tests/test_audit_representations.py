@@ -132,3 +132,27 @@ def test_the_audit_runs_end_to_end_on_a_tiny_model(tiny, tmp_path):
     assert json.loads((out / "representations.json").read_text())["concept"] == "toy"
     assert (out / "representations.png").stat().st_size > 10_000
     assert "Representation audit" in (out / "representations.html").read_text()
+
+
+def test_shallowness_is_the_share_of_gained_refusal_that_ablation_undoes():
+    from tether.audit.metrics.representations import shallowness
+
+    # baseline refuses 1 of 4, candidate 4 of 4 (gained 3); ablated refuses 2: undone 2 of 3.
+    rows = [{"baseline": b, "candidate": 1.0, "ablated": a} for b, a in ((1, 1), (0, 1), (0, 0), (0, 0))]
+    assert shallowness(rows) == pytest.approx(2 / 3)
+    assert shallowness([{"baseline": 1.0, "candidate": 1.0, "ablated": 0.0}]) == 0.0  # nothing gained
+
+
+def test_the_suite_metrics_read_the_best_layer(monkeypatch):
+    import tether.audit.metrics.representations as metric
+
+    fake = {"concept": "toy",
+            "refusal": {"baseline_refused": [False, False], "candidate_refused": [True, True]},
+            "ablation": [{"layer": 3, "restored": 0.5, "refused_with_ablation": [False, True]},
+                         {"layer": 5, "restored": None, "refused_with_ablation": [True, True]}],
+            "probes": [{"layer": 0, "baseline_accuracy": 0.5, "candidate_correct": [False, True]},
+                       {"layer": 1, "baseline_accuracy": 0.9, "candidate_correct": [True, True]}]}
+    monkeypatch.setattr(metric, "audit_representations", lambda *args, **kwargs: fake)
+    shallow, decodable = metric.evaluate_pair(None, None, limit=2)
+    assert shallow.name == "refusal_shallowness" and shallow.value == 0.5 and shallow.details["layer"] == 3
+    assert decodable.value == 1.0 and decodable.details["layer"] == 1

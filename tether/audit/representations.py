@@ -104,9 +104,10 @@ def probe_layers(baseline_states: torch.Tensor, candidate_states: torch.Tensor, 
         own = fit_probe(candidate_states[layer, fit], y_fit)
         row = {"layer": layer, "direction_cosine": cosine(probe.direction, own.direction)}
         for name, states in (("baseline", baseline_states), ("candidate", candidate_states)):
-            correct = round(probe.accuracy(states[layer, measure], y_measure) * len(measure))
-            row[f"{name}_accuracy"] = correct / len(measure)
-            row[f"{name}_interval"] = list(wilson_interval(correct, len(measure)))
+            right = ((probe.logits(states[layer, measure]) > 0) == y_measure.bool()).tolist()
+            row[f"{name}_accuracy"] = sum(right) / len(measure)
+            row[f"{name}_interval"] = list(wilson_interval(sum(right), len(measure)))
+            row[f"{name}_correct"] = right  # per held-out prompt, for bootstrapping
         rows.append(row)
     return rows
 
@@ -172,7 +173,7 @@ def audit_representations(baseline: AuditModel, candidate: AuditModel, *, concep
         with added(baseline.model, unit * cand_dirs[k].norm(), k - 1):  # boundary k = output of block k - 1
             induced, _ = refusal_rate(baseline, benign, judge, max_new_tokens, f"add at layer {k}")
         ablation_rows.append({
-            "layer": k, "refusal_with_ablation": _rate(abl_refused),
+            "layer": k, "refusal_with_ablation": _rate(abl_refused), "refused_with_ablation": abl_refused,
             "restored": _fraction(_rate(cand_refused) - _rate(abl_refused), gap),
             "induced_benign_refusal": _rate(induced),
             "samples": [{"prompt": p, "response": r, "refused": f} for p, r, f in
@@ -200,6 +201,7 @@ def audit_representations(baseline: AuditModel, candidate: AuditModel, *, concep
         "refusal": {"harmful_prompts": len(harmful), "benign_prompts": len(benign),
                     "baseline_harmful": _rate(base_refused), "candidate_harmful": _rate(cand_refused),
                     "baseline_benign": _rate(base_benign), "gained": gap,
+                    "baseline_refused": base_refused, "candidate_refused": cand_refused,
                     "samples": [{"prompt": p, "baseline": b, "candidate": c} for p, b, c in
                                 list(zip(harmful, base_answers, cand_answers))[:3]]},
         "ablation": ablation_rows,
