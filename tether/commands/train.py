@@ -14,6 +14,8 @@ TRAINERS = {
     "ppo": ("tether.algorithms.ppo:PPOConfig", "tether.algorithms.ppo:train_ppo"),
     "rlhf": ("tether.algorithms.rlhf:RLHFConfig", "tether.algorithms.rlhf:run_rlhf"),
     "cai": ("tether.algorithms.cai:CAIConfig", "tether.algorithms.cai:run_cai"),
+    "consistency": ("tether.algorithms.consistency:ConsistencyConfig",
+                    "tether.algorithms.consistency:train_consistency"),
 }
 
 
