@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from test_feedback_app import api_token, csrf_of, fast_password_hashing, login, make_app  # noqa: F401
 from tether.feedback.app import projects, queue
+from tether.feedback.app.errors import Invalid
 from tether.feedback.app.annotator_progress import annotator_progress
 from tether.feedback.app.quality_view import quality_view, reading
 
@@ -192,3 +193,31 @@ def test_admin_page_says_what_each_export_leaves_out(app):
     assert "1 the majority said tie or both bad" in exports["preference"]
     assert "1 not judged yet" in exports["preference"]
     assert exports["raw"] == "2 raw rows; no judgments left out"
+
+
+@pytest.mark.parametrize("task", ["ranking", "rating"])
+def test_a_stored_ranking_or_rating_fills_the_edit_form_by_shown_position(label_db_url, task):
+    from tether.feedback.app import revisions
+
+    app = make_app(label_db_url)
+    with app.state.sessions.begin() as db:
+        project = projects.create_project(db, "r", task, required_judgments=1, gold_rate=0)
+        projects.import_items(db, project, [{"id": "x", "prompt": "Q", "candidates": [
+            {"id": c, "text": f"answer {c}"} for c in ("a", "b", "c")]}])
+        ann = projects.get_user(db, "ann")
+        assignment = queue.lease_next(db, project, ann)
+        shown = {"ranks": [2, 1, 3]} if task == "ranking" else {"ratings": [5, 1, 7]}
+        row = queue.submit(db, assignment, ann,
+                           queue.verdict_from_positions(task, assignment.order, **shown))
+        key = "rank" if task == "ranking" else "rating"
+        values = next(iter(shown.values()))
+        assert revisions.shown_values(row, assignment.order) == {
+            f"{key}_{i}": value for i, value in enumerate(values)}
+        if task == "ranking":
+            revisions.edit_last(db, project, ann, row.id, {"not_rankable": True}, "all wrong")
+            assert revisions.shown_values(row, assignment.order) == {"not_rankable": True}
+            assert row.reason == "all wrong"
+        before = dict(row.verdict)
+        with pytest.raises(Invalid, match=f"needs a {key} for every candidate"):
+            revisions.edit_last(db, project, ann, row.id, {f"{key}s": {"a": 1}}, None)
+        assert row.verdict == before
