@@ -103,9 +103,10 @@ def test_edit_last_judgment_in_place(app):
     assert my_judgments(app, ann, "ann") == [after]
     # only the last one, and only one's own
     assert bob.get("/p/p/last").status_code == 404
-    stolen = bob.post(action, data={"csrf_token": csrf_of(bob.get("/").text),
-                                    "action": "take_back"})
-    assert stolen.status_code == 409
+    for bobs_action in ("take_back", "save"):
+        stolen = bob.post(action, data={"csrf_token": csrf_of(bob.get("/").text),
+                                        "action": bobs_action, "choice": "tie"})
+        assert stolen.status_code == 409, stolen.text
     judge(ann)
     stale = ann.post(action, data={"csrf_token": csrf_of(page), "action": "save",
                                    "choice": "tie"})
@@ -214,10 +215,10 @@ def test_a_stored_ranking_or_rating_fills_the_edit_form_by_shown_position(label_
         assert revisions.shown_values(row, assignment.order) == {
             f"{key}_{i}": value for i, value in enumerate(values)}
         if task == "ranking":
-            revisions.edit_last(db, project, ann, row.id, {"not_rankable": True}, "all wrong")
+            revisions.edit(db, project, row, {"not_rankable": True}, "all wrong")
             assert revisions.shown_values(row, assignment.order) == {"not_rankable": True}
             assert row.reason == "all wrong"
         before = dict(row.verdict)
         with pytest.raises(Invalid, match=f"needs a {key} for every candidate"):
-            revisions.edit_last(db, project, ann, row.id, {f"{key}s": {"a": 1}}, None)
+            revisions.edit(db, project, row, {f"{key}s": {"a": 1}}, None)
         assert row.verdict == before

@@ -5,9 +5,9 @@
 - **Take back** (undo) deletes the judgment and marks the assignment skipped: the slot opens
   again for another annotator, and this one is not offered the item again, as after a skip.
 
-Only the most recent human judgment of the user in the project can be changed; the caller names
-it by id, so a stale page (another judgment submitted since, in another tab) gets 409 instead of
-changing the wrong one.
+Only the most recent human judgment of the user in the project can be changed: ``own_last``
+checks the id the page names, so a stale page (another judgment submitted since, in another tab)
+gets 409 instead of changing the wrong one.
 """
 
 from __future__ import annotations
@@ -31,17 +31,17 @@ def last_judgment(db: Session, project: Project, user: User) -> JudgmentRow | No
                      .order_by(JudgmentRow.id.desc()).limit(1))
 
 
-def _own_last(db: Session, project: Project, user: User, judgment_id: int) -> JudgmentRow:
+def own_last(db: Session, project: Project, user: User, judgment_id: int) -> JudgmentRow:
+    """Judgment ``judgment_id`` if it is the user's last in the project, else 409."""
     row = last_judgment(db, project, user)
     if row is None or row.id != judgment_id:
         raise Conflict("only your last judgment can be changed, and this one is not (any more)")
     return row
 
 
-def edit_last(db: Session, project: Project, user: User, judgment_id: int,
-              verdict: dict[str, Any], reason: str | None) -> JudgmentRow:
-    """Replace the verdict (candidate ids) and reason of the user's last judgment."""
-    row = _own_last(db, project, user, judgment_id)
+def edit(db: Session, project: Project, row: JudgmentRow, verdict: dict[str, Any],
+         reason: str | None) -> None:
+    """Replace the verdict (candidate ids) and reason of a judgment (from ``own_last``)."""
     problem = verdict_problem(project.task, verdict, [c["id"] for c in row.item.candidates],
                               rating_scale=project.rating_scale)
     if problem is not None:
@@ -49,12 +49,10 @@ def edit_last(db: Session, project: Project, user: User, judgment_id: int,
     row.verdict = verdict
     row.reason = (reason or "").strip() or None
     db.flush()
-    return row
 
 
-def take_back_last(db: Session, project: Project, user: User, judgment_id: int) -> None:
-    """Delete the user's last judgment; its item goes back to the queue for others."""
-    row = _own_last(db, project, user, judgment_id)
+def take_back(db: Session, row: JudgmentRow) -> None:
+    """Delete a judgment (from ``own_last``); its item goes back to the queue for others."""
     assignment = db.get(Assignment, row.assignment_id)
     db.delete(row)
     assignment.status = "skipped"

@@ -213,14 +213,14 @@ def _edit_last_submit(request: Request, name: str, judgment_id: int, fields: dic
         check_csrf(request, fields.get("csrf_token"), session)
         rate_limit(request, "submit", str(user.id))
         project = projects.get_project(db, name)
+        row = revisions.own_last(db, project, user, judgment_id)
         if fields.get("action") == "take_back":
-            revisions.take_back_last(db, project, user, judgment_id)
+            revisions.take_back(db, row)
             return _redirect(f"/p/{project.name}/label?notice=taken_back")
-        row = revisions.last_judgment(db, project, user)
-        order = db.get(Assignment, row.assignment_id).order if row else []
         try:
-            verdict = _verdict_from_form(project, order, fields)
-            revisions.edit_last(db, project, user, judgment_id, verdict, fields.get("reason"))
+            order = db.get(Assignment, row.assignment_id).order
+            revisions.edit(db, project, row, _verdict_from_form(project, order, fields),
+                           fields.get("reason"))
         except Invalid as error:  # raised before anything is written
             return _edit_last_page(request, db, user, session, project, prefill=fields,
                                    error=str(error), status=422)
