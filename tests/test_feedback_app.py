@@ -99,8 +99,8 @@ def test_every_form_post_needs_the_csrf_token(app):
     posts = sorted({route.path for route in router.routes if "POST" in route.methods})
     assert posts == ["/admin/p/{name}/guidelines", "/admin/p/{name}/import", "/admin/projects",
                      "/admin/users", "/admin/users/{username}/token", "/login", "/logout",
-                     "/p/{name}/label/{assignment_id}"]
-    urls = {"/admin/p/{name}/guidelines": "/admin/p/p/guidelines",
+                     "/p/{name}/label/{assignment_id}", "/p/{name}/last/{judgment_id}"]
+    urls = {"/p/{name}/last/{judgment_id}": "/p/p/last/1","/admin/p/{name}/guidelines": "/admin/p/p/guidelines",
             "/admin/p/{name}/import": "/admin/p/p/import",
             "/admin/users/{username}/token": "/admin/users/ann/token",
             "/p/{name}/label/{assignment_id}": action}
@@ -108,6 +108,7 @@ def test_every_form_post_needs_the_csrf_token(app):
              "/admin/users": {"username": "eve", "role": "annotator", "password": "eve-password"},
              "/login": {"username": "ann", "password": "ann-password"},
              "/p/{name}/label/{assignment_id}": {"choice": "left"},
+             "/p/{name}/last/{judgment_id}": {"action": "take_back"},
              "/admin/p/{name}/guidelines": {"text": "new"}}
     files = {"/admin/p/{name}/import": {"file": ("x.jsonl", b"{}")}}
     for path in posts:
@@ -267,14 +268,16 @@ def test_quality_and_leaderboard_pages(app):
     for client in (ann, bob):  # both prefer the candidate of model-alpha on every item
         while 'id="judge"' in (page := client.get("/p/p/label").text):
             action = re.search(r'action="(/p/p/label/\d+)"', page).group(1)
-            left = re.search(r'<h2>A <small>left</small></h2>\s*<pre class="text">([^<]*)', page)
+            left = re.search(r'<h2>A <small class="side">left</small></h2>\s*'
+                             r'<div class="text markdown rendered"><p>([^<]*)', page)
             choice = "left" if left.group(1).startswith("&lt;script") else "right"
             client.post(action, data={"csrf_token": csrf_of(page), "choice": choice})
     quality = root.get("/admin/p/p/quality")
     assert quality.status_code == 200
     # two annotators agreeing on all three items: alpha is undefined for a single category, raw
     # agreement is 1
-    assert re.search(r"<th>raw_agreement</th><td>1.000</td>", quality.text)
+    assert re.search(r'<td class="raw">1.00</td>', quality.text)
+    assert "alpha is undefined: every verdict is the same" in quality.text
     board = root.get("/admin/p/p/leaderboard?bootstrap=20")
     assert board.status_code == 200
     names = re.findall(r"<td>(model-\w+)</td>", board.text)

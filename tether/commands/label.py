@@ -123,11 +123,12 @@ def _import(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from tether.feedback.app import projects
-    from tether.feedback.app.projects import export_rows
 
     with _session(args) as db:
-        rows = export_rows(db, projects.get_project(db, args.project), args.format,
-                           include_ai=not args.exclude_ai, include_gold=not args.exclude_gold)
+        result = projects.export_project(db, projects.get_project(db, args.project), args.format,
+                                         include_ai=not args.exclude_ai,
+                                         include_gold=not args.exclude_gold)
+    rows = result.rows
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -136,6 +137,7 @@ def _export(args: argparse.Namespace) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     tmp.replace(out)
     print(f"wrote {len(rows)} {args.format} rows to {out}")
+    print(result.summary())
 
 
 def _token(args: argparse.Namespace) -> None:

@@ -20,9 +20,7 @@ from tether.feedback.app.errors import Conflict, Invalid, NotFound
 from tether.feedback.app.models import (
     ROLES, ApiToken, Assignment, Guidelines, Item, JudgmentRow, Project, User, utcnow,
 )
-from tether.feedback.export import (
-    EXPORT_FORMATS, preference_pairs, raw_judgments, ranking_pairs,
-)
+from tether.feedback.export import EXPORT_FORMATS, Export, export
 from tether.feedback.records import FeedbackItem, Judgment, TaskKind
 from tether.feedback.verdicts import verdict_problem
 
@@ -268,18 +266,18 @@ def progress(db: Session, project: Project, now: datetime | None = None) -> dict
                            for a, s, n in per_annotator]}
 
 
+def export_project(db: Session, project: Project, fmt: str, *, include_ai: bool = True,
+                   include_gold: bool = True) -> Export:
+    """The project's judgments in one of ``export.EXPORT_FORMATS``, with what was left out."""
+    if fmt not in EXPORT_FORMATS:
+        raise Invalid(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    items, judgments = project_records(db, project)
+    return export(items, judgments, fmt, include_ai=include_ai, include_gold=include_gold)
+
+
 def export_rows(db: Session, project: Project, fmt: str, *, include_ai: bool = True,
                 include_gold: bool = True) -> list[dict[str, Any]]:
-    """The project's judgments in one of ``export.EXPORT_FORMATS``."""
-    items, judgments = project_records(db, project)
-    if fmt == "raw":
-        return raw_judgments(j for j in judgments if include_ai or j.source != "ai")
-    if fmt == "ranking":
-        return ranking_pairs(items, judgments, include_ai=include_ai, include_gold=include_gold)
-    if fmt in ("preference", "preference-chat"):
-        return preference_pairs(items, judgments, chat=fmt == "preference-chat",
-                                include_ai=include_ai, include_gold=include_gold)
-    raise Invalid(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    return export_project(db, project, fmt, include_ai=include_ai, include_gold=include_gold).rows
 
 
 def jsonl(rows: list[dict[str, Any]]) -> str:

@@ -18,14 +18,13 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from markdown_it import MarkdownIt
-from markupsafe import Markup
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tether.errors import DataValidationError, TetherError
 from tether.feedback.app import security
 from tether.feedback.app.db import make_engine, migrate, session_factory
+from tether.feedback.app.render import render_markdown
 from tether.feedback.app.models import LoginSession, User, utcnow
 
 HERE = Path(__file__).parent
@@ -55,13 +54,6 @@ class HTTPProblem(TetherError):
 
 class LoginRequired(TetherError):
     pass
-
-
-_markdown = MarkdownIt("commonmark", {"html": False})  # raw HTML in guidelines is shown as text
-
-
-def render_markdown(text: str) -> Markup:
-    return Markup(_markdown.render(text or ""))
 
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))  # autoescape on for .html

@@ -14,14 +14,16 @@ from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import delete, func, select
 
-from tether.errors import DataValidationError
-from tether.feedback.app import projects, queue, security
+from tether.errors import DataValidationError, TetherError
+from tether.feedback.app import projects, queue, revisions, security
+from tether.feedback.app.annotator_progress import annotator_progress
 from tether.feedback.app.errors import Invalid
+from tether.feedback.app.quality_view import quality_view
 from tether.feedback.app.projects import export_rows, jsonl
 from tether.feedback.app.models import (
     ROLES, Assignment, Item, JudgmentRow, LoginSession, Project, User,
 )
-from tether.feedback.export import EXPORT_FORMATS
+from tether.feedback.export import EXPORT_FORMATS, export
 from tether.feedback.app.server import (
     LOGIN_CSRF_COOKIE, SESSION_COOKIE, HTTPProblem, check_csrf, client_address,
     current_session, rate_limit, set_cookie, start_session, templates, transaction, web_user,
@@ -119,12 +121,19 @@ def _task_view(project: Project, assignment: Assignment) -> dict[str, Any]:
                            for i, cid in enumerate(assignment.order)]}
 
 
+# Fixed texts for the ?notice= of a redirect: the query never puts its own words on the page.
+NOTICES = {"edited": "Your last judgment was changed.",
+           "taken_back": "Your last judgment was taken back; the item goes to another annotator."}
+
+
 def _label_page(request: Request, db, user: User, session: LoginSession, project: Project,
                 error: str | None = None, status: int = 200):
     assignment = queue.lease_next(db, project, user)
     guidelines = projects.current_guidelines(db, project)
     context = {"user": user, "csrf": session.csrf_token, "project": project,
-               "guidelines": guidelines, "error": error}
+               "guidelines": guidelines, "error": error,
+               "notice": NOTICES.get(request.query_params.get("notice", "")),
+               "progress": annotator_progress(db, project, user)}
     if assignment is None:
         return _page(request, "done.html", context, status)
     context.update(assignment=assignment, view=_task_view(project, assignment))
@@ -161,17 +170,70 @@ def _label_submit(request: Request, name: str, assignment_id: int, fields: dict[
         if fields.get("action") == "skip":
             queue.skip(db, assignment, user)
             return _redirect(f"/p/{project.name}/label")
-        k = len(assignment.order)
         try:
-            verdict = queue.verdict_from_positions(
-                project.task, assignment.order, choice=fields.get("choice"),
-                ranks=[fields.get(f"rank_{i}", "") for i in range(k)],
-                ratings=[fields.get(f"rating_{i}", "") for i in range(k)],
-                not_rankable=fields.get("not_rankable") == "1")
+            verdict = _verdict_from_form(project, assignment.order, fields)
             queue.submit(db, assignment, user, verdict, reason=fields.get("reason"))
         except Invalid as error:  # raised before anything is written
             return _label_page(request, db, user, session, project, error=str(error), status=422)
     return _redirect(f"/p/{name}/label")
+
+
+def _edit_last_page(request: Request, db, user: User, session: LoginSession,
+                    project: Project, prefill: dict[str, Any] | None = None,
+                    error: str | None = None, status: int = 200):
+    row = revisions.last_judgment(db, project, user)
+    if row is None:
+        raise HTTPProblem(404, "you have no judgment in this project to change")
+    assignment = db.get(Assignment, row.assignment_id)
+    if prefill is None:
+        prefill = {**revisions.shown_values(row, assignment.order), "reason": row.reason}
+    return _page(request, "edit_last.html", {
+        "user": user, "csrf": session.csrf_token, "project": project, "judgment": row,
+        "view": _task_view(project, assignment), "prefill": prefill, "error": error,
+        "guidelines": projects.current_guidelines(db, project)}, status)
+
+
+@router.get("/p/{name}/last", response_class=HTMLResponse)
+def edit_last_page(request: Request, name: str):
+    with transaction(request) as db:
+        user, session = web_user(request, db)
+        return _edit_last_page(request, db, user, session, projects.get_project(db, name))
+
+
+@router.post("/p/{name}/last/{judgment_id}")
+async def edit_last_submit(request: Request, name: str, judgment_id: int):
+    form = await request.form()
+    fields = {key: value for key, value in form.items() if isinstance(value, str)}
+    return await _run_sync(_edit_last_submit, request, name, judgment_id, fields)
+
+
+def _edit_last_submit(request: Request, name: str, judgment_id: int, fields: dict[str, str]):
+    with transaction(request) as db:
+        user, session = web_user(request, db)
+        check_csrf(request, fields.get("csrf_token"), session)
+        rate_limit(request, "submit", str(user.id))
+        project = projects.get_project(db, name)
+        row = revisions.own_last(db, project, user, judgment_id)
+        if fields.get("action") == "take_back":
+            revisions.take_back(db, row)
+            return _redirect(f"/p/{project.name}/label?notice=taken_back")
+        try:
+            order = db.get(Assignment, row.assignment_id).order
+            revisions.edit(db, project, row, _verdict_from_form(project, order, fields),
+                           fields.get("reason"))
+        except Invalid as error:  # raised before anything is written
+            return _edit_last_page(request, db, user, session, project, prefill=fields,
+                                   error=str(error), status=422)
+    return _redirect(f"/p/{project.name}/label?notice=edited")
+
+
+def _verdict_from_form(project: Project, order: list[str], fields: dict[str, str]):
+    k = len(order)
+    return queue.verdict_from_positions(
+        project.task, order, choice=fields.get("choice"),
+        ranks=[fields.get(f"rank_{i}", "") for i in range(k)],
+        ratings=[fields.get(f"rating_{i}", "") for i in range(k)],
+        not_rankable=fields.get("not_rankable") == "1")
 
 
 @router.get("/p/{name}/guidelines", response_class=HTMLResponse)
@@ -287,9 +349,22 @@ def admin_project(request: Request, name: str, message: str | None = None):
             "user": user, "csrf": session.csrf_token, "project": project,
             "progress": projects.progress(db, project),
             "guidelines": projects.current_guidelines(db, project),
-            "formats": EXPORT_FORMATS, "message": message,
+            "formats": EXPORT_FORMATS, "exports": _export_summaries(db, project),
+            "message": message,
             "has_quality": _optional_module("agreement") is not None,
             "has_leaderboard": _optional_module("leaderboard") is not None})
+
+
+def _export_summaries(db, project: Project) -> dict[str, str]:
+    """Per format, what a download would hold and what it would leave out, and why."""
+    items, judgments = projects.project_records(db, project)
+    summaries = {}
+    for fmt in EXPORT_FORMATS:
+        try:
+            summaries[fmt] = export(items, judgments, fmt).summary()
+        except TetherError as error:  # e.g. chat prompts in a plain-text format
+            summaries[fmt] = f"cannot export: {error}"
+    return summaries
 
 
 @router.post("/admin/p/{name}/guidelines")
@@ -350,9 +425,9 @@ def admin_quality(request: Request, name: str):
             raise HTTPProblem(404, "the quality page needs tether.feedback.agreement")
         project = projects.get_project(db, name)
         items, judgments = projects.project_records(db, project)
-    report = agreement.quality_report(judgments, items)
+    report = quality_view(agreement.quality_report(judgments, items))
     return _page(request, "quality.html", {"user": user, "csrf": session.csrf_token,
-                                           "project": project, "report": report})
+                                           "project": project, "q": report})
 
 
 @router.get("/admin/p/{name}/leaderboard", response_class=HTMLResponse)
