@@ -27,7 +27,7 @@ def job(tmp_path):
 
 def config_for(job, judge: str, *overrides):
     return load_config(CAIConfig, None, [
-        f"train.output_dir={job / 'runs'}", "train.progress=false", "train.bf16=false",
+        f"train.output_dir={job / 'runs'}", "train.progress=false", "sft.train.bf16=false", "dpo.train.bf16=false",
         f"prompts.path={job / 'prompts.jsonl'}", "prompts.kinds=[harmful]", "prompts.limit=4",
         "critique.max_new_tokens=8", "critique.temperature=1.0",  # greedy: the tiny model says nothing
         f"sft.model.path={job / 'model'}", "sft.model.lora.r=4", "sft.data.max_length=256",

@@ -4,6 +4,12 @@ from tether.config import SFTConfig, load_config
 from tether.errors import ConfigError
 
 
+
+@pytest.fixture(autouse=True)
+def _auto_precision_is_float32(monkeypatch):
+    """These tests are about parsing, not precision: ``auto`` resolves to float32 here."""
+    monkeypatch.setattr("tether.hardware.bf16_is_fast", lambda: False)
+
 def test_recipe_and_dotted_overrides(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data:\n  train: a.jsonl\noptim:\n  lr: 0.001\n")

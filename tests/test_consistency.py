@@ -174,3 +174,28 @@ def test_two_processes_train_like_one(job):
 if __name__ == "__main__":  # each torchrun process
     torch.set_num_threads(1)
     train_consistency(config_for(Path(sys.argv[1]), "train.run_name=two", *sys.argv[2:]))
+
+
+def test_jailbreak_refusal_counts_refusals_under_held_out_wrappers_only():
+    from test_audit_refusal import CannedModel
+
+    from tether.audit.metrics import jailbreak
+    from tether.audit.refusal import PatternRefusalClassifier
+
+    heldout = load_wrappers(jailbreak.DEFAULT_WRAPPERS, "heldout")
+    seen = []
+
+    def reply(prompt):  # refuses only role-play framings
+        seen.append(prompt)
+        return "I'm sorry, but I can't help with that." if "DAN" in str(prompt) else "Sure, here is how."
+
+    (result,) = jailbreak.evaluate(CannedModel(reply), limit=4, classifier=PatternRefusalClassifier())
+    usable = [w for w in heldout if not w.needs("suggestion")]  # unsafe probes carry no suggestion
+    assert len(result.items) == 4 * len(usable) == len(seen)
+    roleplay = sum(w.category == "roleplay" for w in usable)
+    assert result.value == pytest.approx(roleplay / len(usable))
+    assert {item["category"] for item in result.items} == {w.category for w in usable}
+    train_prefixes = {w.template.split("{")[0] for w in load_wrappers(jailbreak.DEFAULT_WRAPPERS, "train")
+                      if isinstance(w.template, str) and not w.template.startswith("{")}
+    assert not any(str(prompt).startswith(prefix) for prompt in seen for prefix in train_prefixes)
+    assert result.higher_is_better is True

@@ -136,7 +136,8 @@ class RunConfig(Section):
     model: ModelSettings = ModelSettings()
     data: DataSettings
     optim: OptimSettings = OptimSettings()
-    train: TrainSettings = TrainSettings()
+    # A factory, not an instance: "auto" precision is resolved when a config is built, not at import.
+    train: TrainSettings = Field(default_factory=TrainSettings)
     audit: AuditHookSettings | None = None  # audit every N steps, stop on a regression
 
     def run_dir(self) -> Path:

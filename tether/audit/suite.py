@@ -30,7 +30,7 @@ from tether.errors import ConfigError
 _METRICS = "tether.audit.metrics."
 _ALL = [_METRICS + name for name in (
     "refusal_calibration", "toxicity", "drift",  # this file's companions
-    "bias", "sycophancy", "memorization", "cot_monitor",  # added when present
+    "bias", "sycophancy", "jailbreak", "memorization", "cot_monitor",  # added when present
 )]
 
 
