@@ -7,7 +7,8 @@ recipe fails at load time instead of silently training with a default.
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
+import warnings
+from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar
 
 import yaml
@@ -17,6 +18,7 @@ from tether.errors import ConfigError
 
 
 BUNDLED_PREFIX = "tether:"
+RECIPES_DIR = Path(__file__).parent / "recipes"  # `tether recipes list`
 
 
 def resolve_bundled(path: str) -> str:
@@ -67,6 +69,25 @@ class OptimSettings(Section):
     warmup_steps: int = Field(0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
 
+    @field_validator("lr")
+    @classmethod
+    def _warn_on_huge_lr(cls, value: float) -> float:
+        # Valid, but almost always a typo (3 for 3e-4): fine-tuning rates sit around 1e-6..1e-3.
+        if value > 1:
+            warnings.warn(f"optim.lr={value:g} is above 1; fine-tuning learning rates are usually "
+                          "1e-6 to 1e-3 (did you mean e.g. 3e-4?)", stacklevel=2)
+        return value
+
+
+def check_run_name(value: str) -> str:
+    """A run's folder is ``output_dir/run_name``: the name must stay inside ``output_dir`` (a
+    name like ``../../x`` or ``/tmp/x`` would write, and on a rerun delete, checkpoints elsewhere)."""
+    path = PurePath(value)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise ValueError("must be a folder name inside train.output_dir (not absolute, no '..', "
+                         "not empty); to write elsewhere, set train.output_dir")
+    return value
+
 
 class TrainSettings(Section):
     run_name: str = "run"
@@ -91,6 +112,8 @@ class TrainSettings(Section):
     # optimizer state), "auto" (fsdp when the training state would not fit half a GPU). One
     # process ignores it. See docs/scaling.md.
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
+
+    _run_name_stays_inside = field_validator("run_name")(check_run_name)
 
     @field_validator("bf16")
     @classmethod
@@ -258,45 +281,71 @@ def _fields_at(model_cls: type[BaseModel], path: tuple) -> list[str]:
     return list(cls.model_fields)
 
 
-def _explain(error: ValidationError, model_cls: type[BaseModel], source: str) -> ConfigError:
+def _explain(error: ValidationError, model_cls: type[BaseModel], recipe: Path | None,
+             overrides: list[str]) -> ConfigError:
+    """One line per problem, each saying where the bad value came from: a command line override
+    or the recipe file (a bad ``optim.lr=...`` typed on the command line is not the YAML's fault)."""
+    given = {tuple(parse_override(text)[0]): text for text in overrides}
     lines = []
     for item in error.errors():
         location = tuple(item["loc"])
         dotted = ".".join(str(p) for p in location)
+        if item["type"] == "missing":
+            lines.append(f"missing required key '{dotted}'")
+            continue
         if item["type"] == "extra_forbidden":
             valid = _fields_at(model_cls, location[:-1])
             close = difflib.get_close_matches(str(location[-1]), valid, n=1, cutoff=0.5)
             hint = f"; did you mean '{'.'.join([*map(str, location[:-1]), close[0]])}'?" if close else ""
-            lines.append(f"unknown key '{dotted}'{hint} (valid keys here: {', '.join(valid)})")
-        elif item["type"] == "missing":
-            lines.append(f"missing required key '{dotted}'")
+            problem = f"unknown key '{dotted}'{hint} (valid keys here: {', '.join(valid)})"
         else:
-            lines.append(f"'{dotted}': {item['msg']} (got {item.get('input')!r})" if dotted
-                         else item["msg"])
-    return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(lines))
+            message = item["msg"].removeprefix("Value error, ")
+            problem = f"'{dotted}': {message} (got {item.get('input')!r})" if dotted else message
+        lines.append(_origin(location, given, recipe) + problem)
+    return ConfigError("invalid config:\n  " + "\n  ".join(lines))
+
+
+def _origin(location: tuple, given: dict[tuple, str], recipe: Path | None) -> str:
+    """``"command line override a.b=c: "`` when an override set this key (or a section above
+    it, or a key below it), else ``"RECIPE: "``; empty for whole-config checks."""
+    keys = tuple(map(str, location))
+    for parts, text in given.items():
+        shared = min(len(parts), len(keys))
+        if keys and parts[:shared] == keys[:shared]:
+            return f"command line override {text}: "
+    return f"{recipe}: " if recipe is not None and keys else ""
 
 
 def load_config(model_cls: type[ConfigT], path: str | Path | None = None,
                 overrides: list[str] | None = None) -> ConfigT:
-    """Read a YAML recipe (optional), apply dotted overrides, validate into ``model_cls``."""
+    """Read a YAML recipe (optional), apply dotted overrides, validate into ``model_cls``.
+
+    ``path`` may name a recipe shipped with tether: ``tether:recipes/safety-dpo.yaml``.
+    """
     data: dict = {}
-    source = "(overrides)"
+    overrides = list(overrides or [])
     if path is not None:
-        path = Path(path)
+        path = Path(resolve_bundled(str(path)))
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {path}" + _bundled_hint(path))
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
-        source = str(path)
-    apply_overrides(data, overrides or [])
+    apply_overrides(data, overrides)
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
-        raise _explain(exc, model_cls, source) from None
+        raise _explain(exc, model_cls, path, overrides) from None
+
+
+def _bundled_hint(path: Path) -> str:
+    if path.parts[:1] == ("recipes",) or path.is_relative_to(RECIPES_DIR):
+        return (f" (the recipes shipped with tether are `tether recipes list`; name one as "
+                f"tether:recipes/{path.name})")
+    return ""
 
 
 def save_config(config: BaseModel, path: str | Path) -> None:
