@@ -1,7 +1,9 @@
 """The ``tether`` command.
 
-    tether train sft --config recipes/sft-demo.yaml optim.lr=1e-4 train.max_steps=20
-    tether train sft --config recipes/sft-demo.yaml --resume
+    tether recipes list      # the recipes shipped with tether; `tether recipes cp NAME DEST` copies one
+    tether train sft --config tether:recipes/sft-demo.yaml optim.lr=1e-4 train.max_steps=20
+    tether train sft --config tether:recipes/sft-demo.yaml --resume
+    tether train dpo --help  # every config key of an algorithm, with defaults (docs/config.md)
     tether train dpo --config recipes/safety-dpo.yaml dpo.beta=0.2
     tether train reward|ppo|rlhf|cai --config recipes/...yaml
     tether demo              # safety DPO on the bundled SmolLM2, before/after table
@@ -26,6 +28,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import tether.commands
+from tether import __version__
 from tether.errors import TetherError
 
 
@@ -37,6 +40,7 @@ def _command_modules() -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for module in _command_modules().values():
         module.register(commands)
