@@ -38,6 +38,17 @@ _JSON_ARRAY_PROBLEM = (
     "{path} > {stem}.jsonl")
 
 
+def _is_json_array_of_rows(data: bytes) -> bool:
+    data = data.removeprefix(codecs.BOM_UTF8).lstrip()
+    if not data.startswith(b"["):
+        return False
+    try:
+        rows = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(rows, list) and bool(rows) and all(isinstance(row, dict) for row in rows)
+
+
 def _jsonl_rows(path: Path) -> Iterator[Row]:
     """Rows of a JSONL file with 1-based line numbers. The file is read as bytes and decoded
     line by line, so a bad byte is reported on its own line instead of failing the whole read."""
@@ -46,7 +57,7 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
     except OSError as error:
         raise DataValidationError(f"cannot read the file: {error.strerror}",
                                   file=str(path)) from None
-    if data.removeprefix(codecs.BOM_UTF8).lstrip().startswith(b"["):
+    if _is_json_array_of_rows(data):
         raise DataValidationError(_JSON_ARRAY_PROBLEM.format(path=path, stem=path.with_suffix("")),
                                   file=str(path))
     for number, raw in enumerate(data.split(b"\n"), start=1):
