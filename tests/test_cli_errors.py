@@ -2,6 +2,8 @@
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -71,3 +73,15 @@ def test_a_run_name_that_leaves_the_output_dir(tmp_path, capsys):
     assert sft(tmp_path, "data.train=a.jsonl", "train.run_name=../../elsewhere") == 2
     assert "'train.run_name': must be a folder name inside train.output_dir" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_warnings_read_as_one_plain_line(tmp_path):
+    """A huge learning rate warns as `warning: ...` (no pydantic file and line), before the error."""
+    result = subprocess.run([sys.executable, "-m", "tether.cli", "train", "sft", "data.train=a.jsonl",
+                             "optim.lr=3", "train.run_name=../x", "train.bf16=false"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
+    assert lines[0] == ("warning: optim.lr=3 is above 1; fine-tuning learning rates are usually "
+                        "1e-6 to 1e-3 (did you mean e.g. 3e-4?)")
+    assert lines[1] == "error: invalid config:"

@@ -22,6 +22,7 @@ import importlib
 import os
 import pkgutil
 import sys
+import warnings
 
 # OpenMP threads that spin while waiting steal the core the other thread needs whenever the
 # machine is shared (measured: a SmolLM2 forward took 5-13 s instead of ~3 s). Set before torch loads.
@@ -47,9 +48,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    # tether warns the user with plain UserWarnings ("optim.lr=3 is above 1", "truncated 3 prompts");
+    # the file and line inside pydantic or tether that raised them mean nothing on a command line.
+    if category is UserWarning:
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub at run time
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    warnings.formatwarning = _format_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     modules = _command_modules()
     # A command that parses its own arguments (``tether audit --baseline ...``) gets them whole:
