@@ -213,8 +213,8 @@ def docs_page() -> str:
            "Every key of every `tether train` algorithm. Set them in a YAML recipe (sections as mappings) "
            "or on the command line as `section.key=value` (the value is read as YAML). "
            "`tether train ALGO --help` prints the same list for one algorithm. "
-           "A default of `\"auto\"` for `train.bf16` is resolved when the config loads "
-           "(on where bf16 autocast is fast: CUDA, or a CPU with AMX).", "",
+           "`train.bf16: \"auto\"` is resolved when the config loads: bf16 autocast is on where it "
+           "is fast (CUDA, or a CPU with AMX).", "",
            f"## Shared by {', '.join(runs)}", ""]
     out += _table([key for key in config_keys(RunConfig) if key.name.split(".")[0] in shared])
     for algorithm, cls in classes.items():
