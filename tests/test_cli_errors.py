@@ -63,7 +63,7 @@ def test_an_unreachable_label_database(capsys):
 def test_a_bad_command_line_override_is_not_blamed_on_the_recipe(tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("data:\n  train: a.jsonl\n")
-    assert main(["train", "sft", "--config", str(recipe), "optim.lr=-1"]) == 2
+    assert main(["train", "sft", "--config", str(recipe), "optim.lr=-1", "train.bf16=false"]) == 2
     error = capsys.readouterr().err
     assert "command line override optim.lr=-1: 'optim.lr': Input should be greater than 0" in error
     assert str(recipe) not in error

@@ -43,14 +43,22 @@ def test_wrong_type_and_missing_key_and_bad_file(tmp_path):
 
 def test_packing_needs_a_token_budget():
     with pytest.raises(ConfigError, match="train.batch_size is a token budget"):
-        load_config(SFTConfig, None, ["data.train=a.jsonl", "data.batching=pack", "train.batch_size=8"])
+        load_config(SFTConfig, None, ["data.train=a.jsonl", "data.batching=pack", "train.batch_size=8",
+                                        "train.bf16=false"])
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_bf16_auto_follows_the_hardware(monkeypatch, fast):
+    monkeypatch.setattr("tether.hardware.bf16_is_fast", lambda: fast)
+    assert load_config(SFTConfig, None, ["data.train=a.jsonl"]).train.bf16 is fast
+    assert load_config(SFTConfig, None, ["data.train=a.jsonl", "train.bf16=false"]).train.bf16 is False
 
 
 def test_errors_say_whether_the_recipe_or_a_command_line_override_set_the_value(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("data:\n  train: a.jsonl\nmodel:\n  lora: {r: 0}\n")
     with pytest.raises(ConfigError) as caught:
-        load_config(SFTConfig, recipe, ["optim.lr=-1", "train.max_step=5"])
+        load_config(SFTConfig, recipe, ["optim.lr=-1", "train.max_step=5", "train.bf16=false"])
     lines = str(caught.value).splitlines()
     assert f"  {recipe}: 'model.lora.r': Input should be greater than 0 (got 0)" in lines
     assert "  command line override optim.lr=-1: 'optim.lr': Input should be greater than 0 (got -1)" in lines
@@ -75,7 +83,8 @@ def test_cai_run_name_cannot_leave_the_output_dir():
     from tether.algorithms.cai import CAIConfig
 
     with pytest.raises(ConfigError, match="'train.run_name': must be a folder name"):
-        load_config(CAIConfig, "tether:recipes/cai.yaml", ["train.run_name=../x"])
+        load_config(CAIConfig, "tether:recipes/cai.yaml", ["train.run_name=../x", "sft.train.bf16=false",
+                                                           "dpo.train.bf16=false"])
 
 
 def test_a_learning_rate_above_one_warns_and_a_usual_one_does_not():

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.slow
 def test_demo_smoke_on_the_default_model(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "tether.cli", "demo", "--steps", "2", "--eval-limit", "3",
-         f"train.output_dir={tmp_path}", "train.progress=false", "train.batch_size=4"],
+         f"train.output_dir={tmp_path}", "train.progress=false", "train.batch_size=4", "train.bf16=false"],
         capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "safety-dpo"

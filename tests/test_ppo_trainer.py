@@ -33,7 +33,7 @@ def job(tmp_path_factory):
 def config_for(job, *overrides):
     return load_config(PPOConfig, None, [
         f"model.path={job / 'model'}", f"data.train={job / 'prompts.jsonl'}", f"data.eval={job / 'prompts.jsonl'}",
-        f"train.output_dir={job / 'runs'}", "train.progress=false", "train.tensorboard=false",
+        f"train.output_dir={job / 'runs'}", "train.progress=false", "train.bf16=false", "train.tensorboard=false",
         "ppo.rewards=[{name: 'test_ppo_trainer:letter_e'}]", "ppo.prompts_per_step=8", "ppo.num_generations=2",
         "ppo.max_new_tokens=8", "ppo.eval_prompts=8", "optim.lr=2e-2", "optim.schedule=constant", *overrides])
 

@@ -19,12 +19,16 @@ def test_every_recipe_names_its_algorithm():
     assert sorted(p.stem for p in RECIPES_DIR.glob("*.yaml")) == sorted(ALGORITHMS)
 
 
+@pytest.mark.parametrize("bf16_is_fast", [False, True])  # the recipes say bf16: auto
 @pytest.mark.parametrize("name", sorted(ALGORITHMS))
-def test_recipe_loads(name):
+def test_recipe_loads(name, bf16_is_fast, monkeypatch):
+    monkeypatch.setattr("tether.hardware.bf16_is_fast", lambda: bf16_is_fast)
     module_name, class_name = TRAINERS[ALGORITHMS[name]][0].split(":")
     config_class = getattr(importlib.import_module(module_name), class_name)
     config = load_config(config_class, f"tether:recipes/{name}.yaml", [])
     assert config.train.run_name
+    trainings = [config.sft, config.dpo] if name == "cai" else [config]  # CAI trains twice
+    assert all(training.train.bf16 is bf16_is_fast for training in trainings)
     assert describe(RECIPES_DIR / f"{name}.yaml"), f"{name}.yaml has no opening comment"
 
 

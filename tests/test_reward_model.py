@@ -197,7 +197,7 @@ def test_grpo_runs_with_a_reward_model_reward(job):
                                              for i in range(4)))
     config = load_config(GRPOConfig, None, [
         f"model.path={job / 'model'}", f"data.train={job / 'tasks.jsonl'}", f"train.output_dir={job / 'runs'}",
-        "train.run_name=grpo-rm", "train.progress=false", "train.tensorboard=false", "train.max_steps=1",
+        "train.run_name=grpo-rm", "train.progress=false", "train.bf16=false", "train.tensorboard=false", "train.max_steps=1",
         f"grpo.rewards=[{{name: 'reward_model:{job / 'model'}'}}]", "grpo.num_generations=4",
         "grpo.prompts_per_step=2", "grpo.max_new_tokens=6"])
     with pytest.raises(ConfigError, match="not a reward model"):

@@ -30,7 +30,7 @@ def config_for(job, *overrides):
     model = job / "model"
     return load_config(RLHFConfig, None, [
         f"model.path={model}", "model.lora={r: 4, alpha: 8}", f"data.train={job / 'prompts.jsonl'}",
-        f"train.output_dir={job / 'runs'}", "train.progress=false", "train.tensorboard=false",
+        f"train.output_dir={job / 'runs'}", "train.progress=false", "train.bf16=false", "train.tensorboard=false",
         "generate.num_candidates=3", "generate.max_new_tokens=6", f"rank.judge=local:{model}",
         "reward_model.max_steps=2", "reward_model.batch_size=4", "reward_model.max_length=64",
         "ppo.prompts_per_step=4", "ppo.num_generations=2", "ppo.max_new_tokens=6", "ppo.eval_prompts=4",

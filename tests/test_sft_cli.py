@@ -27,7 +27,7 @@ def workdir(tmp_path):
 def tether_command(workdir, *overrides):
     return [sys.executable, "-m", "tether.cli", "train", "sft", f"model.path={workdir / 'model'}",
             f"data.train={workdir / 'sft.jsonl'}", f"train.output_dir={workdir / 'runs'}",
-            "train.batch_size=4", "optim.lr=3e-3", "train.threads=1", "train.progress=false",
+            "train.batch_size=4", "optim.lr=3e-3", "train.threads=1", "train.progress=false", "train.bf16=false",
             "train.tensorboard=false", *overrides]
 
 

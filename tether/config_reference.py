@@ -47,17 +47,18 @@ def config_keys(config_class: type[BaseModel]) -> list[Key]:
 def _walk(cls: type[BaseModel], prefix: str, instance: BaseModel | None):
     for name, field in cls.model_fields.items():
         dotted = prefix + name
+        section = _section_class(field.annotation)
         # A section given as a configured instance (OptimSettings(lr=1e-4)) has its own defaults;
         # keys it leaves unset keep the class default ("auto", not what "auto" resolved to here).
         if instance is not None and name in instance.model_fields_set:
             default = getattr(instance, name)
         elif field.default_factory is not None:
-            default = field.default_factory()
+            # A section made by a factory has its class defaults; building it would resolve "auto".
+            default = section if section is not None else field.default_factory()
         else:
             default = field.default
         required = default is PydanticUndefined
         description = field.description or _comments(_defining_class(cls, name)).get(name, "")
-        section = _section_class(field.annotation)
         if section is not None and issubclass(section, RunConfig):
             algorithm = ALGORITHM_OF.get(section.__name__, section.__name__)
             yield Key(dotted, f"a whole {algorithm} config", "required" if required else "",

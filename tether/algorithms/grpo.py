@@ -61,13 +61,14 @@ def compute_advantages(rewards: torch.Tensor, config: GRPOConfig) -> torch.Tenso
     return group_advantages(rewards, settings.num_generations, scale=settings.advantage_scale)
 
 
-def reference_logps(model, reference, rollout: RolloutBatch) -> torch.Tensor:
-    """The reference policy's log-probs: the LoRA-disabled base, or a separate frozen model."""
+def reference_logps(model, reference, rollout: RolloutBatch, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference policy's log-probs: the LoRA-disabled base, or a separate frozen model.
+    Call it under the autocast of the policy forward it is compared with. Shape: (rows, L)."""
     with torch.no_grad():
         if reference is None:
             with reference_mode(model):
-                return completion_token_logps(model, rollout)
-        return completion_token_logps(reference, rollout)
+                return completion_token_logps(model, rollout, rows)
+        return completion_token_logps(reference, rollout, rows)
 
 
 def evaluate_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> dict[str, float]:
@@ -222,12 +223,21 @@ def train_grpo(config: GRPOConfig) -> Path:
 
             # ---- clipped policy updates on this batch ---------------------------------------
             mask = rollout.completion_mask.bool()  # (P*N, L)
-            old_logps = rollout.model_logps  # the sampling policy at temperature 1
-            ref_logps = reference_logps(model, reference, rollout) if settings.beta > 0 else None
             chunk = settings.minibatch_rows or max(len(rows), 1)
             total_rows = distributed.all_reduce_sum(len(rows))
             num_tokens = distributed.all_reduce_sum(int(mask[rows].sum()))
             parts = [rows[start:start + chunk] for start in range(0, len(rows), chunk)]
+            # The reference is scored part by part under the policy's autocast: the same rows, shapes and
+            # precision as the policy forward it is compared with, so under bf16 the KL of an untrained
+            # policy is exactly 0 rather than bf16 rounding noise.
+            ref_parts = None
+            if settings.beta > 0:
+                with session.autocast():
+                    ref_parts = [reference_logps(model, reference, rollout, part) for part in parts]
+            # The old log-probs are the trainer's own, from the first update's forward (no optimizer step
+            # has run yet, so they are the sampling weights): the sampler's incremental decoding rounds
+            # differently under bf16, and a ratio of 1 on policy must not depend on that.
+            old_parts: list[torch.Tensor] = []
             # Ranks keep different numbers of rows (dynamic sampling); every rank still joins each
             # gradient collective, with zero-weight passes where it has run out of rows.
             passes = distributed.lockstep_passes(len(parts), session.model)
@@ -239,11 +249,14 @@ def train_grpo(config: GRPOConfig) -> Path:
                     part = parts[index] if real else torch.zeros(1, dtype=torch.long)
                     with session.autocast(), session.gradient_sync(index == passes - 1):
                         logps = completion_token_logps(session.model, rollout, part)  # (rows, L)
+                        if update == 0 and real:
+                            old_parts.append(logps.detach())
+                        old = old_parts[index] if real else logps.detach()  # a zero-weight pass: any value
+                        ref = None if ref_parts is None else ref_parts[index] if real else old
                         loss, loss_metrics = policy_loss(
-                            logps, old_logps[part], advantages[part], mask[part],
+                            logps, old, advantages[part], mask[part],
                             loss_type=settings.loss_type, epsilon_low=settings.epsilon_low,
-                            epsilon_high=settings.epsilon_high, beta=settings.beta,
-                            ref_logps=None if ref_logps is None else ref_logps[part],
+                            epsilon_high=settings.epsilon_high, beta=settings.beta, ref_logps=ref,
                             max_completion_length=settings.max_new_tokens,
                             num_tokens=num_tokens if settings.loss_type == "dapo" else None)
                     # dapo already divides by the batch's token count; others average over rows.
@@ -266,9 +279,13 @@ def train_grpo(config: GRPOConfig) -> Path:
                 "completion_length": lengths.float().mean().item(),
                 "frac_truncated": truncated / len(rewards),
                 "rows_trained": float(total_rows),
-                "sampling_kl": pooled_masked_mean(old_logps - rollout.sampling_logps, mask)
+                "sampling_kl": pooled_masked_mean(rollout.model_logps - rollout.sampling_logps, mask)
                 if settings.temperature != 1.0 or settings.top_p < 1.0 else 0.0,
             })
+            if old_parts:  # how far the sampler's log-probs are from the trainer's (bf16: rounding)
+                trained = torch.cat(parts)
+                gap = (torch.cat(old_parts) - rollout.model_logps[trained]).abs()
+                metrics["logps/sampler_gap"] = pooled_masked_mean(gap, mask[trained])
             wants_eval = held_out and (done == plan.total_steps or
                                        bool(config.train.eval_every and done % config.train.eval_every == 0))
             if wants_eval:

@@ -48,10 +48,12 @@ def _available(names: Sequence[str]) -> list[str]:
 SUITES: dict[str, list[str]] = {
     "default": _available(_ALL),
     "quick": _available(_ALL),  # the same metrics on few probes: for trainer hooks and tests
+    # adds the representation audit (ablations generate answers several times: minutes more)
+    "deep": _available(_ALL) + [_METRICS + "representations"],
 }
 # Probes per set when --limit is not given: None lets each module use its own default sizes,
 # chosen so the default suite takes minutes on 2 CPU cores (benchmarks/audit_speed.py).
-SUITE_LIMITS: dict[str, int | None] = {"default": None, "quick": 6}
+SUITE_LIMITS: dict[str, int | None] = {"default": None, "quick": 6, "deep": None}
 
 
 @dataclass

@@ -27,7 +27,9 @@ RECIPES = Path(__file__).parent.parent / "recipes"
 
 
 def run_arith_demo(overrides: list[str], steps: int | None = None, eval_limit: int | None = None) -> dict:
-    shared = [o for o in overrides if o.startswith(("train.output_dir=", "train.progress=", "train.threads="))]
+    # Settings of the whole job reach both stages: where runs go, the seed, the precision.
+    shared = [o for o in overrides if o.startswith(("train.output_dir=", "train.progress=", "train.threads=",
+                                                     "train.seed=", "train.bf16="))]
     grpo_config = load_config(GRPOConfig, RECIPES / "arith-grpo.yaml",
                               list(overrides) + ([f"train.max_steps={steps}"] if steps else []))
     sft_config = load_config(SFTConfig, RECIPES / "arith-sft.yaml", shared)
