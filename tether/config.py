@@ -7,7 +7,8 @@ recipe fails at load time instead of silently training with a default.
 from __future__ import annotations
 
 import difflib
-from pathlib import Path
+import warnings
+from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar
 
 import yaml
@@ -17,6 +18,7 @@ from tether.errors import ConfigError
 
 
 BUNDLED_PREFIX = "tether:"
+RECIPES_DIR = Path(__file__).parent / "recipes"  # `tether recipes list`
 
 
 def resolve_bundled(path: str) -> str:
@@ -31,23 +33,23 @@ class Section(BaseModel):
 
 
 class LoraSettings(Section):
-    r: int = Field(16, gt=0)
-    alpha: int = Field(32, gt=0)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: str | list[str] = "all-linear"
+    r: int = Field(16, gt=0)  # adapter rank
+    alpha: int = Field(32, gt=0)  # scale: the adapter update is multiplied by alpha / r
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # dropout on the adapter input
+    target_modules: str | list[str] = "all-linear"  # module names, or every linear layer but lm_head
 
 
 class ModelSettings(Section):
-    path: str = "default"  # "default" is the bundled SmolLM2-135M-Instruct
-    lora: LoraSettings | None = None
+    path: str = "default"  # a local model or adapter folder; "default": the bundled SmolLM2-135M-Instruct
+    lora: LoraSettings | None = None  # set it to train a LoRA adapter instead of every weight
 
 
 class DataSettings(Section):
-    train: str
-    eval: str | None = None
-    max_length: int = Field(512, gt=8)
-    max_prompt_tokens: int | None = Field(None, gt=0)
-    truncation: Literal["error", "truncate_left", "drop"] = "error"
+    train: str  # a JSONL file (tether:resources/... names one shipped with tether)
+    eval: str | None = None  # held-out records, evaluated every train.eval_every steps and at the end
+    max_length: int = Field(512, gt=8)  # tokens per sequence (prompt + completion)
+    max_prompt_tokens: int | None = Field(None, gt=0)  # prompt budget; what data.truncation does past it
+    truncation: Literal["error", "truncate_left", "drop"] = "error"  # for prompts over max_prompt_tokens
     # "bucket" groups similar lengths to waste little padding; "pack" concatenates sequences
     # into one row with position ids restarting per sequence (padding-free).
     batching: Literal["bucket", "pack"] = "bucket"
@@ -59,31 +61,50 @@ class DataSettings(Section):
 
 
 class OptimSettings(Section):
-    lr: float = Field(2e-5, gt=0)
+    lr: float = Field(2e-5, gt=0)  # peak learning rate (AdamW)
     weight_decay: float = Field(0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_steps: int = Field(0, ge=0)
-    max_grad_norm: float | None = Field(1.0, gt=0)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW
+    eps: float = 1e-8  # AdamW
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"  # decay after warm-up
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up from 0
+    max_grad_norm: float | None = Field(1.0, gt=0)  # gradient clipping; None: no clipping
+
+    @field_validator("lr")
+    @classmethod
+    def _warn_on_huge_lr(cls, value: float) -> float:
+        # Valid, but almost always a typo (3 for 3e-4): fine-tuning rates sit around 1e-6..1e-3.
+        if value > 1:
+            warnings.warn(f"optim.lr={value:g} is above 1; fine-tuning learning rates are usually "
+                          "1e-6 to 1e-3 (did you mean e.g. 3e-4?)", stacklevel=2)
+        return value
+
+
+def check_run_name(value: str) -> str:
+    """A run's folder is ``output_dir/run_name``: the name must stay inside ``output_dir`` (a
+    name like ``../../x`` or ``/tmp/x`` would write, and on a rerun delete, checkpoints elsewhere)."""
+    path = PurePath(value)
+    if path.is_absolute() or ".." in path.parts or not path.parts:
+        raise ValueError("must be a folder name inside train.output_dir (not absolute, no '..', "
+                         "not empty); to write elsewhere, set train.output_dir")
+    return value
 
 
 class TrainSettings(Section):
-    run_name: str = "run"
+    run_name: str = "run"  # the run folder is output_dir/run_name
     output_dir: str = "runs"
-    seed: int = 0
+    seed: int = 0  # seeds data order, initialization and sampling
     max_steps: int | None = Field(None, gt=0)  # wins over epochs when set
-    epochs: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0)  # passes over data.train (fractions allowed)
     batch_size: int = Field(8, gt=0)  # sequences per micro-batch (a token budget when packing)
-    grad_accum: int = Field(1, gt=0)
+    grad_accum: int = Field(1, gt=0)  # micro-batches per optimizer step
     # bf16 autocast (weights stay float32). "auto": on when this machine's CPU/GPU runs bf16
     # fast (AMX); without AMX, CPU bf16 is emulated and slower than float32.
     bf16: bool | Literal["auto"] = Field("auto", validate_default=True)
-    log_every: int = Field(1, gt=0)
+    log_every: int = Field(1, gt=0)  # steps between metric lines
     save_every: int | None = Field(None, gt=0)  # None: only at the end
-    keep_last: int = Field(2, gt=0)
+    keep_last: int = Field(2, gt=0)  # checkpoints kept; older ones are deleted
     eval_every: int | None = Field(None, gt=0)  # None: evaluate only at the end
-    resume: bool = False
+    resume: bool = False  # continue from the newest checkpoint (`--resume`)
     progress: bool = True
     tensorboard: bool = True
     threads: int | None = Field(None, gt=0)  # torch intra-op threads; None keeps torch's default
@@ -91,6 +112,8 @@ class TrainSettings(Section):
     # optimizer state), "auto" (fsdp when the training state would not fit half a GPU). One
     # process ignores it. See docs/scaling.md.
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
+
+    _run_name_stays_inside = field_validator("run_name")(check_run_name)
 
     @field_validator("bf16")
     @classmethod
@@ -109,14 +132,14 @@ class AuditHookSettings(Section):
     every: int = Field(gt=0)
     # metric modules in tether.audit.metrics (refusal_calibration, drift, ...) or module:function
     metrics: list[str] = Field(default_factory=lambda: ["refusal_calibration"], min_length=1)
-    limit: int | None = Field(6, gt=0)
+    limit: int | None = Field(6, gt=0)  # probes per metric; None: all
     stop_on: str | None = None  # gates as in `tether audit --fail-on`, e.g. "over_refusal>+10pp"
     baseline: str | None = None  # JSON {metric: value}; default: measured on the starting model
     # End with the weights of the audited step (or the start) with the lowest (or highest) value
     # of this metric, among steps that pass the keep_best_unless gates (same syntax as stop_on).
     keep_best: str | None = None
-    keep_best_mode: Literal["min", "max"] = "min"
-    keep_best_unless: str | None = None
+    keep_best_mode: Literal["min", "max"] = "min"  # whether keep_best keeps the lowest or highest
+    keep_best_unless: str | None = None  # gates a step must pass to be kept
 
     @field_validator("stop_on", "keep_best_unless")
     @classmethod
@@ -154,10 +177,10 @@ class SFTConfig(RunConfig):
 
 
 class DPOSettings(Section):
-    beta: float = Field(0.1, gt=0)
-    loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = "sigmoid"
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
-    reference_free: bool = False
+    beta: float = Field(0.1, gt=0)  # strength of the pull toward the reference model
+    loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = "sigmoid"  # as in TRL
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # assumed share of flipped labels (cDPO, robust)
+    reference_free: bool = False  # compare the policy's log-probs alone, no reference model
     # Average log-probs over completion tokens instead of summing them (TRL's IPO does this).
     length_normalize: bool = False
     # RPO: add sft_weight * (NLL per chosen token), so chosen answers stay likely (0: plain DPO).
@@ -184,16 +207,16 @@ class GoldSettings(Section):
 
 
 class GRPOSettings(Section):
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "gspo"] = "grpo"
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "gspo"] = "grpo"  # how token losses are averaged (as in TRL)
     num_generations: int = Field(8, gt=1)  # completions per prompt (the group)
-    prompts_per_step: int = Field(4, gt=0)
-    max_new_tokens: int = Field(64, gt=0)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    stop: list[str] = []
+    prompts_per_step: int = Field(4, gt=0)  # prompts sampled per step
+    max_new_tokens: int = Field(64, gt=0)  # completion length limit
+    temperature: float = Field(1.0, gt=0)  # sampling temperature
+    top_p: float = Field(1.0, gt=0, le=1)  # nucleus sampling
+    stop: list[str] = []  # strings that end a completion
     updates_per_rollout: int = Field(1, gt=0)  # policy updates on each rollout batch (clipped)
     minibatch_rows: int | None = Field(None, gt=0)  # rows per backward pass; None: all at once
-    epsilon_low: float = Field(0.2, gt=0)
+    epsilon_low: float = Field(0.2, gt=0)  # policy ratio clip below 1
     epsilon_high: float | None = Field(None, gt=0)  # DAPO's clip-higher uses 0.28
     beta: float = Field(0.0, ge=0)  # KL-to-reference weight; 0 loads no reference model
     # "group": (r - mean) / std per group (GRPO); "none": r - mean (Dr. GRPO); "batch": batch std.
@@ -201,8 +224,10 @@ class GRPOSettings(Section):
     rloo: bool = False  # leave-one-out baseline instead of the group mean
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
     overlong_buffer: int | None = Field(None, ge=0)  # DAPO soft overlong penalty width, tokens
+    # reward functions summed with their weights: built-ins or "package.module:function"
     rewards: list[RewardSettings] = [RewardSettings(name="math_answer"),
                                      RewardSettings(name="think_answer_format", weight=0.5)]
+    # "score_failed": a sample whose reward function raises scores 0 (counted) instead of stopping the run
     on_reward_error: Literal["raise", "score_failed"] = "raise"
     eval_max_new_tokens: int | None = Field(None, gt=0)  # default: max_new_tokens
     gold: GoldSettings | None = None  # reward-hacking watch on data.eval
@@ -259,45 +284,71 @@ def _fields_at(model_cls: type[BaseModel], path: tuple) -> list[str]:
     return list(cls.model_fields)
 
 
-def _explain(error: ValidationError, model_cls: type[BaseModel], source: str) -> ConfigError:
+def _explain(error: ValidationError, model_cls: type[BaseModel], recipe: Path | None,
+             overrides: list[str]) -> ConfigError:
+    """One line per problem, each saying where the bad value came from: a command line override
+    or the recipe file (a bad ``optim.lr=...`` typed on the command line is not the YAML's fault)."""
+    given = {tuple(parse_override(text)[0]): text for text in overrides}
     lines = []
     for item in error.errors():
         location = tuple(item["loc"])
         dotted = ".".join(str(p) for p in location)
+        if item["type"] == "missing":
+            lines.append(f"missing required key '{dotted}'")
+            continue
         if item["type"] == "extra_forbidden":
             valid = _fields_at(model_cls, location[:-1])
             close = difflib.get_close_matches(str(location[-1]), valid, n=1, cutoff=0.5)
             hint = f"; did you mean '{'.'.join([*map(str, location[:-1]), close[0]])}'?" if close else ""
-            lines.append(f"unknown key '{dotted}'{hint} (valid keys here: {', '.join(valid)})")
-        elif item["type"] == "missing":
-            lines.append(f"missing required key '{dotted}'")
+            problem = f"unknown key '{dotted}'{hint} (valid keys here: {', '.join(valid)})"
         else:
-            lines.append(f"'{dotted}': {item['msg']} (got {item.get('input')!r})" if dotted
-                         else item["msg"])
-    return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(lines))
+            message = item["msg"].removeprefix("Value error, ")
+            problem = f"'{dotted}': {message} (got {item.get('input')!r})" if dotted else message
+        lines.append(_origin(location, given, recipe) + problem)
+    return ConfigError("invalid config:\n  " + "\n  ".join(lines))
+
+
+def _origin(location: tuple, given: dict[tuple, str], recipe: Path | None) -> str:
+    """``"command line override a.b=c: "`` when an override set this key (or a section above
+    it, or a key below it), else ``"RECIPE: "``; empty for whole-config checks."""
+    keys = tuple(map(str, location))
+    for parts, text in given.items():
+        shared = min(len(parts), len(keys))
+        if keys and parts[:shared] == keys[:shared]:
+            return f"command line override {text}: "
+    return f"{recipe}: " if recipe is not None and keys else ""
 
 
 def load_config(model_cls: type[ConfigT], path: str | Path | None = None,
                 overrides: list[str] | None = None) -> ConfigT:
-    """Read a YAML recipe (optional), apply dotted overrides, validate into ``model_cls``."""
+    """Read a YAML recipe (optional), apply dotted overrides, validate into ``model_cls``.
+
+    ``path`` may name a recipe shipped with tether: ``tether:recipes/safety-dpo.yaml``.
+    """
     data: dict = {}
-    source = "(overrides)"
+    overrides = list(overrides or [])
     if path is not None:
-        path = Path(path)
+        path = Path(resolve_bundled(str(path)))
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {path}" + _bundled_hint(path))
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
-        source = str(path)
-    apply_overrides(data, overrides or [])
+    apply_overrides(data, overrides)
     try:
         return model_cls.model_validate(data)
     except ValidationError as exc:
-        raise _explain(exc, model_cls, source) from None
+        raise _explain(exc, model_cls, path, overrides) from None
+
+
+def _bundled_hint(path: Path) -> str:
+    if path.parts[:1] == ("recipes",) or path.is_relative_to(RECIPES_DIR):
+        return (f" (the recipes shipped with tether are `tether recipes list`; name one as "
+                f"tether:recipes/{path.name})")
+    return ""
 
 
 def save_config(config: BaseModel, path: str | Path) -> None:

@@ -42,7 +42,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from tether.audit.refusal import is_refusal
-from tether.config import DPOConfig, SFTConfig, Section, resolve_bundled, save_config
+from tether.config import (DPOConfig, SFTConfig, Section, check_run_name, resolve_bundled,
+                           save_config)
 from tether.engine import console, distributed, latest_checkpoint
 from tether.errors import ConfigError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION, Constitution, load_constitution
@@ -70,6 +71,8 @@ class CAIRunSettings(Section):
     threads: int | None = Field(None, gt=0)
     # `tether train cai --resume` sets this; finished stages are skipped either way.
     resume: bool = False
+
+    _run_name_stays_inside = field_validator("run_name")(check_run_name)
 
 
 class PromptSettings(Section):

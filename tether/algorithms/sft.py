@@ -1,6 +1,6 @@
 """Supervised fine-tuning: next-token loss on completion tokens only.
 
-    tether train sft --config recipes/sft-demo.yaml optim.lr=1e-4
+    tether train sft --config tether:recipes/sft-demo.yaml optim.lr=1e-4
 """
 
 from __future__ import annotations

@@ -20,16 +20,22 @@ from tether.feedback.export import EXPORT_FORMATS
 
 
 def _engine(args: argparse.Namespace, *, init: bool = False):
+    from sqlalchemy.exc import OperationalError
+
     from tether.feedback.app.db import is_initialized, make_engine, migrate
 
     engine = make_engine(args.db)
-    if init:
-        migrate(engine)
-    elif not is_initialized(engine):
-        raise ConfigError(f"database {engine.url.render_as_string(hide_password=True)} has no "
-                          f"tether label schema; run `tether label init --db ...` first")
-    else:
-        migrate(engine)  # apply migrations shipped by a newer tether
+    try:
+        if init:
+            migrate(engine)
+        elif not is_initialized(engine):
+            raise ConfigError(f"database {engine.url.render_as_string(hide_password=True)} has no "
+                              f"tether label schema; run `tether label init --db ...` first")
+        else:
+            migrate(engine)  # apply migrations shipped by a newer tether
+    except OperationalError as error:  # server down, wrong password, unwritable file, ...
+        raise ConfigError(f"cannot open the database "
+                          f"{engine.url.render_as_string(hide_password=True)}: {error.orig}") from None
     return engine
 
 

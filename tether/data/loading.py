@@ -31,6 +31,24 @@ TRUNCATIONS = ("error", "truncate_left", "drop")
 Row = tuple[Location, Any, DataValidationError | None]
 
 
+# A file saved with json.dump(rows) instead of one json.dumps(row) per line: say so, and how to convert.
+_JSON_ARRAY_PROBLEM = (
+    "the file holds a JSON array ([{{...}}, ...]), not JSONL (one JSON object per line). Convert it "
+    "with: python -c \"import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]\" "
+    "{path} > {stem}.jsonl")
+
+
+def _is_json_array_of_rows(data: bytes) -> bool:
+    data = data.removeprefix(codecs.BOM_UTF8).lstrip()
+    if not data.startswith(b"["):
+        return False
+    try:
+        rows = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(rows, list) and bool(rows) and all(isinstance(row, dict) for row in rows)
+
+
 def _jsonl_rows(path: Path) -> Iterator[Row]:
     """Rows of a JSONL file with 1-based line numbers. The file is read as bytes and decoded
     line by line, so a bad byte is reported on its own line instead of failing the whole read."""
@@ -39,6 +57,9 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
     except OSError as error:
         raise DataValidationError(f"cannot read the file: {error.strerror}",
                                   file=str(path)) from None
+    if _is_json_array_of_rows(data):
+        raise DataValidationError(_JSON_ARRAY_PROBLEM.format(path=path, stem=path.with_suffix("")),
+                                  file=str(path))
     for number, raw in enumerate(data.split(b"\n"), start=1):
         location = Location(str(path), number)
         if number == 1 and raw.startswith(codecs.BOM_UTF8):

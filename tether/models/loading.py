@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedModel,
                           PreTrainedTokenizerBase)
+from transformers.utils import (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME,
+                                WEIGHTS_NAME)
 from transformers.utils import logging as hf_logging
 
 from tether.errors import ModelNotFoundError, TetherError
@@ -119,8 +121,26 @@ def resolve_model_path(name: str) -> Path:
         return default_model_dir()
     path = Path(name).expanduser()
     if path.is_dir():
+        _require_weights(path)
         return path
     raise ModelNotFoundError(_not_found_message(name, path))
+
+
+# What from_pretrained reads, one file or a shard index (TensorFlow / Flax weights it cannot load).
+WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+
+
+def _require_weights(path: Path) -> None:
+    """A folder with config.json but no weight file (a half-finished copy or download) would
+    otherwise fail deep inside transformers with an OSError traceback."""
+    if not (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        return
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        present = sorted(child.name for child in path.iterdir())
+        shown = ", ".join(present[:10]) + (", ..." if len(present) > 10 else "")
+        raise ModelNotFoundError(
+            f"{path} has config.json but no model weights ({' or '.join(WEIGHT_FILES)}); it holds "
+            f"only: {shown}. Copy the weight files into it, or pass the folder that has them.")
 
 
 def _require_config(path: Path) -> None:
