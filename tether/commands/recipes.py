@@ -17,7 +17,7 @@ from tether.errors import ConfigError
 
 
 # recipe -> the `tether train` algorithm it is for (tests/test_recipes.py: every recipe is here).
-ALGORITHMS = {"arith-grpo": "grpo", "arith-sft": "sft", "cai": "cai", "reward-model": "reward",
+ALGORITHMS = {"arith-grpo": "grpo", "arith-sft": "sft", "cai": "cai", "consistency": "consistency", "reward-model": "reward",
               "rlhf-ppo": "rlhf", "safety-dpo": "dpo", "sft-demo": "sft"}
 
 

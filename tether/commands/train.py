@@ -24,7 +24,8 @@ SUMMARIES = {"sft": "supervised fine-tuning on prompt/completion or chat records
              "reward": "a Bradley-Terry reward model on preference pairs or rankings",
              "ppo": "PPO with a value head against reward functions or a reward model",
              "rlhf": "generate, rank, train a reward model, then PPO, in one run folder",
-             "cai": "constitutional AI: critique, revision, SFT, AI judge, DPO"}
+             "cai": "constitutional AI: critique, revision, SFT, AI judge, DPO",
+             "consistency": "consistency training (BCT, ACT): answer wrapped prompts as the clean ones"}
 
 
 def _train(args: argparse.Namespace) -> None:
