@@ -97,6 +97,42 @@ def test_dataset_source_reports_row_index():
     assert records[0].location == Location("<dataset>", 0)
 
 
+CHAT_PREFERENCE = {"prompt": [{"role": "user", "content": "Capital of France?"}],
+                   "chosen": [{"role": "assistant", "content": "Paris."}],
+                   "rejected": [{"role": "assistant", "content": "Lyon."}]}
+
+
+@pytest.mark.parametrize("form", ["parquet", "save_to_disk"])
+def test_parquet_files_and_saved_datasets_load_like_jsonl(tmp_path, form):
+    dataset = datasets.Dataset.from_list([CHAT_PREFERENCE, {**CHAT_PREFERENCE, "rejected": None}])
+    path = tmp_path / ("prefs.parquet" if form == "parquet" else "prefs")
+    dataset.to_parquet(str(path)) if form == "parquet" else dataset.save_to_disk(str(path))
+    assert problems(path, "preference") == [f"{path}:1: field 'rejected': missing required field"]
+    dataset.select([0]).to_parquet(str(tmp_path / "one.parquet"))
+    dataset.select([0]).save_to_disk(str(tmp_path / "one"))
+    for source in (tmp_path / "one.parquet", str(tmp_path / "one")):
+        (record,) = load_records(source, "preference")
+        assert (record.prompt, record.chosen, record.rejected) == (
+            CHAT_PREFERENCE["prompt"], CHAT_PREFERENCE["chosen"], CHAT_PREFERENCE["rejected"])
+        assert record.location == Location(str(source), 0)
+
+
+def test_a_saved_dataset_dict_asks_for_one_split(tmp_path):
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([SFT])}).save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(DataValidationError, match="holds the splits train; name one folder"):
+        load_records(tmp_path / "d", "sft")
+    assert len(load_records(tmp_path / "d" / "train", "sft")) == 1
+
+
+def test_a_broken_parquet_file_and_a_folder_that_is_not_a_dataset(tmp_path):
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    with pytest.raises(DataValidationError, match="cannot read the parquet file"):
+        load_records(tmp_path / "bad.parquet", "sft")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataValidationError, match="not a dataset saved with datasets' save_to_disk"):
+        load_records(tmp_path / "empty", "sft")
+
+
 # ---------------------------------------------------------------- one test per problem
 
 

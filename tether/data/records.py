@@ -34,8 +34,8 @@ Completion = str | list[Message]
 
 @dataclass(frozen=True)
 class Location:
-    """Where a record came from: a JSONL file and its 1-based line, or `<dataset>`/`<list>` and the
-    0-based row index (so `dataset[line]` is the row)."""
+    """Where a record came from: a JSONL file and its 1-based line; or a parquet file, a
+    `save_to_disk` folder, `<dataset>` or `<list>` and the 0-based row index (`dataset[line]`)."""
 
     file: str
     line: int
