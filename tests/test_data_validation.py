@@ -367,3 +367,34 @@ def test_seeded_subset_draws_across_the_file_in_order():
     assert len(set(subset)) == 20 and subset == sorted(subset, key=rows.index)  # file order kept
     assert any(r.startswith("benign") for r in subset) and any(r.startswith("harmful") for r in subset)
     assert seeded_subset(rows, None, seed=0) == rows == seeded_subset(rows, 500, seed=0)
+
+
+# ---------------------------------------------------------------- TRL's implicit prompt
+
+def test_implicit_prompt_preference_takes_the_shared_messages_as_the_prompt():
+    system = {"role": "system", "content": "Be brief."}
+    user = {"role": "user", "content": "What color is the sky?"}
+    row = {"chosen": [system, user, {"role": "assistant", "content": "It is blue."}],
+           "rejected": [system, user, {"role": "assistant", "content": "It is green."}]}
+    (record,) = load_records([row], "preference")
+    assert record.prompt == [system, user]
+    assert record.chosen == [{"role": "assistant", "content": "It is blue."}]
+    assert record.rejected == [{"role": "assistant", "content": "It is green."}]
+
+
+def test_implicit_prompt_problems_are_named():
+    user = {"role": "user", "content": "Hi"}
+    other_user = {"role": "user", "content": "Hello"}
+    reply = {"role": "assistant", "content": "Hey."}
+    rows = [{"chosen": [user, reply], "rejected": [other_user, reply]},  # nothing shared
+            {"chosen": [user, reply], "rejected": [user, reply]},  # nothing after the prompt
+            {"chosen": [user, reply, other_user, reply], "rejected": [user, reply, user, reply]}]
+    assert problems(rows, "preference") == [
+        "<list>:0: field 'prompt': missing required field (chosen and rejected share no first "
+        "message to take as the prompt)",
+        "<list>:1: field 'chosen': has no messages after the prompt it shares with the other answer",
+        "<list>:1: field 'rejected': has no messages after the prompt it shares with the other answer",
+        "<list>:2: field 'chosen': after the prompt it shares with the other answer, only assistant "
+        "messages may follow",
+        "<list>:2: field 'rejected': after the prompt it shares with the other answer, only "
+        "assistant messages may follow"]

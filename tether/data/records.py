@@ -4,8 +4,10 @@ Field names follow TRL's dataset formats so users can bring data unchanged:
 
 | kind         | fields                                                         |
 |--------------|----------------------------------------------------------------|
-| `sft`        | `prompt` + `completion` strings, or `messages` (a chat)         |
+| `sft`        | `prompt` + `completion` strings, `messages` (a chat), or `text` |
 | `preference` | `prompt` + `chosen` + `rejected`, plain text or conversational  |
+|              | or only `chosen` + `rejected` as whole conversations (TRL's     |
+|              | implicit prompt: their shared first messages are the prompt)    |
 | `ranking`    | `prompt` + `responses` (K strings) + `ranks` (K ints, 1 = best) |
 | `verifiable` | `prompt` + `answer`; every other column kept in `extras`        |
 

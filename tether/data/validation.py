@@ -158,10 +158,45 @@ def _sft(row: dict, record_id: str | None, out: _Problems) -> SFTRecord | None:
     return SFTRecord(prompt=prompt, completion=completion, id=record_id, location=out.location)
 
 
+def _implicit_prompt(row: dict, out: _Problems) -> tuple[list[Message], list[Message], list[Message]] | None:
+    """TRL's implicit prompt (`trl.extract_prompt`): `chosen` and `rejected` are whole
+    conversations; the messages they share from the start are the prompt, and what follows in
+    each (assistant messages only) is its answer."""
+    chosen = _messages(row["chosen"], "chosen", out)
+    rejected = _messages(row["rejected"], "rejected", out)
+    if chosen is None or rejected is None:
+        return None
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        out.add("prompt", "missing required field (chosen and rejected share no first message "
+                          "to take as the prompt)")
+        return None
+    answers = {"chosen": chosen[shared:], "rejected": rejected[shared:]}
+    before = len(out.items)
+    for field, answer in answers.items():
+        if not answer:
+            out.add(field, "has no messages after the prompt it shares with the other answer")
+        elif any(m["role"] != "assistant" for m in answer):
+            out.add(field, "after the prompt it shares with the other answer, only assistant "
+                           "messages may follow")
+    if len(out.items) != before:
+        return None
+    return chosen[:shared], answers["chosen"], answers["rejected"]
+
+
 def _preference(row: dict, record_id: str | None, out: _Problems) -> PreferenceRecord | None:
-    prompt = _prompt(row.get("prompt"), out)
-    chosen = _completion(row.get("chosen"), "chosen", row.get("prompt"), out)
-    rejected = _completion(row.get("rejected"), "rejected", row.get("prompt"), out)
+    if (row.get("prompt") is None and isinstance(row.get("chosen"), list)
+            and isinstance(row.get("rejected"), list)):
+        split = _implicit_prompt(row, out)
+        if split is None:
+            return None
+        prompt, chosen, rejected = split
+    else:
+        prompt = _prompt(row.get("prompt"), out)
+        chosen = _completion(row.get("chosen"), "chosen", row.get("prompt"), out)
+        rejected = _completion(row.get("rejected"), "rejected", row.get("prompt"), out)
     if prompt is None or chosen is None or rejected is None:
         return None
     if _normalized(chosen) == _normalized(rejected):
