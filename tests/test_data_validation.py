@@ -398,3 +398,11 @@ def test_implicit_prompt_problems_are_named():
         "messages may follow",
         "<list>:2: field 'rejected': after the prompt it shares with the other answer, only "
         "assistant messages may follow"]
+
+
+def test_sft_text_rows_and_mixed_forms():
+    (record,) = load_records([{"text": "The sky is blue."}], "sft")
+    assert record == SFTRecord(text="The sky is blue.", location=Location("<list>", 0))
+    assert problems([{"text": "x", "prompt": "p", "completion": "c"}, {"text": "  "}], "sft") == [
+        "<list>:0: field 'text': give one of 'text', 'messages' or 'prompt' + 'completion', not several",
+        "<list>:1: field 'text': must not be empty or whitespace-only"]

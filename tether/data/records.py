@@ -48,14 +48,16 @@ class Location:
 
 @dataclass(frozen=True)
 class SFTRecord:
-    """Supervised fine-tuning: either `prompt` + `completion`, or a chat in `messages`.
+    """Supervised fine-tuning: `prompt` + `completion`, a chat in `messages`, or plain `text`.
 
-    With `messages`, the loss covers the assistant turns only.
+    With `messages`, the loss covers the assistant turns only; with `text` (TRL's language-modeling
+    rows) it covers every token.
     """
 
     prompt: str | None = None
     completion: str | None = None
     messages: list[Message] | None = None
+    text: str | None = None
     id: str | None = None
     location: Location | None = None
 

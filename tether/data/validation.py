@@ -136,10 +136,16 @@ def _record_id(row: dict, out: _Problems) -> str | None:
 
 
 def _sft(row: dict, record_id: str | None, out: _Problems) -> SFTRecord | None:
+    forms = [name for name in ("text", "messages") if row.get(name) is not None]
+    if row.get("prompt") is not None or row.get("completion") is not None:
+        forms.append("prompt")
+    if len(forms) > 1:
+        out.add(forms[0], "give one of 'text', 'messages' or 'prompt' + 'completion', not several")
+        return None
+    if row.get("text") is not None:
+        text = _text(row["text"], "text", out)
+        return None if text is None else SFTRecord(text=text, id=record_id, location=out.location)
     if row.get("messages") is not None:
-        if row.get("prompt") is not None or row.get("completion") is not None:
-            out.add("messages", "give either 'messages' or 'prompt' + 'completion', not both")
-            return None
         messages = _messages(row["messages"], "messages", out)
         if messages is None:
             return None
