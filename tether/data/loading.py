@@ -175,7 +175,7 @@ def load_records(source: str | Path | Any, kind: str, *, tokenizer: Any = None,
     """Read and validate every record of `source` (a JSONL or parquet path, a `save_to_disk`
     folder, a `datasets.Dataset`, a list of dicts: see `read_rows`).
 
-    `kind` is "sft", "preference", "ranking" or "verifiable". Rankings come back expanded into
+    `kind` is "sft", "preference", "ranking", "verifiable" or "prompt". Rankings come back expanded into
     `PreferenceRecord` pairs sharing the ranking's `group_id` (tied pairs skipped).
 
     Prompts longer than `max_prompt_tokens` (counted with `tokenizer`, chat template included)

@@ -10,6 +10,7 @@ Field names follow TRL's dataset formats so users can bring data unchanged:
 |              | implicit prompt: their shared first messages are the prompt)    |
 | `ranking`    | `prompt` + `responses` (K strings) + `ranks` (K ints, 1 = best) |
 | `verifiable` | `prompt` + `answer`; every other column kept in `extras`        |
+| `prompt`     | `prompt` (TRL's prompt-only rows); `answer` optional, as above  |
 
 A conversational prompt is a list of `{"role", "content"}` messages; its `chosen`/`rejected` are
 strings or lists of assistant messages. Every record keeps an optional `id` and the `Location` it
@@ -91,11 +92,12 @@ class RankingRecord:
 
 @dataclass(frozen=True)
 class VerifiableRecord:
-    """A prompt with a checkable answer. `extras` holds the other columns, passed to reward
-    functions as keyword arguments (TRL's `reward_func(prompts, completions, **columns)`)."""
+    """A prompt with a checkable answer (None in prompt-only data, kind `prompt`). `extras` holds
+    the other columns, passed to reward functions as keyword arguments (TRL's
+    `reward_func(prompts, completions, **columns)`)."""
 
     prompt: Prompt
-    answer: str
+    answer: str | None
     extras: dict[str, Any] = field(default_factory=dict)
     id: str | None = None
     location: Location | None = None

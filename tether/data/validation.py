@@ -15,7 +15,7 @@ from tether.data.records import (
 )
 from tether.errors import DataValidationError
 
-KINDS = ("sft", "preference", "ranking", "verifiable")
+KINDS = ("sft", "preference", "ranking", "verifiable", "prompt")
 MISSING = "missing required field"
 EMPTY = "must not be empty or whitespace-only"
 
@@ -254,21 +254,30 @@ def _ranking(row: dict, record_id: str | None, out: _Problems) -> RankingRecord 
                          id=record_id, location=out.location)
 
 
-def _verifiable(row: dict, record_id: str | None, out: _Problems) -> VerifiableRecord | None:
+def _verifiable(row: dict, record_id: str | None, out: _Problems, *, needs_answer: bool = True
+                ) -> VerifiableRecord | None:
     prompt = _prompt(row.get("prompt"), out)
     answer = row.get("answer")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)  # `"answer": 42` is as checkable as `"answer": "42"`
-    answer = _text(answer, "answer", out)
-    if prompt is None or answer is None:
+    if answer is not None or needs_answer:
+        answer = _text(answer, "answer", out)
+        if answer is None:
+            return None
+    if prompt is None:
         return None
     extras = {k: v for k, v in row.items() if k not in ("id", "prompt", "answer")}
     return VerifiableRecord(prompt=prompt, answer=answer, extras=extras, id=record_id,
                             location=out.location)
 
 
+def _prompt_only(row: dict, record_id: str | None, out: _Problems) -> VerifiableRecord | None:
+    """TRL's prompt-only rows (GRPO, PPO): `prompt` plus any columns; `answer` is optional."""
+    return _verifiable(row, record_id, out, needs_answer=False)
+
+
 _CHECKS = {"sft": _sft, "preference": _preference, "ranking": _ranking,
-           "verifiable": _verifiable}
+           "verifiable": _verifiable, "prompt": _prompt_only}
 
 
 def validate_row(row: Any, kind: str, location: Location
@@ -276,7 +285,8 @@ def validate_row(row: Any, kind: str, location: Location
     """Turn one raw row into a record of `kind`, or report every problem it has.
 
     Returns `(record, [])` when the row is valid and `(None, problems)` otherwise.
-    Columns a kind does not use are ignored, except for `verifiable`, which keeps them.
+    Columns a kind does not use are ignored, except for `verifiable` and `prompt`, which keep
+    them for reward functions.
     """
     out = _Problems(location)
     if not isinstance(row, dict):

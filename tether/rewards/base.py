@@ -96,6 +96,29 @@ def call_reward(fn: RewardFn, prompts: list, completions: list, columns: dict[st
     return fn(prompts=prompts, completions=completions, **columns)
 
 
+def required_columns(fn: RewardFn) -> list[str]:
+    """The dataset columns a reward cannot run without: its parameters that have no default,
+    besides prompts and completions (the first two when it names neither)."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # no signature to read: nothing to check
+        return []
+    named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not {"prompts", "completions"} & {p.name for p in named}:
+        named = named[2:]  # prompts and completions arrive by position (see call_reward)
+    return [p.name for p in named if p.default is p.empty and p.name not in ("prompts", "completions")]
+
+
+def check_reward_columns(specs: Sequence[RewardSpec], columns: Sequence[str], source: str) -> None:
+    """Raise ConfigError before training when a reward needs a column ``source`` does not have
+    (``math_answer`` on prompt-only data), instead of failing at the first rollout."""
+    for spec in specs:
+        missing = [name for name in required_columns(spec.fn) if name not in columns]
+        if missing:
+            raise ConfigError(f"reward '{spec.name}' reads the column(s) {', '.join(missing)}, which "
+                              f"{source} does not have (its columns: {', '.join(columns) or 'none'})")
+
+
 def shorten(value: Any, keep: int = _SHOWN_CHARS) -> str:
     """``repr`` of a prompt/completion, with the middle cut out when longer than 2·keep chars."""
     text = value if isinstance(value, str) else str(value)
