@@ -323,3 +323,17 @@ def test_built_in_rewards_score_text_and_chat_prompts_alike(prompt):
         [RewardSpec("math", math_answer_reward), RewardSpec("format", think_answer_format_reward)],
         [prompt, prompt], completions, {"answer": ["4", "4"]})
     assert per_reward == {"math": [1.0, 0.0], "format": [1.0, 0.0]}
+
+
+def test_required_columns_follow_how_the_reward_is_called():
+    from tether.rewards.base import required_columns
+
+    def trl_style(completions, solution, **kwargs):
+        return [0.0] * len(completions)
+
+    assert required_columns(math_answer_reward) == ["answer"]
+    assert required_columns(trl_style) == ["solution"]
+    assert required_columns(lambda p, c, tag, **_: []) == ["tag"]
+    assert required_columns(think_answer_format_reward) == []
+    with pytest.raises(RewardError, match="missing .*'solution'"):
+        combine_rewards([RewardSpec("trl", trl_style)], ["p"], ["c"])  # never handed prompts as completions

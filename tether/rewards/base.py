@@ -83,29 +83,40 @@ def trl_completions(prompts: Sequence[Any], completions: Sequence[Any]) -> list[
             for prompt, completion in zip(prompts, completions, strict=True)]
 
 
+def _parameters(fn: RewardFn) -> list[inspect.Parameter] | None:
+    try:
+        return list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (some builtins)
+        return None
+
+
+def _takes_them_by_position(parameters: list[inspect.Parameter] | None) -> bool:
+    """True for a reward that names neither ``prompts`` nor ``completions`` and so must get them
+    as its first two arguments (``lambda p, c, **_``)."""
+    if parameters is None or {"prompts", "completions"} & {p.name for p in parameters}:
+        return False
+    return any(p.kind == p.VAR_POSITIONAL for p in parameters) or sum(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters) >= 2
+
+
 def call_reward(fn: RewardFn, prompts: list, completions: list, columns: dict[str, list]) -> Any:
     """``fn(prompts=..., completions=..., **columns)`` as TRL calls it, so a reward that takes only
-    ``completions`` and ``**kwargs`` works; a function whose first two parameters have other names
-    (``lambda p, c, **_``) gets prompts and completions by position instead."""
-    try:
-        inspect.signature(fn).bind(prompts=prompts, completions=completions, **columns)
-    except TypeError:
+    ``completions`` and ``**kwargs`` works; a function that names neither (``lambda p, c, **_``)
+    gets prompts and completions by position instead."""
+    if _takes_them_by_position(_parameters(fn)):
         return fn(prompts, completions, **columns)
-    except ValueError:  # no signature to read (some builtins): call as TRL does
-        pass
     return fn(prompts=prompts, completions=completions, **columns)
 
 
 def required_columns(fn: RewardFn) -> list[str]:
     """The dataset columns a reward cannot run without: its parameters that have no default,
-    besides prompts and completions (the first two when it names neither)."""
-    try:
-        parameters = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):  # no signature to read: nothing to check
+    besides prompts and completions (the first two when it takes them by position)."""
+    parameters = _parameters(fn)
+    if parameters is None:
         return []
     named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if not {"prompts", "completions"} & {p.name for p in named}:
-        named = named[2:]  # prompts and completions arrive by position (see call_reward)
+    if _takes_them_by_position(parameters):
+        named = named[2:]
     return [p.name for p in named if p.default is p.empty and p.name not in ("prompts", "completions")]
 
 
