@@ -45,8 +45,9 @@ def resolve_reward(name: str) -> Callable:
     try:
         function = getattr(import_user_module(module_name), function_name)
     except (ImportError, AttributeError) as error:
-        raise ConfigError(f"cannot import reward {name!r}: {error} (looked on the Python path, in "
-                          f"the working directory and beside the recipe)") from None
+        searched = (" (looked on the Python path, in the working directory and beside the recipe)"
+                    if isinstance(error, ModuleNotFoundError) and error.name == module_name.split(".")[0] else "")
+        raise ConfigError(f"cannot import reward {name!r}: {error}{searched}") from None
     if not callable(function):
         raise ConfigError(f"reward {name!r} is not callable")
     return function
