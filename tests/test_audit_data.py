@@ -120,6 +120,19 @@ def length_reward(prompts, completions, **columns):
     return [float(len(c.split())) for c in completions]
 
 
+def trl_chat_length(completions, **kwargs):
+    """A TRL conversational reward, unchanged: completions by keyword, as message lists."""
+    return [float(len(c[0]["content"].split())) for c in completions]
+
+
+def test_reward_margins_give_trl_rewards_message_completions_after_chat_prompts():
+    chat = [{"role": "user", "content": "Explain."}]
+    records = [PreferenceRecord(prompt=chat, chosen="Here is a long answer.", rejected="No."),
+               PreferenceRecord(prompt=chat, chosen=[{"role": "assistant", "content": "Two words."}],
+                                rejected=[{"role": "assistant", "content": "One."}])]
+    assert da.reward_margins(records, "test_audit_data:trl_chat_length").tolist() == [4.0, 1.0]
+
+
 def test_implicit_reward_detector(tmp_path):
     """A short DPO run on data with two swapped pairs: the policy learns the majority direction,
     so the swapped pairs keep negative implicit-reward margins."""

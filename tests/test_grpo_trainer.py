@@ -117,3 +117,26 @@ def test_dynamic_sampling_drops_exactly_the_flat_groups(job):
 def test_unknown_reward_is_a_config_error(job):
     with pytest.raises(ConfigError, match="unknown reward 'nope'"):
         train_grpo(config_for(job, "train.run_name=bad", "grpo.rewards=[{name: nope}]"))
+
+
+def trl_conversational_reward(completions, **kwargs):
+    """A reward written for TRL's conversational datasets, unchanged: completions only, each a
+    list with one assistant message; no answer column."""
+    return [sum(ch == "1" for ch in c[0]["content"]) / max(len(c[0]["content"]), 1) for c in completions]
+
+
+def test_grpo_on_conversational_prompt_only_data_with_a_trl_reward(tmp_path):
+    save_tiny_llama(tmp_path / "model")
+    with (tmp_path / "chats.jsonl").open("w") as handle:  # prompt-only: no answer column
+        for i in range(8):
+            handle.write(json.dumps({"prompt": [{"role": "user", "content": f"Say 1, {i} times."}]}) + "\n")
+    config = load_config(GRPOConfig, None, [
+        f"model.path={tmp_path / 'model'}", f"data.train={tmp_path / 'chats.jsonl'}",
+        f"data.eval={tmp_path / 'chats.jsonl'}", f"train.output_dir={tmp_path / 'runs'}", "train.run_name=chat",
+        "train.progress=false", "train.tensorboard=false", "train.bf16=false",
+        "grpo.rewards=[{name: 'test_grpo_trainer:trl_conversational_reward'}]", "grpo.num_generations=4",
+        "grpo.prompts_per_step=2", "grpo.max_new_tokens=6", "train.max_steps=2"])
+    train_grpo(config)
+    history = read_metrics(config.run_dir())
+    assert [row["step"] for row in history if "eval/trl_conversational_reward" in row] == [0, 2]
+    assert all(0 <= row["reward/mean"] <= 1 for row in history if "reward/mean" in row)

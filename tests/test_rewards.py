@@ -288,3 +288,52 @@ def test_rewards_accept_trl_conversational_completions():
     assert think_answer_format_reward(None, chat) == [1.0]
     with pytest.raises(TypeError, match="a completion must be a string or a list of messages"):
         math_answer_reward(None, [42], answer=["4"])
+
+
+def trl_think_format_reward(completions, **kwargs):
+    """Written for TRL's conversational datasets, unchanged: completions only, by keyword, as
+    message lists."""
+    return [1.0 if completion[0]["content"].startswith("<think>") else 0.0 for completion in completions]
+
+
+def test_a_trl_conversational_reward_runs_unchanged_on_chat_prompts():
+    chat = [{"role": "user", "content": "What is 2 + 2?"}]
+    totals, per_reward, _ = combine_rewards(
+        [RewardSpec("trl", trl_think_format_reward)], prompts=[chat, chat],
+        completions=["<think>sum</think><answer>4</answer>", "4"])
+    assert per_reward == {"trl": [1.0, 0.0]} and totals == [1.0, 0.0]
+
+
+def test_completions_reach_rewards_as_text_after_text_prompts_and_as_messages_after_chat_prompts():
+    seen = []
+
+    def record(prompts, completions, **_):
+        seen.extend(completions)
+        return [0.0] * len(completions)
+
+    chat = [{"role": "user", "content": "hi"}]
+    combine_rewards([RewardSpec("record", record)], ["hi", chat], ["hello", "hello"])
+    assert seen == ["hello", [{"role": "assistant", "content": "hello"}]]
+
+
+@pytest.mark.parametrize("prompt", ["What is 2 + 2?", [{"role": "user", "content": "What is 2 + 2?"}]])
+def test_built_in_rewards_score_text_and_chat_prompts_alike(prompt):
+    completions = ["<think>2 + 2 = 4</think><answer>4</answer>", "<answer>5</answer>"]
+    _, per_reward, _ = combine_rewards(
+        [RewardSpec("math", math_answer_reward), RewardSpec("format", think_answer_format_reward)],
+        [prompt, prompt], completions, {"answer": ["4", "4"]})
+    assert per_reward == {"math": [1.0, 0.0], "format": [1.0, 0.0]}
+
+
+def test_required_columns_follow_how_the_reward_is_called():
+    from tether.rewards.base import required_columns
+
+    def trl_style(completions, solution, **kwargs):
+        return [0.0] * len(completions)
+
+    assert required_columns(math_answer_reward) == ["answer"]
+    assert required_columns(trl_style) == ["solution"]
+    assert required_columns(lambda p, c, tag, **_: []) == ["tag"]
+    assert required_columns(think_answer_format_reward) == []
+    with pytest.raises(RewardError, match="missing .*'solution'"):
+        combine_rewards([RewardSpec("trl", trl_style)], ["p"], ["c"])  # never handed prompts as completions

@@ -19,6 +19,9 @@ from tether.errors import ConfigError
 
 BUNDLED_PREFIX = "tether:"
 RECIPES_DIR = Path(__file__).parent / "recipes"  # `tether recipes list`
+# Folders of the recipes loaded in this process: a reward named ``module:function`` is also looked
+# up there (and in the working directory), as Python finds modules beside the script it runs.
+RECIPE_DIRS: list[Path] = []
 
 
 def resolve_bundled(path: str) -> str:
@@ -337,6 +340,8 @@ def load_config(model_cls: type[ConfigT], path: str | Path | None = None,
             raise ConfigError(f"{path} is not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+        if path.parent.resolve() not in RECIPE_DIRS:
+            RECIPE_DIRS.append(path.parent.resolve())
     apply_overrides(data, overrides)
     try:
         return model_cls.model_validate(data)

@@ -45,7 +45,7 @@ from tether.audit.refusal import is_refusal
 from tether.config import (DPOConfig, SFTConfig, Section, check_run_name, resolve_bundled,
                            save_config)
 from tether.engine import console, distributed, latest_checkpoint
-from tether.errors import ConfigError, TetherError
+from tether.errors import CheckpointError, ConfigError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION, Constitution, load_constitution
 from tether.feedback.generate import (generate_items, load_named_model, read_prompts, read_records,
                                       write_jsonl)
@@ -53,6 +53,7 @@ from tether.feedback.judge import judge_items
 from tether.feedback.judge_backends import backend_from_spec
 from tether.feedback.preferences import judgments_to_pairs, preference_rows
 from tether.feedback.records import FeedbackItem, Judgment
+from tether.models import load_tokenizer
 from tether.rollout.generate import generate_responses
 
 PIPELINE_SETS = "(set by the CAI pipeline)"
@@ -308,16 +309,23 @@ def run_cai(config: CAIConfig) -> Path:
 
     Under torchrun, the stages that generate or judge run on rank 0 while the other ranks wait
     (``main_only``); SFT and DPO run on every rank, data-parallel (docs/scaling.md)."""
-    distributed.init_distributed()
     run_dir = config.run_dir()
+    # ---- checked before any model loads or the run folder exists ------------------------------
+    if config.train.resume and not run_dir.is_dir():
+        raise CheckpointError(f"--resume: no run folder {run_dir} to resume")
+    constitution = load_constitution(config.constitution)
+    prompts = load_prompts(config.prompts)
+    if config.rlaif.prompts is not None:
+        load_prompts(config.rlaif.prompts)
+    load_tokenizer(config.sft.model.path)
+
+    distributed.init_distributed()
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     distributed.barrier()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    constitution = load_constitution(config.constitution)
-    prompts = load_prompts(config.prompts)
     progress = config.train.progress
     stages = _Stages(run_dir)
     console.print(f"CAI run folder: {run_dir}; {len(prompts)} prompts; constitution "

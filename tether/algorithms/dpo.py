@@ -17,10 +17,10 @@ import torch
 from tether.algorithms.common import epoch_schedule, load_policy
 from tether.config import DPOConfig
 from tether.data import encode_preference, load_records
-from tether.engine import BatchPlan, console, distributed, fit, progress_bar, start_run
+from tether.engine import BatchPlan, check_run, console, distributed, fit, progress_bar, start_run
 from tether.losses.dpo import chosen_nll, dpo_loss, dpo_metrics
 from tether.losses.logprobs import packed_prompt_token_logps
-from tether.models import reference_mode
+from tether.models import load_tokenizer, reference_mode
 
 @dataclass
 class PreferenceExamples:
@@ -167,13 +167,15 @@ def evaluate_pairs(model, examples: PreferenceExamples, pad_id: int, config: DPO
 
 
 def train_dpo(config: DPOConfig) -> Path:
+    # ---- checked before the model loads or the run folder exists ------------------------
+    check_run(config)
+    tokenizer = load_tokenizer(config.model.path)
+    train = encode_pairs(config.data.train, tokenizer, config)
+    held_out = encode_pairs(config.data.eval, tokenizer, config) if config.data.eval else None
+
     run_dir = start_run(config)
     model, tokenizer = load_policy(config.model)
     pad_id = tokenizer.pad_token_id
-
-    # ---- data, validated in full before anything runs ----------------------------------
-    train = encode_pairs(config.data.train, tokenizer, config)
-    held_out = encode_pairs(config.data.eval, tokenizer, config) if config.data.eval else None
     console.print(f"{len(train)} training pairs" + (f", {len(held_out)} held out" if held_out else ""))
 
     lengths = [pair_length(p) for p in train.encoded]

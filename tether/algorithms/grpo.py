@@ -17,7 +17,7 @@ from tether.algorithms.common import load_policy
 from tether.audit.reward_hacking import RewardHackingMonitor
 from tether.config import GRPOConfig
 from tether.data import load_records
-from tether.engine import BatchPlan, TrainingSession, console, distributed, progress_bar, start_run
+from tether.engine import BatchPlan, TrainingSession, check_run, console, distributed, progress_bar, start_run
 from tether.engine.batches import shuffled_groups
 from tether.engine.plots import plot_metrics
 from tether.errors import ConfigError
@@ -25,9 +25,9 @@ from tether.losses.grpo import (group_advantages, overlong_penalty, policy_loss,
                                 zero_variance_groups)
 from tether.losses.kl import masked_mean
 from tether.losses.logprobs import shared_prompt_token_logps
-from tether.models import reference_mode
+from tether.models import load_tokenizer, reference_mode
 from tether.rewards.base import _mean_std as mean_std
-from tether.rewards.base import combine_rewards
+from tether.rewards.base import check_reward_columns, combine_rewards
 from tether.rewards.resolve import reward_specs
 from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSampler
 
@@ -47,9 +47,12 @@ def completion_token_logps(model, rollout: RolloutBatch, rows: torch.Tensor | No
 
 
 def reward_columns(tasks, repeat: int = 1) -> dict[str, list]:
-    """The dataset columns reward functions receive (``answer`` and every extra), one per row."""
-    columns = {"answer": [t.answer for t in tasks for _ in range(repeat)]}
-    for key in tasks[0].extras:
+    """The dataset columns reward functions receive, one value per row: ``answer`` (when any task
+    has one: prompt-only data has none) and every other column (None where a row lacks it)."""
+    columns = {}
+    if any(t.answer is not None for t in tasks):
+        columns["answer"] = [t.answer for t in tasks for _ in range(repeat)]
+    for key in dict.fromkeys(key for t in tasks for key in t.extras):
         columns[key] = [t.extras.get(key) for t in tasks for _ in range(repeat)]
     return columns
 
@@ -88,15 +91,13 @@ def evaluate_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> dict
     return metrics
 
 
-def gold_monitor(config: GRPOConfig, held_out, specs, start_step: int) -> RewardHackingMonitor | None:
+def gold_monitor(config: GRPOConfig, held_out, specs, gold_specs, start_step: int) -> RewardHackingMonitor | None:
     """The reward-hacking watch when ``grpo.gold`` is set: gold and proxy rewards and KL on data.eval."""
     gold = config.grpo.gold
     if gold is None:
         return None
-    if not held_out:
-        raise ConfigError("grpo.gold needs held-out prompts to score: set data.eval")
     monitor = RewardHackingMonitor(
-        config.run_dir(), [t.prompt for t in held_out], reward_columns(held_out), specs, reward_specs(gold.rewards),
+        config.run_dir(), [t.prompt for t in held_out], reward_columns(held_out), specs, gold_specs,
         max_new_tokens=config.grpo.eval_max_new_tokens or config.grpo.max_new_tokens, stop=config.grpo.stop,
         window=gold.window, min_change=gold.min_change, seed=config.train.seed, title=f"GRPO {config.train.run_name}")
     monitor.restore(start_step)
@@ -136,17 +137,25 @@ def pooled_masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
 
 def train_grpo(config: GRPOConfig) -> Path:
     settings = config.grpo
+    # ---- checked before the model loads or the run folder exists ------------------------
+    check_run(config)
+    specs = reward_specs(settings.rewards)
+    gold_specs = reward_specs(settings.gold.rewards) if settings.gold is not None else []
+    tokenizer = load_tokenizer(config.model.path)
+
+    def load(path, scored_by):  # TRL's prompt-only rows; `answer` and other columns go to the rewards
+        tasks = load_records(path, "prompt", tokenizer=tokenizer, truncation=config.data.truncation,
+                             max_prompt_tokens=config.data.max_prompt_tokens)
+        check_reward_columns(scored_by, list(reward_columns(tasks)), path)
+        return tasks
+
+    tasks = load(config.data.train, specs)
+    held_out = load(config.data.eval, specs + gold_specs) if config.data.eval else []
+    if settings.gold is not None and not held_out:
+        raise ConfigError("grpo.gold needs held-out prompts to score: set data.eval")
+
     run_dir = start_run(config)
     model, tokenizer = load_policy(config.model)
-    specs = reward_specs(settings.rewards)
-
-    # ---- tasks, validated in full before anything runs ----------------------------------
-    def load(path):
-        return load_records(path, "verifiable", tokenizer=tokenizer, truncation=config.data.truncation,
-                            max_prompt_tokens=config.data.max_prompt_tokens)
-
-    tasks = load(config.data.train)
-    held_out = load(config.data.eval) if config.data.eval else []
     console.print(f"{len(tasks)} training tasks" + (f", {len(held_out)} held out" if held_out else ""))
 
     # beta = 0 needs no reference at all; with LoRA the base (adapters off) is the reference.
@@ -165,7 +174,7 @@ def train_grpo(config: GRPOConfig) -> Path:
     if reference is not None:
         reference.to(device)  # a full frozen copy on every rank, also under FSDP (see docs/scaling.md)
     sampler = TransformersSampler(model, tokenizer)
-    monitor = gold_monitor(config, held_out, specs, session.start_step)
+    monitor = gold_monitor(config, held_out, specs, gold_specs, session.start_step)
     # The KL on held-out prompts needs a reference: the LoRA-off base, or the loaded model.
     reference_fn = ((lambda rollout: reference_logps(model, reference, rollout))
                     if reference is not None or config.model.lora is not None else None)

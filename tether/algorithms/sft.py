@@ -10,15 +10,16 @@ from pathlib import Path
 from tether.algorithms.common import epoch_schedule, load_policy
 from tether.config import SFTConfig
 from tether.data import encode_sft, load_records, pack_batch, pad_batch
-from tether.engine import BatchPlan, console, distributed, fit, start_run
+from tether.engine import BatchPlan, check_run, console, distributed, fit, start_run
+from tether.models import load_tokenizer
 from tether.losses.sft import sft_loss
 
 
 def train_sft(config: SFTConfig) -> Path:
-    run_dir = start_run(config)
-    model, tokenizer = load_policy(config.model)
+    # ---- checked before the model loads or the run folder exists ------------------------
+    check_run(config)
+    tokenizer = load_tokenizer(config.model.path)
 
-    # ---- data: validated in full before any training step -------------------------------
     def encode(path: str) -> list[dict]:
         records = load_records(path, "sft", tokenizer=tokenizer, truncation=config.data.truncation,
                                max_prompt_tokens=config.data.max_prompt_tokens)
@@ -27,6 +28,9 @@ def train_sft(config: SFTConfig) -> Path:
     examples = encode(config.data.train)
     eval_examples = encode(config.data.eval) if config.data.eval else []
     packing = config.data.batching == "pack"
+
+    run_dir = start_run(config)
+    model, tokenizer = load_policy(config.model)
 
     def collate(indices: list[int], source: list[dict] = examples) -> dict:
         chosen = [source[i] for i in indices]

@@ -258,12 +258,13 @@ def implicit_reward_margins(records: Sequence[PreferenceRecord], policy: str, re
 
 def reward_margins(records: Sequence[PreferenceRecord], reward: str) -> np.ndarray:
     """r(chosen) - r(rejected) under a tether reward function (a built-in name or module:function)."""
+    from tether.rewards.base import call_reward, trl_completions
     from tether.rewards.resolve import resolve_reward
 
     function = resolve_reward(reward)
     prompts = [r.prompt for r in records]
-    chosen = function(prompts, [r.chosen for r in records])
-    rejected = function(prompts, [r.rejected for r in records])
+    chosen = call_reward(function, prompts, trl_completions(prompts, [r.chosen for r in records]), {})
+    rejected = call_reward(function, prompts, trl_completions(prompts, [r.rejected for r in records]), {})
     return np.array([(c if c is not None else np.nan) - (r if r is not None else np.nan)
                      for c, r in zip(chosen, rejected)], dtype=float)
 

@@ -164,14 +164,7 @@ class AuditHook:
             self.baseline = self.measure(self.baseline_model)
             if session.world.is_main:
                 saved.write_text(json.dumps(self.baseline, indent=2), encoding="utf-8")
-        reported = ", ".join(sorted(self.baseline)) or "nothing"
-        for key, names in (("stop_on", [gate.metric for gate in self.gates]),
-                           ("keep_best_unless", [gate.metric for gate in self.best_gates]),
-                           ("keep_best", [self.keep_best] if self.keep_best else [])):
-            unknown = [name for name in names if name not in self.baseline]
-            if unknown:
-                raise ConfigError(f"audit.{key} names {', '.join(unknown)}, which the audit metrics do not "
-                                  f"report; they report {reported}")
+        self._check_gate_names(set(self.baseline))
         units = {name: None for name in self.baseline}
         for _, thing in self.metrics:
             declared = getattr(thing, "METRICS", None)
@@ -181,6 +174,26 @@ class AuditHook:
             self._start_best(session)
         if not self._needs_pairs():
             self.baseline_model = None  # only pair metrics need the starting weights in memory
+
+    def check_names(self) -> None:
+        """Before any model loads: the names gates and keep_best use must be among those the
+        metrics declare (``METRICS``) or the given baseline holds. A metric that declares
+        nothing (a user function) is only known once measured; ``start`` checks those."""
+        if self.baseline is not None:
+            self._check_gate_names(set(self.baseline))
+            return
+        declared = [getattr(thing, "METRICS", None) for _, thing in self.metrics]
+        if all(isinstance(names, dict) for names in declared):
+            self._check_gate_names({name for names in declared for name in names})
+
+    def _check_gate_names(self, reported: set[str]) -> None:
+        for key, names in (("stop_on", [gate.metric for gate in self.gates]),
+                           ("keep_best_unless", [gate.metric for gate in self.best_gates]),
+                           ("keep_best", [self.keep_best] if self.keep_best else [])):
+            unknown = [name for name in names if name not in reported]
+            if unknown:
+                raise ConfigError(f"audit.{key} names {', '.join(unknown)}, which the audit metrics do not "
+                                  f"report; they report {', '.join(sorted(reported)) or 'nothing'}")
 
     # ---- measuring ---------------------------------------------------------------------------
 

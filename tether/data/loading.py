@@ -1,6 +1,6 @@
 """Load and validate a whole data source before any training starts.
 
-`load_records` reads every row, checks it, and either returns all records or raises one
+`load_records` reads every row (JSONL, parquet, a `save_to_disk` folder, a `datasets.Dataset`), checks it, and either returns all records or raises one
 `DataValidationError` listing every problem (`FILE:LINE: field 'FIELD': PROBLEM`), so a user fixes
 a file in one round instead of one error per run.
 """
@@ -81,11 +81,42 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
                 line=number)
 
 
+def _table_rows(path: Path) -> Iterator[Row]:
+    """Rows of a parquet file or a `datasets.save_to_disk` folder, with 0-based row indices."""
+    if path.is_dir():
+        import datasets  # imported here: it is slow to import and only needed for this source
+
+        try:
+            table = datasets.load_from_disk(str(path))
+        except FileNotFoundError as error:
+            raise DataValidationError(f"not a dataset saved with datasets' save_to_disk: {error}",
+                                      file=str(path)) from None
+        if isinstance(table, datasets.DatasetDict):
+            raise DataValidationError(
+                f"holds the splits {', '.join(table)}; name one folder, e.g. {path / next(iter(table))}",
+                file=str(path))
+        rows = iter(table)
+    else:
+        import pyarrow.parquet as parquet  # comes with datasets
+
+        try:
+            rows = iter(parquet.read_table(path).to_pylist())
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataValidationError(f"cannot read the parquet file: {error}", file=str(path)) from None
+    for index, row in enumerate(rows):
+        yield Location(str(path), index), row, None
+
+
 def read_rows(source: Any) -> Iterator[Row]:
-    """`(location, row, problem)` for each row of a JSONL path, a `datasets.Dataset`, or a list
-    of dicts. Exactly one of `row` and `problem` is meaningful (`problem` is None when read)."""
+    """`(location, row, problem)` for each row of a data source: a JSONL file, a parquet file
+    (`.parquet`), a folder written by `datasets.Dataset.save_to_disk`, a `datasets.Dataset`, or a
+    list of dicts. Exactly one of `row` and `problem` is meaningful (`problem` is None when read)."""
     if isinstance(source, (str, Path)):
-        yield from _jsonl_rows(Path(source))
+        path = Path(source)
+        if path.is_dir() or path.suffix == ".parquet":
+            yield from _table_rows(path)
+        else:
+            yield from _jsonl_rows(path)
         return
     if isinstance(source, list):
         name = "<list>"
@@ -94,7 +125,8 @@ def read_rows(source: Any) -> Iterator[Row]:
 
         if not isinstance(source, datasets.Dataset):
             raise ConfigError(f"cannot read records from {type(source).__name__}; pass a JSONL "
-                              f"path, a datasets.Dataset (one split), or a list of dicts")
+                              f"or parquet path, a save_to_disk folder, a datasets.Dataset (one "
+                              f"split), or a list of dicts")
         name = "<dataset>"
     for index, row in enumerate(source):
         yield Location(name, index), row, None
@@ -161,9 +193,10 @@ def _fit_prompt(record: Record, tokenizer: Any, max_prompt_tokens: int | None,
 def load_records(source: str | Path | Any, kind: str, *, tokenizer: Any = None,
                  max_prompt_tokens: int | None = None, truncation: Truncation = "error"
                  ) -> list[Record]:
-    """Read and validate every record of `source` (JSONL path, `datasets.Dataset`, list of dicts).
+    """Read and validate every record of `source` (a JSONL or parquet path, a `save_to_disk`
+    folder, a `datasets.Dataset`, a list of dicts: see `read_rows`).
 
-    `kind` is "sft", "preference", "ranking" or "verifiable". Rankings come back expanded into
+    `kind` is "sft", "preference", "ranking", "verifiable" or "prompt". Rankings come back expanded into
     `PreferenceRecord` pairs sharing the ranking's `group_id` (tied pairs skipped).
 
     Prompts longer than `max_prompt_tokens` (counted with `tokenizer`, chat template included)

@@ -63,6 +63,19 @@ def load_model(name_or_path: str | os.PathLike = "default", *, dtype: torch.dtyp
     return model.eval(), tokenizer
 
 
+def load_tokenizer(name_or_path: str | os.PathLike = "default") -> PreTrainedTokenizerBase:
+    """The tokenizer ``load_model`` returns, without loading any weights: cheap, so trainers can
+    tokenize and check their data before the model loads. Raises ``ModelNotFoundError`` as
+    ``load_model`` does."""
+    path = resolve_model_path(str(name_or_path))
+    if (path / "adapter_config.json").is_file():
+        if not (path / "tokenizer_config.json").is_file():  # as _load_adapter: the base's tokenizer
+            path = resolve_model_path(_adapter_base_name(path))
+    else:
+        _require_config(path)
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
+
+
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """Give the tokenizer a pad token and right padding, as training batches expect.
 
