@@ -26,11 +26,12 @@ from tether.config import RunConfig, Section
 from tether.data import SFTRecord, encode_sft, pad_batch
 from tether.data.tokenize import encode_prompt
 from tether.data.wrappers import DEFAULT_WRAPPERS, load_wrappers
-from tether.engine import BatchPlan, console, distributed, fit, start_run
+from tether.data import load_records
+from tether.engine import BatchPlan, check_run, console, distributed, fit, start_run
 from tether.errors import ConfigError
-from tether.feedback.generate import read_prompts
 from tether.losses.consistency import activation_consistency_loss
 from tether.losses.sft import sft_loss
+from tether.models import load_tokenizer
 from tether.rollout.generate import generate_responses
 
 TARGETS_FILE = "consistency_targets.jsonl"
@@ -131,15 +132,21 @@ def consistency_loss(model, batch: dict, settings: ConsistencySettings) -> tuple
 
 def train_consistency(config: ConsistencyConfig) -> Path:
     settings = config.consistency
+    # ---- checked before the model loads or the run folder exists ------------------------
+    check_run(config)
     wrappers = [w for w in load_wrappers(settings.wrappers, "train")
                 if settings.categories is None or w.category in settings.categories]
     if not wrappers:
         raise ConfigError(f"no train wrappers in consistency.categories {settings.categories}")
     if config.data.batching != "bucket":
         raise ConfigError("consistency training reads each wrapped prompt's last tokens: use data.batching=bucket")
-    rows = read_prompts(config.data.train)
-    if any(not isinstance(prompt, str) for _, prompt, _ in rows):
+    tokenizer = load_tokenizer(config.model.path)
+    records = load_records(config.data.train, "prompt", tokenizer=tokenizer, truncation=config.data.truncation,
+                           max_prompt_tokens=config.data.max_prompt_tokens)
+    if any(not isinstance(record.prompt, str) for record in records):
         raise ConfigError(f"{config.data.train}: consistency training wraps plain-text prompts; found a chat prompt")
+    rows = [(record.id or str(index), record.prompt, record.extras) for index, record in enumerate(records)]
+
     run_dir = start_run(config)
     model, tokenizer = load_policy(config.model)
     model.to(distributed.world().device)
