@@ -120,7 +120,7 @@ def test_target_kl_stops_the_updates_early(job):
 
 def test_config_and_prompt_errors(job, tmp_path):
     with pytest.raises(ConfigError, match="ppo.rewards is empty"):
-        load_config(PPOConfig, None, [f"data.train={job / 'prompts.jsonl'}"])
+        load_config(PPOConfig, None, [f"data.train={job / 'prompts.jsonl'}", "train.bf16=false"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"text": "no prompt"}\n{"prompt": 3}\n')
     with pytest.raises(DataValidationError) as error:
