@@ -278,6 +278,73 @@ def test_code_test_reward_tests_as_a_list_and_a_hanging_solution():
     assert reward(["p", "p"], completions, tests=tests) == [1.0, 0.0]
 
 
+_WRONG_ADD = "def add(a, b):\n    return a - b\n"
+_CHEATS = {
+    "exit": "exit()",
+    "sys_exit": "import sys\nsys.exit(0)",
+    "os_exit": "import os\nos._exit(0)",
+    "atexit_os_exit": "import atexit, os\natexit.register(os._exit, 0)",
+    "excepthook_exits_0": ("import os, sys\n"
+                           "sys.excepthook = lambda *args: os._exit(0)"),
+    "eq_always_true": ("class Anything:\n    def __eq__(self, other):\n        return True\n"
+                       "    __ne__ = lambda self, other: False\n"
+                       "def add(a, b):\n    return Anything()"),
+    "int_subclass_eq_always_true": ("class Liar(int):\n    def __eq__(self, other):\n"
+                                    "        return True\n"
+                                    "def add(a, b):\n    return Liar(0)"),
+    "forged_report": ("import json, os, sys\n"
+                      "fd = sys.modules['__main__'].__report_fd__\n"
+                      "os.write(fd, b'[0, [[\"int\", \"0\"]]]\\n[1, [[\"int\", \"0\"]]]\\n[\"end\"]\\n')\n"
+                      "os._exit(0)"),
+}
+
+
+@pytest.mark.parametrize("cheat", list(_CHEATS), ids=list(_CHEATS))
+def test_code_test_reward_cannot_be_cheated(cheat):
+    tests = "assert add(2, 3) == 5\nassert add(-1, 1) == 0"
+    honest = f"```python\n{_WRONG_ADD.replace('a - b', 'a + b')}```"
+    cheating = f"```python\n{_WRONG_ADD}{_CHEATS[cheat]}\n```"
+    assert code_test_reward(["p", "p"], [honest, cheating], tests=[tests, tests]) == [1.0, 0.0]
+
+
+def test_code_test_reward_judges_asserts_of_every_shape_outside_the_program():
+    code = "```python\ndef double(x):\n    return 2 * x\n```"
+    passing = ["x = double(4)\nassert x == 8",
+               "for i in range(3):\n    assert double(i) == 2 * i, 'message'",
+               "assert double(1) and not double(0)",
+               "assert 0 < double(3) <= 6",
+               "assert double(0.5) == 1.0 and double(1) != 3",
+               "assert double([1]) == [1, 1] and double('ab') in {'abab', 'x'}",
+               "assert double(1) is not None"]
+    failing = ["assert double(2) == 5", "assert double(3) > 6", "assert not double(1)",
+               "for i in range(3):\n    assert double(i) == i",
+               "assert double('a') < 3",  # TypeError in Python: the assert fails
+               "assert double(2) == 4\nraise SystemExit(0)"]  # the tests must run to the end
+    scores = code_test_reward(["p"] * (len(passing) + len(failing)),
+                              [code] * (len(passing) + len(failing)), tests=passing + failing)
+    assert scores == [1.0] * len(passing) + [0.0] * len(failing)
+
+
+def test_code_harness_refuses_records_that_were_not_earned():
+    from tether.rewards.code_harness import build_harness, judge
+
+    _, checks = build_harness("", "assert f(1) == 2\nfor i in 'ab':\n    assert f(i)")
+    assert judge('[0, [["int", "2"]]]\n[1, [["bool", true]]]\n["end"]', checks)[0]
+    assert judge('[0, [["int", "2"]]]\n["end"]', checks)[0]  # a loop may run no times
+    not_earned = {
+        "no end record": '[0, [["int", "2"]]]',
+        "wrong value": '[0, [["int", "3"]]]\n["end"]',
+        "top-level check twice": '[0, [["int", "2"]]]\n[0, [["int", "2"]]]\n["end"]',
+        "top-level check missing": '[1, [["bool", true]]]\n["end"]',
+        "unknown check": '[0, [["int", "2"]]]\n[7, []]\n["end"]',
+        "negative check id": '[0, [["int", "2"]]]\n[-1, [["bool", true]]]\n["end"]',
+        "int as a bool": '[0, [["int", "2"]]]\n[1, [["bool", 1]]]\n["end"]',
+        "unknown kind": '[0, [["Anything", "2"]]]\n["end"]',
+    }
+    for why, report in not_earned.items():
+        assert not judge(report, checks)[0], why
+
+
 def test_rewards_accept_trl_conversational_completions():
     from tether.rewards.format import think_answer_format_reward
     from tether.rewards.math import math_answer_reward

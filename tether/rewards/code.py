@@ -1,4 +1,8 @@
-"""Code reward: run the completion's program followed by the sample's tests, in the sandbox."""
+"""Code reward: run the completion's program followed by the sample's tests, in the sandbox.
+
+The tests' asserts are judged outside the program (``code_harness``): ending the program early,
+hooking its exit, or returning objects that compare equal to anything all score 0.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tether.rewards.base import completion_text
+from tether.rewards.code_harness import build_harness, judge
 from tether.rewards.format import extract_answer
 from tether.rewards.sandbox import run_python
 
@@ -35,7 +40,8 @@ def make_code_test_reward(*, timeout_s: float = 5.0, memory_mb: int = 256
     def code_test_reward(prompts: Sequence[Any], completions: Sequence[Any],
                          tests: Sequence[str | Sequence[str] | None], **_columns: Any
                          ) -> list[float | None]:
-        """1.0 when the completion's code followed by the sample's ``tests`` exits 0, else 0.0.
+        """1.0 when the completion's code followed by the sample's ``tests`` runs to the end
+        with every ``assert`` holding (judged outside the program) and exits 0, else 0.0.
 
         ``tests`` holds one entry per sample: Python source (typically ``assert`` lines) or a
         list of such lines. An empty or None entry scores None: the reward does not apply.
@@ -52,9 +58,11 @@ def make_code_test_reward(*, timeout_s: float = 5.0, memory_mb: int = 256
             if code is None:
                 scores.append(0.0)
                 continue
-            result = run_python(f"{code}\n\n{sample_tests}\n", timeout_s=timeout_s,
-                                memory_mb=memory_mb)
-            scores.append(1.0 if result.status == "ok" else 0.0)
+            program, checks = build_harness(code, sample_tests)
+            result = run_python(program, timeout_s=timeout_s, memory_mb=memory_mb,
+                                with_report=True)
+            passed = result.status == "ok" and judge(result.report, checks)[0]
+            scores.append(1.0 if passed else 0.0)
         return scores
 
     return code_test_reward

@@ -91,6 +91,7 @@ def _tether_start(guard_sockets):
 _tether_code = _tether_start({guard_sockets})
 del _tether_start
 __file__ = {program!r}
+__report_fd__ = {report_fd}
 exec(_tether_code)
 """
 
@@ -117,6 +118,7 @@ class SandboxResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     isolation: tuple[str, ...] = ()
+    report: str = ""
 
 
 def run_python(
@@ -130,6 +132,7 @@ def run_python(
     cpu_s: int | None = None,
     workdir_mb: int = 32,
     max_output_bytes: int = 64 * 1024,
+    with_report: bool = False,
 ) -> SandboxResult:
     """Run ``code`` as a Python program in the sandbox and report how it ended.
 
@@ -138,6 +141,10 @@ def run_python(
     space per process; ``max_processes`` processes and threads together; ``max_file_size_mb`` per
     written file; ``workdir_mb`` for the working directory (with the mount namespace). The
     program's main process ending ends the run: whatever it left running is killed.
+
+    ``with_report``: the program also gets a pipe, its file descriptor in the global
+    ``__report_fd__`` (else None), whose bytes come back in ``SandboxResult.report`` (first
+    ``max_output_bytes``); harnesses use it to keep their records apart from the program's output.
     """
     python, namespaces = _support()
     uid = _fresh_uid() if _running_as_root() else None
@@ -147,6 +154,7 @@ def run_python(
 
     workdir = tempfile.mkdtemp(prefix="tether-sandbox-")
     stdin_file = tempfile.TemporaryFile()
+    report_read, report_write = os.pipe() if with_report else (None, None)
     process: subprocess.Popen | None = None
     try:
         with open(os.path.join(workdir, _PROGRAM), "w", encoding="utf-8") as file:
@@ -162,16 +170,22 @@ def run_python(
         preexec = functools.partial(
             _enter_sandbox, limits=limits, uid=uid,
             namespace=_NamespacePlan.build(workdir, workdir_mb, uid, code) if namespaces else None)
-        prelude = _PRELUDE.format(program=_PROGRAM, guard_sockets=not namespaces)
+        prelude = _PRELUDE.format(program=_PROGRAM, guard_sockets=not namespaces,
+                                  report_fd=report_write)
         start = time.monotonic()
         try:
             process = subprocess.Popen(
                 [python, "-I", "-S", "-c", prelude], stdin=stdin_file, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, cwd=workdir, env={**_ENV, "HOME": workdir},
-                start_new_session=True, preexec_fn=preexec)
+                start_new_session=True, preexec_fn=preexec,
+                pass_fds=(report_write,) if with_report else ())
         except (OSError, subprocess.SubprocessError) as error:
             raise SandboxError(f"could not start the sandboxed program: {error}") from error
-        stdout, stderr, timed_out = _collect(process, uid, start + timeout_s, max_output_bytes)
+        if with_report:
+            os.close(report_write)  # the child holds the only write end now: EOF when it ends
+            report_write = None
+        stdout, stderr, report, timed_out = _collect(process, uid, start + timeout_s,
+                                                     max_output_bytes, report_read)
         returncode = process.wait()
         wall_s = time.monotonic() - start
     finally:
@@ -180,13 +194,17 @@ def run_python(
             if process.poll() is None:
                 process.wait()
         stdin_file.close()
+        for fd in (report_read, report_write):
+            if fd is not None:
+                os.close(fd)
         shutil.rmtree(workdir, ignore_errors=True)
 
     text_err = stderr.text()
     return SandboxResult(
         status=_status(returncode, timed_out, text_err), returncode=returncode,
         stdout=stdout.text(), stderr=text_err, wall_s=wall_s,
-        stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated, isolation=isolation)
+        stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated, isolation=isolation,
+        report=report.text())
 
 
 # ---------------------------------------------------------------- output and status
@@ -216,15 +234,19 @@ class _Capped:
         return self.data.decode("utf-8", errors="replace")
 
 
-def _collect(process: subprocess.Popen, uid: int | None, deadline: float, cap: int
-             ) -> tuple[_Capped, _Capped, bool]:
-    """Read stdout/stderr until both close, keeping at most ``cap`` bytes of each.
+def _collect(process: subprocess.Popen, uid: int | None, deadline: float, cap: int,
+             report_fd: int | None) -> tuple[_Capped, _Capped, _Capped, bool]:
+    """Read stdout/stderr (and the report pipe) until all close, keeping at most ``cap`` bytes
+    of each.
 
     Ends early on the deadline (→ timed out), and once the main process has exited (what it
     left behind is killed, so the pipes close even if a grandchild holds them).
     """
     stdout, stderr = _Capped(cap, keep_end=False), _Capped(cap, keep_end=True)
+    report = _Capped(cap, keep_end=False)
     sinks = {process.stdout.fileno(): stdout, process.stderr.fileno(): stderr}
+    if report_fd is not None:
+        sinks[report_fd] = report
     timed_out = False
     cleaned_up = False
     with selectors.DefaultSelector() as selector:
@@ -248,7 +270,7 @@ def _collect(process: subprocess.Popen, uid: int | None, deadline: float, cap: i
                     selector.unregister(key.fd)
     process.stdout.close()
     process.stderr.close()
-    return stdout, stderr, timed_out
+    return stdout, stderr, report, timed_out
 
 
 def _status(returncode: int, timed_out: bool, stderr: str) -> Status:
