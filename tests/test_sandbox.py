@@ -72,16 +72,15 @@ def test_environment_is_empty_of_the_parents_secrets(monkeypatch):
     monkeypatch.setenv("SECRET_TOKEN", "hunter2")
     result = run_python("import os\nprint(os.environ.get('SECRET_TOKEN'))\n"
                         "print(sorted(os.environ))")
-    assert result.stdout.splitlines() == ["None", "['HOME', 'LANG', 'LC_ALL', 'PATH']"]
+    assert result.stdout.splitlines() == [
+        "None", "['HOME', 'LANG', 'LC_ALL', 'MALLOC_ARENA_MAX', 'PATH']"]
     assert "hunter2" not in result.stdout
 
 
-@pytest.mark.parametrize("namespaces", [True, False], ids=["mount_namespace", "uid_only"])
-def test_files_outside_the_working_directory_cannot_be_written(tmp_path, monkeypatch, namespaces):
-    python, available = sandbox._support()
-    if namespaces and not available:
-        pytest.skip("no mount namespace on this machine")
-    monkeypatch.setattr(sandbox, "_support", lambda: (python, namespaces))
+@pytest.mark.parametrize("isolation", ["namespaces", "rlimits-only"])
+def test_files_outside_the_working_directory_cannot_be_written(tmp_path, isolation):
+    if isolation == "namespaces" and sandbox._support().unavailable:
+        pytest.skip(f"no namespaces on this machine: {sandbox._support().unavailable}")
     outside_private = tmp_path / "pwned.txt"  # root-owned dir, like the repository
     outside_public = f"/tmp/tether-pwned-{uuid.uuid4().hex}.txt"  # world-writable dir
     program = f"""
@@ -96,16 +95,18 @@ for path in [{str(outside_private)!r}, {outside_public!r}]:
 open("inside.txt", "w").write("fine")
 print(open("inside.txt").read())
 """
-    result = run_python(program)
+    result = run_python(program, isolation=isolation)
     assert result.status == "ok", result.stderr
     lines = result.stdout.splitlines()
     workdir = lines[0]
     assert lines[-1] == "fine"  # the working directory itself is writable
     assert not outside_private.exists()
-    if ROOT:  # the sandbox's uid may not even enter a root-owned 0700 directory
+    if "mountns" in result.isolation:  # the host's /tmp, where tmp_path is, is out of sight
+        assert lines[1] == f"FileNotFoundError {errno.ENOENT}"
+    elif ROOT:  # the sandbox's uid may not even enter a root-owned 0700 directory
         assert lines[1] == f"PermissionError {errno.EACCES}"
-    if "mountns" in result.isolation:  # all but the tmpfs working directory is read-only
-        assert lines[2] == f"OSError {errno.EROFS}"
+    if "mountns" in result.isolation:  # /tmp is a tmpfs of the run's own, gone with it
+        assert lines[2] == f"wrote {outside_public}"
         assert not os.path.exists(outside_public)
     else:  # without a mount namespace, world-writable directories stay writable
         assert lines[2] == f"wrote {outside_public}"
@@ -147,23 +148,29 @@ def test_network_is_unreachable(listening_socket):
     assert result.status == "ok", result.stderr
     with pytest.raises(BlockingIOError):
         listening_socket.accept()  # nobody connected
-    if "netns" in result.isolation:  # a namespace whose loopback is down
-        assert result.stdout == f"OSError {errno.ENETUNREACH}\n"
-    else:
-        assert result.stdout == "PermissionError None\n"
+    assert "netns" in result.isolation  # a namespace whose loopback is down
+    assert result.stdout == f"OSError {errno.ENETUNREACH}\n"
 
 
-def test_socket_guard_when_there_is_no_network_namespace(monkeypatch, listening_socket):
-    python, _ = sandbox._support()
-    monkeypatch.setattr(sandbox, "_support", lambda: (python, False))
+def test_rlimits_only_denies_sockets_with_seccomp(listening_socket):
     port = listening_socket.getsockname()[1]
-    result = run_python(_connect_program(port))
-    assert "socket_guard" in result.isolation and "netns" not in result.isolation
-    assert result.stdout == "PermissionError None\n"
+    program = _connect_program(port) + """
+import _socket
+try:
+    _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.1", 9))
+    print("sent")
+except OSError as error:
+    print(type(error).__name__, error.errno)
+"""
+    result = run_python(program, isolation="rlimits-only")
+    assert result.isolation_level == "rlimits-only" and "netns" not in result.isolation
+    assert "seccomp" in result.isolation and "socket_guard" not in result.isolation
+    assert result.stdout == f"PermissionError {errno.EPERM}\n" * 2
     with pytest.raises(BlockingIOError):
         listening_socket.accept()
     # Unix socket pairs (multiprocessing uses them) still work.
-    pair = run_python("import socket\na, b = socket.socketpair()\na.send(b'ok')\nprint(b.recv(2))")
+    pair = run_python("import socket\na, b = socket.socketpair()\na.send(b'ok')\nprint(b.recv(2))",
+                      isolation="rlimits-only")
     assert pair.stdout == "b'ok'\n"
 
 
@@ -243,12 +250,14 @@ def test_root_runs_drop_to_a_fresh_uid():
     assert first.stdout != second.stdout
 
 
-def test_without_root_the_limits_and_socket_guard_still_apply(monkeypatch):
-    # The non-root path, exercised here by pretending: no uid drop, no namespaces.
+def test_without_root_the_limits_and_seccomp_still_apply(monkeypatch):
+    # The non-root rlimits-only path, exercised here by pretending: no uid drop, no namespaces.
     monkeypatch.setattr(sandbox, "_running_as_root", lambda: False)
-    monkeypatch.setattr(sandbox, "_support", lambda: (sandbox.sys.executable, False))
-    result = run_python("import resource\nprint(resource.getrlimit(resource.RLIMIT_AS))\n"
-                        "import socket\nsocket.socket()", memory_mb=200)
-    assert result.isolation == ("socket_guard",)
-    assert result.stdout == f"({200 * 1024 * 1024}, {200 * 1024 * 1024})\n"
-    assert result.status == "error" and "PermissionError: network access is disabled" in result.stderr
+    monkeypatch.setattr(sandbox, "_support",
+                        lambda: sandbox._Support(sandbox.sys.executable, "simulated"))
+    result = run_python("import resource\nprint(resource.getrlimit(resource.RLIMIT_FSIZE))\n"
+                        "import socket\nsocket.socket()", max_file_size_mb=2,
+                        isolation="rlimits-only")
+    assert result.isolation == ("no_new_privs", "seccomp", "rlimits")
+    assert result.stdout == f"({2 * 1024 * 1024}, {2 * 1024 * 1024})\n"
+    assert result.status == "error" and "PermissionError: [Errno 1]" in result.stderr
