@@ -35,8 +35,9 @@ files), an empty environment, a throwaway working directory, and ``python -I -S`
 ``SandboxResult.isolation`` lists what applied to each run.
 
 ``preexec_fn`` is documented as unsafe with threads (the child could deadlock before ``exec`` on
-a lock another thread held at fork); the work done there is kept to syscalls on values prepared
-in the parent, and a deadlocked child is still killed by the timeout.
+a lock another thread held at fork); the work done there is kept to syscalls and a few small
+steps on values prepared in the parent (the seccomp filter is compiled before the fork), and a
+deadlocked child is still killed by the timeout.
 """
 
 from __future__ import annotations
