@@ -345,6 +345,32 @@ def test_code_harness_refuses_records_that_were_not_earned():
         assert not judge(report, checks)[0], why
 
 
+def test_code_test_reward_logs_the_isolation_and_refuses_a_weaker_run(monkeypatch, caplog):
+    from tether.rewards import code
+    from tether.rewards.resolve import resolve_reward
+    from tether.rewards.sandbox import SandboxError, SandboxResult
+
+    completion, tests = "```python\ndef one():\n    return 1\n```", "assert one() == 1"
+    with caplog.at_level(logging.INFO, logger="tether.rewards.code"):
+        assert code_test_reward(["p"], [completion], tests=[tests]) == [1.0]
+    assert "isolation 'namespaces'" in caplog.text and "netns" in caplog.text
+
+    caplog.clear()
+    weaker = resolve_reward("code_tests_rlimits_only")  # the weaker level, asked for by name
+    with caplog.at_level(logging.INFO, logger="tether.rewards.code"):
+        assert weaker(["p"], [completion], tests=[tests]) == [1.0]
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "isolation 'rlimits-only'" in caplog.text and "netns" not in caplog.text
+
+    # A sandbox that ran with less than was asked for gives no score at all.
+    ran_weaker = SandboxResult(status="ok", returncode=0, stdout="", stderr="", wall_s=0.1,
+                               isolation=("uid", "rlimits"), report='["end"]',
+                               isolation_level="rlimits-only")
+    monkeypatch.setattr(code, "run_python", lambda *args, **kwargs: ran_weaker)
+    with pytest.raises(SandboxError, match="asked for isolation 'namespaces'"):
+        code_test_reward(["p"], [completion], tests=[tests])
+
+
 def test_rewards_accept_trl_conversational_completions():
     from tether.rewards.format import think_answer_format_reward
     from tether.rewards.math import math_answer_reward

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -261,3 +264,46 @@ def test_without_root_the_limits_and_seccomp_still_apply(monkeypatch):
     assert result.isolation == ("no_new_privs", "seccomp", "rlimits")
     assert result.stdout == f"({2 * 1024 * 1024}, {2 * 1024 * 1024})\n"
     assert result.status == "error" and "PermissionError: [Errno 1]" in result.stderr
+
+
+# ---------------------------------------------------------------- failing closed
+
+
+def test_without_namespaces_run_python_refuses_unless_weaker_isolation_is_named(monkeypatch):
+    # Simulated: the probe reports the namespaces level unavailable.
+    python = sandbox._support().python
+    monkeypatch.setattr(sandbox, "_support", lambda: sandbox._Support(python, "simulated: no unshare"))
+    with pytest.raises(sandbox.SandboxUnavailable,
+                       match="simulated: no unshare.*isolation='rlimits-only'"):
+        run_python("print('should not run')")
+    weaker = run_python("print('ran')", isolation="rlimits-only")
+    assert (weaker.stdout, weaker.isolation_level) == ("ran\n", "rlimits-only")
+    assert not {"mountns", "netns", "pidns"} & set(weaker.isolation)
+    with pytest.raises(ValueError, match="isolation must be one of"):
+        run_python("print(1)", isolation="none")
+
+
+@pytest.mark.skipif(not ROOT or not shutil.which("setpriv"),
+                    reason="needs root and setpriv to drop CAP_SYS_ADMIN for real")
+def test_root_without_cap_sys_admin_fails_closed_for_real(tmp_path):
+    # As in a default container: root, but no CAP_SYS_ADMIN, so no namespaces can be made.
+    script = """
+from tether.rewards.sandbox import SandboxUnavailable, run_python
+try:
+    run_python("print(1)")
+    print("ran with namespaces")
+except SandboxUnavailable as error:
+    print("refused:", "rlimits-only" in str(error))
+result = run_python("print(6 * 7)", isolation="rlimits-only")
+print(result.stdout.strip(), result.isolation_level, ",".join(result.isolation))
+"""
+    done = subprocess.run(
+        ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", sys.executable, "-c",
+         script], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+    assert done.returncode == 0, done.stderr
+    refused, ran = done.stdout.splitlines()
+    assert refused == "refused: True"
+    answer, level, features = ran.split()
+    assert (answer, level) == ("42", "rlimits-only")
+    assert features.startswith("uid,no_new_privs,seccomp,") and "netns" not in features
