@@ -14,10 +14,10 @@ machine cannot provide it, ``run_python`` raises ``SandboxUnavailable`` rather t
   symlinks and unix sockets there are out of sight, and the working directory is a tmpfs of
   ``workdir_mb`` MiB; all vanish with the namespace;
 * the IPC namespace gives SysV shared memory, semaphores and message queues of the run's own,
-  destroyed with it; in the PID namespace the program runs under a small init of its own (a
-  fresh process image, nothing of the parent's in it) with a fresh ``/proc``, so it sees no host
-  process (nor their command lines or environments), and when it ends the kernel kills all it
-  started, ``setsid`` or not;
+  destroyed with it; in the PID namespace the program runs under an init of its own (its copy
+  of the parent's command line and environment zeroed, not dumpable) with a fresh ``/proc``, so
+  it sees no host process (nor their command lines or environments), and when it ends the
+  kernel kills all it started, ``setsid`` or not;
 * ``PR_SET_NO_NEW_PRIVS`` (setuid binaries do not gain privileges) and a seccomp deny-list
   (``sandbox_seccomp``: no new namespaces, mounts, ptrace, bpf, keyrings, io_uring, ...);
 * a memory cgroup per run (``sandbox_cgroup``) where one can be made: ``memory_mb`` then bounds the
@@ -72,7 +72,7 @@ _MS_REMOUNT, _MS_NOATIME, _MS_NODIRATIME, _MS_BIND, _MS_REC = 32, 1024, 2048, 40
 _MS_PRIVATE, _MS_RELATIME, _MS_STRICTATIME = 1 << 18, 1 << 21, 1 << 24
 _CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
 _CLONE_NEWPID, _CLONE_NEWNET = 0x20000000, 0x40000000
-_PR_SET_PDEATHSIG = 1
+_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4
 _MOUNT_OPTION_FLAGS = {"nosuid": _MS_NOSUID, "nodev": _MS_NODEV, "noexec": _MS_NOEXEC,
                        "noatime": _MS_NOATIME, "nodiratime": _MS_NODIRATIME,
                        "relatime": _MS_RELATIME, "strictatime": _MS_STRICTATIME}
@@ -114,21 +114,6 @@ del _tether_start
 __file__ = {program!r}
 __report_fd__ = {report_fd}
 exec(_tether_code)
-"""
-
-
-# PID 1 of a run's PID namespace: reap orphans until the program ends, then send its wait status
-# out over a pipe and exit, which kills whatever the program left running. SIGINT is ignored
-# so the program (same uid without root) cannot end its init early.
-_INIT = """\
-import os, signal, sys
-signal.signal(signal.SIGINT, signal.SIG_IGN)
-program, status_fd = int(sys.argv[1]), int(sys.argv[2])
-while True:
-    pid, status = os.waitpid(-1, 0)
-    if pid == program:
-        break
-os.write(status_fd, status.to_bytes(4, "little"))
 """
 
 
@@ -234,8 +219,7 @@ def run_python(
             limits=_limits(memory_mb, cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1,
                            max_processes, max_file_size_mb, uid),
             uid=uid, seccomp=seccomp, cgroup_procs=cgroup.procs_file if cgroup else None,
-            namespace=_NamespacePlan.build(workdir, workdir_mb, uid, code, support.python)
-            if namespaces else None)
+            namespace=_NamespacePlan.build(workdir, workdir_mb, uid, code) if namespaces else None)
         prelude = _PRELUDE.format(program=_PROGRAM, guard_sockets=not namespaces and not seccomp,
                                   report_fd=report_write)
         start = time.monotonic()
@@ -389,11 +373,9 @@ class _NamespacePlan:
     scratch: tuple[tuple[bytes, bytes], ...]  # (mount point, tmpfs options)
     program: bytes  # the code, written into the tmpfs working directory
     user_namespace: bytes | None  # without root: the uid_map/gid_map line mapping our own ids
-    init: tuple[bytes, ...]  # argv of PID 1, to which it adds the program's pid and a pipe fd
 
     @staticmethod
-    def build(workdir: str, workdir_mb: int, uid: int | None, code: str, python: str
-              ) -> _NamespacePlan:
+    def build(workdir: str, workdir_mb: int, uid: int | None, code: str) -> _NamespacePlan:
         owner = f",uid={uid},gid={uid}" if uid is not None else ""
         scratch = tuple((path, f"size={size or workdir_mb}m,mode={mode:o}".encode())
                         for path, mode, size in _SCRATCH if os.path.isdir(path))
@@ -401,7 +383,6 @@ class _NamespacePlan:
             read_only=_writable_mounts(), workdir=os.fsencode(workdir),
             tmpfs_options=f"size={workdir_mb}m,mode=0700{owner}".encode(), scratch=scratch,
             program=code.encode("utf-8"),
-            init=(os.fsencode(python), b"-I", b"-S", b"-c", _INIT.encode()),
             user_namespace=None if uid is not None or _running_as_root()
             else f"{os.getuid()} {os.getuid()} 1\n{os.getgid()} {os.getgid()} 1\n".encode())
 
@@ -457,7 +438,7 @@ def _enter_namespaces(plan: _NamespacePlan) -> None:
     os.write(fd, plan.program)
     os.close(fd)
     # A new PID namespace applies to children only, and its first process (PID 1) ignores
-    # signals it has no handler for, SIGXCPU included: so fork twice. PID 1 is a small init that
+    # signals it has no handler for, SIGXCPU included: so fork twice. PID 1 is an init that
     # waits for the program and passes its wait status out over a pipe to this process, which
     # waits outside the namespace and ends the same way (Popen sees the program's own status).
     status_read, status_write = os.pipe()
@@ -469,21 +450,40 @@ def _enter_namespaces(plan: _NamespacePlan) -> None:
     _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
     # A /proc of the namespace's own, showing only the run's processes.
     _check(_libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None))
+    _scrub_parent_traces()  # before the fork: the program never sees PID 1 unscrubbed
     program = os.fork()
     if program != 0:
-        _become_init(plan.init, program, status_write)
+        _init(program, status_write)
     os.close(status_write)  # the program goes on to exec
 
 
-def _become_init(init: tuple[bytes, ...], program: int, status_write: int) -> None:
-    """PID 1 execs a small init (``_INIT``): a fresh image, so the program cannot read this
-    process's copy of the parent's memory, command line or environment through /proc/1."""
-    try:
-        _close_all_but(status_write)
-        os.set_inheritable(status_write, True)
-        os.execve(init[0], [*init, str(program).encode(), str(status_write).encode()], {})
-    finally:
-        os._exit(127)
+def _scrub_parent_traces() -> None:
+    """PID 1 is a fork of this (the parent's) process: hide what /proc/1 would show of it.
+
+    Not dumpable: /proc/1/environ, mem, maps and fd need ptrace rights the program lacks (it
+    shares the uid without root). Its command line and environment strings are zeroed in place,
+    since /proc/1/cmdline is readable by anyone. Cheaper than exec'ing a fresh init (a second
+    interpreter start per run).
+    """
+    _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0))
+    with open("/proc/self/stat", "rb") as file:
+        fields = file.read().rsplit(b")", 1)[1].split()  # fields[0] is field 3 of proc(5)
+    arg_start, arg_end, env_start, env_end = (int(fields[n - 3]) for n in (48, 49, 50, 51))
+    ctypes.memset(arg_start, 0, arg_end - arg_start)
+    ctypes.memset(env_start, 0, env_end - env_start)
+
+
+def _init(program: int, status_write: int) -> None:
+    """PID 1: reap orphans until the program ends, send its wait status out, exit (which kills
+    whatever the program left running)."""
+    _close_all_but(status_write)
+    _libc.signal(signal.SIGINT, None)  # SIG_DFL, which PID 1 ignores: the program cannot stop it
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == program:
+            break
+    os.write(status_write, status.to_bytes(4, "little"))
+    os._exit(0)
 
 
 def _relay_status(status_read: int) -> None:
@@ -665,7 +665,7 @@ def _probe(python: str, uid: int | None, namespace: bool) -> bool:
         if uid is not None:
             os.chown(workdir, uid, uid)
         plan = _ChildPlan(limits=[], uid=uid, seccomp=None, cgroup_procs=None,
-                          namespace=_NamespacePlan.build(workdir, 1, uid, "", python) if namespace else None)
+                          namespace=_NamespacePlan.build(workdir, 1, uid, "") if namespace else None)
         result = subprocess.run(
             [python, "-I", "-S", "-c", "import encodings"], cwd=workdir, env=_ENV,
             capture_output=True, timeout=30, start_new_session=True,
