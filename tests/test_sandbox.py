@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from tether.rewards import sandbox
+from tether.rewards import sandbox, sandbox_cgroup
 from tether.rewards.sandbox import processes_of, run_python
 
 ROOT = os.geteuid() == 0
@@ -59,6 +59,17 @@ def test_memory_hog_gets_memory_error():
     assert result.status == "memory"
     assert result.stderr.rstrip().endswith("MemoryError")
     assert result.wall_s < 5.0
+
+
+def test_resident_memory_over_the_limit_is_stopped_by_the_cgroup():
+    # 250 MiB in 1 MiB pieces fits the address-space room (memory_mb + thread stacks + an
+    # arena) but not memory_mb of resident memory: only the cgroup can stop it.
+    hog = "chunks = []\nfor _ in range(250):\n    chunks.append(bytearray(1 << 20))\nprint('250 MiB')"
+    result = run_python(hog, memory_mb=128)
+    if "cgroup" not in result.isolation:
+        assert sandbox_cgroup.create(16) is None  # only skip where none can be made at all
+        pytest.skip("no memory cgroup here (needs root and a memory controller)")
+    assert (result.status, result.returncode, result.stdout) == ("memory", -signal.SIGKILL, "")
 
 
 def test_huge_output_is_truncated_to_the_cap():
