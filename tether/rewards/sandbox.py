@@ -194,19 +194,16 @@ def run_python(
     root = _running_as_root()
     uid = _fresh_uid() if root else None
     seccomp = deny_list_program(deny_sockets=not namespaces)
-    cgroup = sandbox_cgroup.create(memory_mb) if root else None
-    features = ("uid",) if uid is not None else ()
-    if namespaces:
-        features = ("uid",) if root else ("userns",)
-        features += ("mountns", "netns", "ipcns", "pidns")
-    features += ("no_new_privs",) + (("seccomp",) if seccomp else ()) + (("cgroup",) if cgroup else ())
-    features += ("rlimits",) + (("socket_guard",) if not namespaces and not seccomp else ())
 
-    workdir = tempfile.mkdtemp(prefix="tether-sandbox-")
-    stdin_file = tempfile.TemporaryFile()
-    report_read, report_write = os.pipe() if with_report else (None, None)
+    workdir = stdin_file = cgroup = None
+    report_read = report_write = None
     process: subprocess.Popen | None = None
     try:
+        cgroup = sandbox_cgroup.create(memory_mb) if root else None
+        workdir = tempfile.mkdtemp(prefix="tether-sandbox-")
+        stdin_file = tempfile.TemporaryFile()
+        if with_report:
+            report_read, report_write = os.pipe()
         with open(os.path.join(workdir, _PROGRAM), "w", encoding="utf-8") as file:
             file.write(code)
         if uid is not None:
@@ -244,11 +241,13 @@ def run_python(
             _kill_all(process.pid, uid)
             if process.poll() is None:
                 process.wait()
-        stdin_file.close()
+        if stdin_file is not None:
+            stdin_file.close()
         for fd in (report_read, report_write):
             if fd is not None:
                 os.close(fd)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
         out_of_memory = cgroup is not None and cgroup.oom_killed()
         if cgroup is not None:
             cgroup.remove()
@@ -258,7 +257,18 @@ def run_python(
     return SandboxResult(
         status=status, returncode=returncode, stdout=stdout.text(), stderr=text_err,
         wall_s=wall_s, stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
-        isolation=features, report=report.text(), isolation_level=isolation)
+        isolation=_features(root, namespaces, seccomp is not None, cgroup is not None),
+        report=report.text(), isolation_level=isolation)
+
+
+def _features(root: bool, namespaces: bool, seccomp: bool, cgroup: bool) -> tuple[str, ...]:
+    """What contains a run, for ``SandboxResult.isolation``."""
+    features = ["uid"] if root else []
+    if namespaces:
+        features += ([] if root else ["userns"]) + ["mountns", "netns", "ipcns", "pidns"]
+    features += ["no_new_privs"] + (["seccomp"] if seccomp else []) + (["cgroup"] if cgroup else [])
+    features += ["rlimits"] + ([] if namespaces or seccomp else ["socket_guard"])
+    return tuple(features)
 
 
 # ---------------------------------------------------------------- output and status
