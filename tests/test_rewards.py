@@ -248,6 +248,19 @@ def test_math_answer_reward_scores_an_oversized_answer_zero_without_parsing():
 # ---------------------------------------------------------------- code
 
 
+def _no_namespaces() -> str | None:
+    from tether.rewards.sandbox import _support
+
+    return _support().unavailable
+
+
+def _code_reward(**limits):
+    """The code reward under the strongest sandbox this machine has, so the cheat tests also run
+    where there are no namespaces (``code_test_reward`` itself would refuse to run there)."""
+    return make_code_test_reward(isolation="rlimits-only" if _no_namespaces() else "namespaces",
+                                 **limits)
+
+
 def test_extract_code_prefers_the_last_python_block():
     completion = ("Draft:\n```python\ndef f(): return 0\n```\nFinal:\n```python\ndef f(): return 1\n```\n"
                   "Usage:\n```\nf()\n```")
@@ -266,12 +279,12 @@ def test_code_test_reward_runs_the_tests_against_the_code():
         "I cannot write code.",
         "```python\ndef add(a, b):\n    return a + b\n```",  # this sample has no tests
     ]
-    scores = code_test_reward(["p"] * 5, completions, tests=[tests, tests, tests, tests, None])
+    scores = _code_reward()(["p"] * 5, completions, tests=[tests, tests, tests, tests, None])
     assert scores == [1.0, 0.0, 0.0, 0.0, None]
 
 
 def test_code_test_reward_tests_as_a_list_and_a_hanging_solution():
-    reward = make_code_test_reward(timeout_s=1.0)
+    reward = _code_reward(timeout_s=1.0)
     completions = ["<answer>def sq(x):\n    return x * x</answer>",
                    "```python\ndef sq(x):\n    while True:\n        pass\n```"]
     tests = [["assert sq(3) == 9", "assert sq(-2) == 4"], ["assert sq(3) == 9"]]
@@ -304,7 +317,7 @@ def test_code_test_reward_cannot_be_cheated(cheat):
     tests = "assert add(2, 3) == 5\nassert add(-1, 1) == 0"
     honest = f"```python\n{_WRONG_ADD.replace('a - b', 'a + b')}```"
     cheating = f"```python\n{_WRONG_ADD}{_CHEATS[cheat]}\n```"
-    assert code_test_reward(["p", "p"], [honest, cheating], tests=[tests, tests]) == [1.0, 0.0]
+    assert _code_reward()(["p", "p"], [honest, cheating], tests=[tests, tests]) == [1.0, 0.0]
 
 
 def test_code_test_reward_judges_asserts_of_every_shape_outside_the_program():
@@ -320,7 +333,7 @@ def test_code_test_reward_judges_asserts_of_every_shape_outside_the_program():
                "for i in range(3):\n    assert double(i) == i",
                "assert double('a') < 3",  # TypeError in Python: the assert fails
                "assert double(2) == 4\nraise SystemExit(0)"]  # the tests must run to the end
-    scores = code_test_reward(["p"] * (len(passing) + len(failing)),
+    scores = _code_reward()(["p"] * (len(passing) + len(failing)),
                               [code] * (len(passing) + len(failing)), tests=passing + failing)
     assert scores == [1.0] * len(passing) + [0.0] * len(failing)
 
@@ -345,6 +358,7 @@ def test_code_harness_refuses_records_that_were_not_earned():
         assert not judge(report, checks)[0], why
 
 
+@pytest.mark.skipif(bool(_no_namespaces()), reason=f"no namespaces here: {_no_namespaces()}")
 def test_code_test_reward_logs_the_isolation_and_refuses_a_weaker_run(monkeypatch, caplog):
     from tether.rewards import code
     from tether.rewards.resolve import resolve_reward
