@@ -328,7 +328,8 @@ def test_code_test_reward_judges_asserts_of_every_shape_outside_the_program():
                "assert 0 < double(3) <= 6",
                "assert double(0.5) == 1.0 and double(1) != 3",
                "assert double([1]) == [1, 1] and double('ab') in {'abab', 'x'}",
-               "assert double(1) is not None"]
+               "assert double(1) is not None",
+               "class Case:\n    x = double(2)\n    assert x == 4"]  # class scope
     failing = ["assert double(2) == 5", "assert double(3) > 6", "assert not double(1)",
                "for i in range(3):\n    assert double(i) == i",
                "assert double('a') < 3",  # TypeError in Python: the assert fails

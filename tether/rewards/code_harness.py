@@ -124,12 +124,10 @@ class _AssertRewriter(ast.NodeTransformer):
                 operands, ops = (operand(expr),), ()
             conditions.append(Condition(ops=ops, operands=operands, negate=negate))
         self.checks.append(Check(conditions=tuple(conditions), top_level=top))
-        # __tether_check__(ID, lambda: (operand, ...)): the lambda keeps the assert's scope.
-        values = ast.Lambda(args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[],
-                                               kw_defaults=[], defaults=[]),
-                            body=ast.Tuple(elts=sent, ctx=ast.Load()))
+        # __tether_check__(ID, (operand, ...)): evaluated where the assert stood, in its scope.
         call = ast.Call(func=ast.Name(id=_CHECK, ctx=ast.Load()),
-                        args=[ast.Constant(len(self.checks) - 1), values], keywords=[])
+                        args=[ast.Constant(len(self.checks) - 1), ast.Tuple(elts=sent, ctx=ast.Load())],
+                        keywords=[])
         return ast.copy_location(ast.Expr(call), node)
 
 
@@ -229,7 +227,7 @@ def _make_check(report_fd, dumps=_json.dumps, write=_os.write, type=type, len=le
             data = data[write(report_fd, data):]
 
     def check(check_id, operands):
-        send([check_id, [tagged(value, 0) for value in operands()]])
+        send([check_id, [tagged(value, 0) for value in operands]])
 
     return check, send
 
