@@ -185,13 +185,16 @@ def test_setuid_binaries_gain_no_privileges(isolation):
         shutil.copy("/usr/bin/id", trap)
         os.chmod(trap, 0o4755)
         program = f"""
-import subprocess
+import os, subprocess
 print(open("/proc/self/status").read().split("NoNewPrivs:")[1].split()[0])
 print(subprocess.run([{trap!r}, "-u"], capture_output=True, text=True).stdout.strip())
+print(bool(os.statvfs({trap!r}).f_flag & os.ST_NOSUID))
 """
-        no_new_privs, euid = _ok(run_python(program, isolation=isolation))
+        no_new_privs, euid, nosuid = _ok(run_python(program, isolation=isolation))
         assert no_new_privs == "1"
         assert euid != "0"
+        # with namespaces the remounts are nosuid too: a second lock on the same door
+        assert nosuid == str(isolation == "namespaces")
     finally:
         shutil.rmtree(directory)
 

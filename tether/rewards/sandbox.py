@@ -436,8 +436,10 @@ def _enter_namespaces(plan: _NamespacePlan) -> None:
     # Private first, so nothing below propagates back to the host's mounts.
     _check(_libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None))
     for mount_point, keep in plan.read_only:
-        # Best effort per mount: one that refuses stays writable, still guarded by the uid.
-        _libc.mount(None, mount_point, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | keep, None)
+        # Read-only and nosuid (setuid bits ignored even without no-new-privs). Best effort per
+        # mount: one that refuses stays as it was, still guarded by the uid.
+        _libc.mount(None, mount_point, None,
+                    _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | keep, None)
     for mount_point, options in plan.scratch:
         _check(_libc.mount(b"tmpfs", mount_point, b"tmpfs", _MS_NOSUID | _MS_NODEV, options))
     os.makedirs(plan.workdir, exist_ok=True)  # the old one may be under a scratch tmpfs now
