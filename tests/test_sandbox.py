@@ -328,3 +328,35 @@ print(result.stdout.strip(), result.isolation_level, ",".join(result.isolation))
     answer, level, features = ran.split()
     assert (answer, level) == ("42", "rlimits-only")
     assert features.startswith("uid,no_new_privs,seccomp,") and "netns" not in features
+
+
+def test_cgroup_v2_run_directories_get_memory_max_and_no_swap(tmp_path, monkeypatch):
+    # This machine's memory controller may sit on v1; the v2 bookkeeping is checked on a
+    # directory laid out like a cgroup2 root (the kernel's part cannot be faked here).
+    (tmp_path / "cgroup.controllers").write_text("cpu io memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    monkeypatch.setattr(sandbox_cgroup, "_mounts",
+                        lambda kind: [(str(tmp_path), {"rw"})] if kind == "cgroup2" else [])
+    monkeypatch.setattr(sandbox_cgroup, "_own_cgroup", lambda controller: "/user.slice")
+    real_mkdir = os.mkdir
+
+    def mkdir_with_knobs(path, *args):  # the kernel creates a cgroup's files with the directory
+        real_mkdir(path, *args)
+        for name in ("cgroup.subtree_control", "cgroup.procs", "memory.max", "memory.swap.max"):
+            open(os.path.join(path, name), "w").close()
+
+    monkeypatch.setattr(sandbox_cgroup.os, "mkdir", mkdir_with_knobs)
+    cgroup = sandbox_cgroup.create(256)
+    assert cgroup is not None and cgroup.version == 2
+    assert os.path.dirname(cgroup.path) == str(tmp_path / "tether-sandbox")
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory"
+    assert open(os.path.join(cgroup.path, "memory.max")).read() == str(256 << 20)
+    assert open(os.path.join(cgroup.path, "memory.swap.max")).read() == "0"
+    assert cgroup.procs_file == os.fsencode(os.path.join(cgroup.path, "cgroup.procs"))
+    with open(os.path.join(cgroup.path, "memory.events"), "w") as events:
+        events.write("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert cgroup.oom_killed()
+
+    (tmp_path / "cgroup.controllers").write_text("cpu io pids\n")  # no memory controller
+    monkeypatch.setattr(sandbox_cgroup, "_v1_parent", lambda: None)
+    assert sandbox_cgroup.create(256) is None
