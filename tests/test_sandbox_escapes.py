@@ -16,7 +16,6 @@ import subprocess
 import sys
 import sysconfig
 import threading
-import time
 import uuid
 
 import pytest
@@ -290,7 +289,7 @@ def test_sysv_shared_memory_counts_against_the_memory_limit():
 @needs_namespaces
 def test_message_queues_do_not_carry_across_runs():
     key = 0x7E7D0000 + int.from_bytes(os.urandom(2), "little")
-    queue = LIBC + f"""
+    queue = LIBC + """
 class Message(ctypes.Structure):
     _fields_ = [("mtype", ctypes.c_long), ("mtext", ctypes.c_char * 32)]
 """
