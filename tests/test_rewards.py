@@ -305,9 +305,9 @@ _CHEATS = {
     "int_subclass_eq_always_true": ("class Liar(int):\n    def __eq__(self, other):\n"
                                     "        return True\n"
                                     "def add(a, b):\n    return Liar(0)"),
-    "forged_report": ("import json, os, sys\n"
+    "forged_report": ("import os, sys\n"
                       "fd = sys.modules['__main__'].__report_fd__\n"
-                      "os.write(fd, b'[0, [[\"int\", \"0\"]]]\\n[1, [[\"int\", \"0\"]]]\\n[\"end\"]\\n')\n"
+                      "os.write(fd, b\"[0, [['int', '0']]]\\n[1, [['int', '0']]]\\n['end']\\n\")\n"
                       "os._exit(0)"),
 }
 
@@ -343,17 +343,19 @@ def test_code_harness_refuses_records_that_were_not_earned():
     from tether.rewards.code_harness import build_harness, judge
 
     _, checks = build_harness("", "assert f(1) == 2\nfor i in 'ab':\n    assert f(i)")
-    assert judge('[0, [["int", "2"]]]\n[1, [["bool", true]]]\n["end"]', checks)[0]
-    assert judge('[0, [["int", "2"]]]\n["end"]', checks)[0]  # a loop may run no times
+    assert judge("[0, [['int', '2']]]\n[1, [['bool', True]]]\n['end']", checks)[0]
+    assert judge("[0, [['int', '2']]]\n['end']", checks)[0]  # a loop may run no times
     not_earned = {
-        "no end record": '[0, [["int", "2"]]]',
-        "wrong value": '[0, [["int", "3"]]]\n["end"]',
-        "top-level check twice": '[0, [["int", "2"]]]\n[0, [["int", "2"]]]\n["end"]',
-        "top-level check missing": '[1, [["bool", true]]]\n["end"]',
-        "unknown check": '[0, [["int", "2"]]]\n[7, []]\n["end"]',
-        "negative check id": '[0, [["int", "2"]]]\n[-1, [["bool", true]]]\n["end"]',
-        "int as a bool": '[0, [["int", "2"]]]\n[1, [["bool", 1]]]\n["end"]',
-        "unknown kind": '[0, [["Anything", "2"]]]\n["end"]',
+        "no end record": "[0, [['int', '2']]]",
+        "wrong value": "[0, [['int', '3']]]\n['end']",
+        "top-level check twice": "[0, [['int', '2']]]\n[0, [['int', '2']]]\n['end']",
+        "top-level check missing": "[1, [['bool', True]]]\n['end']",
+        "unknown check": "[0, [['int', '2']]]\n[7, []]\n['end']",
+        "negative check id": "[0, [['int', '2']]]\n[-1, [['bool', True]]]\n['end']",
+        "int as a bool": "[0, [['int', '2']]]\n[1, [['bool', 1]]]\n['end']",
+        "unknown kind": "[0, [['Anything', '2']]]\n['end']",
+        "not a literal": "[0, [['int', __import__('os').getpid()]]]\n['end']",
+        "nested too deep": "[0, " + "[" * 300 + "]" * 300 + "]\n['end']",
     }
     for why, report in not_earned.items():
         assert not judge(report, checks)[0], why

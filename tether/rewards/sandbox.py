@@ -14,8 +14,7 @@ machine cannot provide it, ``run_python`` raises ``SandboxUnavailable`` rather t
   symlinks and unix sockets there are out of sight, and the working directory is a tmpfs of
   ``workdir_mb`` MiB; all vanish with the namespace;
 * the IPC namespace gives SysV shared memory, semaphores and message queues of the run's own,
-  destroyed with it; in the PID namespace the program runs under an init of its own (its copy
-  of the parent's command line and environment zeroed, not dumpable) with a fresh ``/proc``, so
+  destroyed with it; in the PID namespace the program is process 1 under a fresh ``/proc``, so
   it sees no host process (nor their command lines or environments), and when it ends the
   kernel kills all it started, ``setsid`` or not;
 * ``PR_SET_NO_NEW_PRIVS`` (setuid binaries do not gain privileges) and a seccomp deny-list
@@ -72,7 +71,7 @@ _MS_REMOUNT, _MS_NOATIME, _MS_NODIRATIME, _MS_BIND, _MS_REC = 32, 1024, 2048, 40
 _MS_PRIVATE, _MS_RELATIME, _MS_STRICTATIME = 1 << 18, 1 << 21, 1 << 24
 _CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
 _CLONE_NEWPID, _CLONE_NEWNET = 0x20000000, 0x40000000
-_PR_SET_PDEATHSIG, _PR_SET_DUMPABLE = 1, 4
+_PR_SET_PDEATHSIG = 1
 _MOUNT_OPTION_FLAGS = {"nosuid": _MS_NOSUID, "nodev": _MS_NODEV, "noexec": _MS_NOEXEC,
                        "noatime": _MS_NOATIME, "nodiratime": _MS_NODIRATIME,
                        "relatime": _MS_RELATIME, "strictatime": _MS_STRICTATIME}
@@ -212,11 +211,12 @@ def run_python(
         stdin_file.write(stdin.encode("utf-8"))
         stdin_file.seek(0)
 
+        cpu_s = cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1
         plan = _ChildPlan(
-            limits=_limits(memory_mb, cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1,
-                           max_processes, max_file_size_mb, uid),
+            limits=_limits(memory_mb, cpu_s, max_processes, max_file_size_mb, uid),
             uid=uid, seccomp=seccomp, cgroup_procs=cgroup.procs_file if cgroup else None,
-            namespace=_NamespacePlan.build(workdir, workdir_mb, uid, code) if namespaces else None)
+            namespace=_NamespacePlan.build(workdir, workdir_mb, uid, code, cpu_s)
+            if namespaces else None)
         prelude = _PRELUDE.format(program=_PROGRAM, guard_sockets=not namespaces and not seccomp,
                                   report_fd=report_write)
         start = time.monotonic()
@@ -383,16 +383,18 @@ class _NamespacePlan:
     scratch: tuple[tuple[bytes, bytes], ...]  # (mount point, tmpfs options)
     program: bytes  # the code, written into the tmpfs working directory
     user_namespace: bytes | None  # without root: the uid_map/gid_map line mapping our own ids
+    cpu_s: int  # the CPU limit, to tell its kill from others
 
     @staticmethod
-    def build(workdir: str, workdir_mb: int, uid: int | None, code: str) -> _NamespacePlan:
+    def build(workdir: str, workdir_mb: int, uid: int | None, code: str, cpu_s: int
+              ) -> _NamespacePlan:
         owner = f",uid={uid},gid={uid}" if uid is not None else ""
         scratch = tuple((path, f"size={size or workdir_mb}m,mode={mode:o}".encode())
                         for path, mode, size in _SCRATCH if os.path.isdir(path))
         return _NamespacePlan(
             read_only=_writable_mounts(), workdir=os.fsencode(workdir),
             tmpfs_options=f"size={workdir_mb}m,mode=0700{owner}".encode(), scratch=scratch,
-            program=code.encode("utf-8"),
+            program=code.encode("utf-8"), cpu_s=cpu_s,
             user_namespace=None if uid is not None or _running_as_root()
             else f"{os.getuid()} {os.getuid()} 1\n{os.getgid()} {os.getgid()} 1\n".encode())
 
@@ -411,12 +413,16 @@ def _enter_sandbox(plan: _ChildPlan) -> None:
     if plan.cgroup_procs is not None:
         _write_file(plan.cgroup_procs, b"0")  # "0": the writer; its children follow it
     if plan.namespace is not None:
-        _enter_namespaces(plan.namespace)  # returns in the program's process, PID 2 there
+        _enter_namespaces(plan.namespace)  # returns in the program's process, PID 1 there
     for which, soft, hard in plan.limits:
         resource.setrlimit(which, (soft, hard))
     set_no_new_privs()
     if plan.uid is not None:
         _become(plan.uid)
+    if plan.namespace is not None:
+        # Changing uid clears the parent-death signal, so set it after: should the waiting
+        # parent be killed, the program (PID 1) dies, and with it the whole namespace.
+        _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
     if plan.seccomp is not None:
         plan.seccomp.install()
 
@@ -449,73 +455,32 @@ def _enter_namespaces(plan: _NamespacePlan) -> None:
     fd = os.open(_PROGRAM, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     os.write(fd, plan.program)
     os.close(fd)
-    # A new PID namespace applies to children only, and its first process (PID 1) ignores
-    # signals it has no handler for, SIGXCPU included: so fork twice. PID 1 is an init that
-    # waits for the program and passes its wait status out over a pipe to this process, which
-    # waits outside the namespace and ends the same way (Popen sees the program's own status).
-    status_read, status_write = os.pipe()
-    if os.fork() != 0:
-        os.close(status_write)
-        _relay_status(status_read)
-    os.close(status_read)
-    # Should the waiting process be killed, PID 1 dies too, and with it the whole namespace.
-    _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
-    # A /proc of the namespace's own, showing only the run's processes.
-    _check(_libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None))
-    _scrub_parent_traces()  # before the fork: the program never sees PID 1 unscrubbed
+    # A new PID namespace applies to children only: fork. The child, PID 1 there, goes on to
+    # exec the program; this process waits outside the namespace and ends the same way, so
+    # Popen sees the program's own status. When PID 1 ends, the kernel kills all it left.
     program = os.fork()
     if program != 0:
-        _init(program, status_write)
-    os.close(status_write)  # the program goes on to exec
+        _relay_status(program, plan.cpu_s)
+    # A /proc of the namespace's own, showing only the run's processes.
+    _check(_libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None))
 
 
-def _scrub_parent_traces() -> None:
-    """PID 1 is a fork of this (the parent's) process: hide what /proc/1 would show of it.
+def _relay_status(program: int, cpu_s: int) -> None:
+    """Outside the PID namespace: wait for the program, then end as it ended.
 
-    Not dumpable: /proc/1/environ, mem, maps and fd need ptrace rights the program lacks (it
-    shares the uid without root). Its command line and environment strings are zeroed in place,
-    since /proc/1/cmdline is readable by anyone. Cheaper than exec'ing a fresh init (a second
-    interpreter start per run).
+    PID 1 ignores signals it has no handler for, the CPU limit's SIGXCPU included, so there the
+    limit ends a program with the SIGKILL one second later; reported as SIGXCPU as elsewhere.
     """
-    _check(_libc.prctl(_PR_SET_DUMPABLE, 0, 0, 0, 0))
-    with open("/proc/self/stat", "rb") as file:
-        fields = file.read().rsplit(b")", 1)[1].split()  # fields[0] is field 3 of proc(5)
-    arg_start, arg_end, env_start, env_end = (int(fields[n - 3]) for n in (48, 49, 50, 51))
-    ctypes.memset(arg_start, 0, arg_end - arg_start)
-    ctypes.memset(env_start, 0, env_end - env_start)
-
-
-def _init(program: int, status_write: int) -> None:
-    """PID 1: reap orphans until the program ends, send its wait status out, exit (which kills
-    whatever the program left running)."""
-    _close_all_but(status_write)
-    _libc.signal(signal.SIGINT, None)  # SIG_DFL, which PID 1 ignores: the program cannot stop it
-    while True:
-        pid, status = os.waitpid(-1, 0)
-        if pid == program:
-            break
-    os.write(status_write, status.to_bytes(4, "little"))
-    os._exit(0)
-
-
-def _relay_status(status_read: int) -> None:
-    """Outside the PID namespace: wait for PID 1, then end as the program ended."""
-    _close_all_but(status_read)  # subprocess's exec-error pipe too: Popen must not wait on us
-    _, status = os.waitpid(-1, 0)
-    data = os.read(status_read, 4)
-    if len(data) == 4:  # else PID 1 itself was killed: end as it ended
-        status = int.from_bytes(data, "little")
+    os.closerange(0, os.sysconf("SC_OPEN_MAX"))  # subprocess's exec-error pipe too: Popen
+    _, status, usage = os.wait4(program, 0)      # must not wait for the whole run
     if os.WIFSIGNALED(status):
         signal_number = os.WTERMSIG(status)
+        if signal_number == signal.SIGKILL and usage.ru_utime + usage.ru_stime >= cpu_s:
+            signal_number = signal.SIGXCPU
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         _libc.signal(signal_number, None)  # SIG_DFL
         os.kill(os.getpid(), signal_number)
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
-
-
-def _close_all_but(fd: int) -> None:
-    os.closerange(0, fd)
-    os.closerange(fd + 1, os.sysconf("SC_OPEN_MAX"))
 
 
 def _write_file(path: bytes, data: bytes) -> None:
@@ -677,7 +642,7 @@ def _probe(python: str, uid: int | None, namespace: bool) -> bool:
         if uid is not None:
             os.chown(workdir, uid, uid)
         plan = _ChildPlan(limits=[], uid=uid, seccomp=None, cgroup_procs=None,
-                          namespace=_NamespacePlan.build(workdir, 1, uid, "") if namespace else None)
+                          namespace=_NamespacePlan.build(workdir, 1, uid, "", 30) if namespace else None)
         result = subprocess.run(
             [python, "-I", "-S", "-c", "import encodings"], cwd=workdir, env=_ENV,
             capture_output=True, timeout=30, start_new_session=True,
