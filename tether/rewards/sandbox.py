@@ -30,7 +30,11 @@ writable, and without root a ``setsid`` child can outlive the run.
 
 Both: its own session (killed with ``os.killpg`` on timeout and on exit), a wall-clock timeout,
 ``setrlimit`` limits (address space, CPU seconds, file size, open files, processes, no core
-files), an empty environment, a throwaway working directory, and ``python -I -S``.
+files), an empty environment, a throwaway working directory, and ``python -I -S``. As root, the
+uid is fresh per run and the sandbox's alone: ``RLIMIT_NPROC`` then counts only the run's
+processes (a fork bomb stops at ``max_processes``), and afterwards ``kill(-1, SIGKILL)`` sent *as*
+that uid catches whatever escaped the process group. Without root, ``RLIMIT_NPROC`` counts all of
+the user's processes, so it is set to their current number plus ``max_processes`` (best effort).
 ``SandboxResult.isolation`` lists what applied to each run.
 
 ``preexec_fn`` is documented as unsafe with threads (the child could deadlock before ``exec`` on
