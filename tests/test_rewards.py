@@ -329,11 +329,13 @@ def test_code_test_reward_judges_asserts_of_every_shape_outside_the_program():
                "assert double(0.5) == 1.0 and double(1) != 3",
                "assert double([1]) == [1, 1] and double('ab') in {'abab', 'x'}",
                "assert double(1) is not None",
-               "class Case:\n    x = double(2)\n    assert x == 4"]  # class scope
+               "class Case:\n    x = double(2)\n    assert x == 4",  # class scope
+               "x = [1]\ny = x\nassert y is x and double(x) is not x"]  # identity
     failing = ["assert double(2) == 5", "assert double(3) > 6", "assert not double(1)",
                "for i in range(3):\n    assert double(i) == i",
                "assert double('a') < 3",  # TypeError in Python: the assert fails
-               "assert double(2) == 4\nraise SystemExit(0)"]  # the tests must run to the end
+               "assert double(2) == 4\nraise SystemExit(0)",  # the tests must run to the end
+               "x = [1]\nassert double(x) is x"]
     scores = _code_reward()(["p"] * (len(passing) + len(failing)),
                               [code] * (len(passing) + len(failing)), tests=passing + failing)
     assert scores == [1.0] * len(passing) + [0.0] * len(failing)

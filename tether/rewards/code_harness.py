@@ -119,7 +119,7 @@ class _AssertRewriter(ast.NodeTransformer):
             negate = isinstance(expr, ast.UnaryOp) and isinstance(expr.op, ast.Not)
             if negate:
                 expr = expr.operand
-            if isinstance(expr, ast.Compare):
+            if isinstance(expr, ast.Compare) and not _identity_of_objects(expr):
                 operands = tuple(operand(e) for e in [expr.left, *expr.comparators])
                 ops = tuple(_OPERATORS[type(op)] for op in expr.ops)
             else:
@@ -131,6 +131,16 @@ class _AssertRewriter(ast.NodeTransformer):
                         args=[ast.Constant(len(self.checks) - 1), ast.Tuple(elts=sent, ctx=ast.Load())],
                         keywords=[])
         return ast.copy_location(ast.Expr(call), node)
+
+
+def _identity_of_objects(compare: ast.Compare) -> bool:
+    """``a is b`` between two objects: identity cannot be judged on rebuilt copies, so the
+    sandbox evaluates it (``is`` cannot be overridden, and the result must be a plain bool).
+    ``x is None`` / ``is True`` / ``is False`` are judged here like the other comparisons."""
+    singletons = (None, True, False)
+    return any(isinstance(op, (ast.Is, ast.IsNot))
+               and not (isinstance(right, ast.Constant) and any(right.value is v for v in singletons))
+               for op, right in zip(compare.ops, compare.comparators))
 
 
 def _conjuncts(test: ast.expr) -> list[ast.expr]:
