@@ -195,7 +195,8 @@ class DPOConfig(RunConfig):
 
 
 class RewardSettings(Section):
-    # A built-in ("math_answer", "think_answer_format", "code_tests") or "package.module:function".
+    # A built-in ("math_answer", "think_answer_format", "code_tests", "code_tests_rlimits_only",
+    # ...) or "package.module:function".
     name: str
     weight: float = 1.0
 

@@ -10,7 +10,7 @@ from typing import Callable
 from tether.config import RECIPE_DIRS, RewardSettings
 from tether.errors import ConfigError
 from tether.rewards.base import RewardSpec
-from tether.rewards.code import code_test_reward
+from tether.rewards.code import code_test_reward, code_test_reward_rlimits_only
 from tether.rewards.format import think_answer_format_reward
 from tether.rewards.math import math_answer_reward
 from tether.rewards.planted import length_penalized_gold, length_proxy
@@ -21,6 +21,7 @@ BUILT_IN: dict[str, Callable] = {
     "math_answer": math_answer_reward,
     "think_answer_format": think_answer_format_reward,
     "code_tests": code_test_reward,
+    "code_tests_rlimits_only": code_test_reward_rlimits_only,
     "length_proxy": length_proxy,
     "length_penalized_gold": length_penalized_gold,
     "safety_refusal": safety_refusal,
