@@ -29,7 +29,7 @@ def request_text(prompt: Any) -> str:
 
 def on_topic(prompts: Sequence[Any], completions: Sequence[Any], **_columns: Any) -> list[float]:
     """Cosine similarity of each answer's embedding to its request's (see the module docstring)."""
-    from tether.audit.refusal_classifier import load_encoder  # loads MiniLM: only when used
+    from tether.judges.refusal_embedding import load_encoder  # loads MiniLM: only when used
 
     if not completions:
         return []
