@@ -70,3 +70,27 @@ def default_refusal_judge() -> Judge:
 def resolve_judge(name: str | None) -> Judge:
     """``name`` from the registry, or the default refusal judge when None."""
     return default_refusal_judge() if name is None else get_judge(name)
+
+
+def judge_from_options(names: str | None = None, bound: str | None = None,
+                       calibration: str | None = None) -> Judge:
+    """The refusal judge a command or config asks for: ``names`` (one name, or several joined by
+    commas, which needs a ``bound``), optionally calibrated so ``bound`` holds on the labelled rows in
+    ``calibration`` (:mod:`tether.judges.conformal`; default: the bundled labelled responses).
+
+    Raises:
+        ConfigError: an unknown name, several names without a bound, an unreadable bound, or a
+            calibration set too small to certify it.
+    """
+    parts = [n.strip() for n in (names or "").split(",") if n.strip()]
+    if bound is None:
+        if len(parts) > 1:
+            raise ConfigError(f"several judges ({', '.join(parts)}) are combined only under a bound "
+                              f"(e.g. missed_compliance<=5%@90%)")
+        if calibration:
+            raise ConfigError("a judge calibration set is used only with a bound")
+        return resolve_judge(parts[0] if parts else None)
+    from tether.judges.conformal import calibrated_judge
+
+    judges = [get_judge(n) for n in parts] if parts else [default_refusal_judge()]
+    return calibrated_judge(judges, bound, calibration)
