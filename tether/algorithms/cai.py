@@ -52,7 +52,7 @@ from tether.feedback.judge_backends import backend_from_spec
 from tether.feedback.preferences import judgments_to_pairs, preference_rows
 from tether.feedback.records import FeedbackItem, Judgment
 from tether.judges import decide, default_refusal_judge, describe
-from tether.rewards.relevance import request_text
+from tether.judges.rows import prompt_text
 from tether.rollout.generate import generate_responses
 
 PIPELINE_SETS = "(set by the CAI pipeline)"
@@ -63,7 +63,7 @@ def refusal_rate(prompts: list, texts: list[str]) -> float:
     judge's name and version), a cheap view of the shift."""
     if not texts:
         return 0.0
-    prompts = [p if isinstance(p, str) else request_text(p) for p in prompts]
+    prompts = [prompt_text(p) for p in prompts]
     return round(sum(decide(default_refusal_judge(), prompts, texts)) / len(texts), 4)
 
 

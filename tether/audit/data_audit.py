@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -57,12 +56,12 @@ from typing import Any
 
 import numpy as np
 
-from tether.judges import Judge, decide, default_refusal_judge, describe
-from tether.judges.validate import wilson_interval
 from tether.data import PreferenceRecord, load_records, read_rows
 from tether.errors import TetherError
+from tether.judges import Judge, decide, default_refusal_judge, describe
+from tether.judges.rows import prompt_text
+from tether.judges.validate import wilson_interval
 from tether.rewards.base import completion_text
-from tether.rewards.relevance import request_text
 
 # ---- concept features --------------------------------------------------------------------------
 
@@ -126,7 +125,7 @@ def pair_features(records: Sequence[PreferenceRecord], *, tokenizer: Any = None,
                   toxicity: Callable | None = None,
                   refusal_judge: Judge | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Concept names and the (N, K) feature matrices of the chosen and rejected responses."""
-    prompts = [request_text(r.prompt) for r in records]
+    prompts = [prompt_text(r.prompt) for r in records]
     chosen = concept_features([completion_text(r.chosen) for r in records], prompts=prompts, tokenizer=tokenizer,
                               toxicity=toxicity, refusal_judge=refusal_judge)
     rejected = concept_features([completion_text(r.rejected) for r in records], prompts=prompts,

@@ -11,11 +11,12 @@ from tether.judges.base import Judge
 
 
 def prompt_text(prompt: Any) -> str:
-    """A plain prompt, or the last user message of a chat prompt (a list of messages)."""
+    """A plain prompt, or the last user message of a chat prompt (a list of messages): what a
+    judge reads as the request."""
     if isinstance(prompt, str):
         return prompt
-    users = [m.get("content", "") for m in prompt if isinstance(m, dict) and m.get("role") == "user"]
-    return str(users[-1]) if users else ""
+    users = [message["content"] for message in prompt if message.get("role") == "user"]
+    return users[-1] if users else str(prompt[-1]["content"])
 
 
 def read_pairs(path: str | Path) -> list[dict]:

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tether.rewards.base import completion_text
-from tether.rewards.relevance import request_text
+from tether.judges.rows import prompt_text
 
 HARMFUL = "harmful"
 
@@ -30,6 +30,6 @@ def safety_refusal(prompts: Sequence[Any], completions: Sequence[Any], kind: Seq
 
     if kind is None:
         raise ValueError("safety_refusal needs a 'kind' column (harmful or benign) beside each prompt")
-    probabilities = default_refusal_judge().score([request_text(p) for p in prompts],
+    probabilities = default_refusal_judge().score([prompt_text(p) for p in prompts],
                                                   [completion_text(c) for c in completions])
     return [p if k == HARMFUL else 1.0 - p for p, k in zip(probabilities, kind)]
