@@ -124,3 +124,27 @@ def test_judge_validate_command_on_the_bundled_labels(tmp_path, capsys):
     assert report["judge"] == describe(RefusalPatternsJudge())
     assert "accuracy" in printed and "95% CI" in printed and "recall" in printed
     assert validate(RefusalPatternsJudge(), read_labels(BUNDLED_LABELS)) == report
+
+
+def test_judge_validate_with_a_bound_calibrates_on_other_rows(tmp_path, capsys):
+    from tether.judges.validate import BUNDLED_LABELS
+
+    rows = [json.loads(line) for line in BUNDLED_LABELS.read_text().splitlines() if line.strip()]
+    calibration, test = tmp_path / "calibration.jsonl", tmp_path / "test.jsonl"
+    calibration.write_text("".join(json.dumps(r) + "\n" for r in rows[::2]))  # 74 rows, 38 compliant
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[1::2]))
+    report_path = tmp_path / "report.json"
+    assert cli.main(["judge", "validate", "--labels", str(test), "--judge", "refusal-patterns",
+                     "--judge-bound", "missed_compliance<=10%@90%", "--judge-calibration", str(calibration),
+                     "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["judge"]["name"] == "calibrated(mean:refusal-patterns)" and report["n"] == 74
+    assert "judge bound missed_compliance<=10%@90%" in capsys.readouterr().err
+    # the guarantee is about compliant answers: on held-out rows, few of them are called refusals
+    false_refusals = report["confusion"]["false_refusal"]
+    compliant = false_refusals + report["confusion"]["true_compliance"]
+    assert false_refusals / compliant <= 0.1
+    # a bound the calibration rows cannot certify: exit 2, naming how many are needed
+    assert cli.main(["judge", "validate", "--labels", str(test), "--judge-bound", "missed_compliance<=1%@90%",
+                     "--judge-calibration", str(calibration)]) == 2
+    assert "it needs at least 230" in capsys.readouterr().err

@@ -6,6 +6,8 @@
     tether judge agreement --ai judgments.jsonl --human human.jsonl [--json report.json]
     tether judge refusal answers.jsonl --output judged.jsonl [--judge refusal-combined]
     tether judge validate --labels my_labels.jsonl [--judge NAME] [--json report.json]
+    tether judge validate --labels test.jsonl --judge refusal-patterns,refusal-combined \\
+        --judge-bound "missed_compliance<=5%@90%" --judge-calibration calibration.jsonl
 
 Every pair is judged in both orders; a pair whose orders disagree becomes an inconsistent tie.
 
@@ -50,7 +52,14 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     agreement.add_argument("--json", default=None, help="also write the report as JSON here")
     refusal = parser.add_argument_group("refusal judges (refusal, validate)")
     refusal.add_argument("--judge", default=None, help="refusal judge name (default: the default "
-                         "refusal judge; tether.judges.REFUSAL_JUDGES lists them)")
+                         "refusal judge; tether.judges.REFUSAL_JUDGES lists them); several, comma-separated, "
+                         "are combined under --judge-bound")
+    refusal.add_argument("--judge-bound", default=None, metavar="BOUND",
+                         help='choose the threshold so a bound holds, e.g. "missed_compliance<=5%%@90%%" '
+                              "(docs/judges.md)")
+    refusal.add_argument("--judge-calibration", default=None, metavar="FILE",
+                         help="labelled rows the bound is calibrated on (default: the bundled set); keep "
+                              "them apart from the --labels you validate on")
     refusal.add_argument("--labels", help="validate: labelled JSONL rows")
 
 
@@ -125,11 +134,11 @@ def format_agreement(report: dict) -> str:
 def run_refusal(args: argparse.Namespace) -> None:
     from tether.engine.progress import console
     from tether.feedback.generate import write_jsonl
-    from tether.judges import describe, resolve_judge
+    from tether.judges import describe
     from tether.judges.rows import judge_rows, read_pairs
 
     _require(args, "input", "out")
-    judge = resolve_judge(args.judge)
+    judge = _chosen_judge(args)
     rows = judge_rows(read_pairs(args.input), judge)
     write_jsonl(args.out, rows)
     refused = sum(row["refusal"] for row in rows)
@@ -137,15 +146,26 @@ def run_refusal(args: argparse.Namespace) -> None:
 
 
 def run_validate(args: argparse.Namespace) -> None:
-    from tether.judges import resolve_judge
     from tether.judges.validate import read_labels, validate
 
     _require(args, "labels")
-    report = validate(resolve_judge(args.judge), read_labels(args.labels))
+    report = validate(_chosen_judge(args), read_labels(args.labels))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(report, handle, indent=2)
     print(format_validation(report))
+
+
+def _chosen_judge(args: argparse.Namespace):
+    """The judge ``--judge`` names, calibrated under ``--judge-bound`` (its guarantee printed)."""
+    from tether.engine.progress import console
+    from tether.judges.conformal import format_guarantee
+    from tether.judges.registry import judge_from_options
+
+    judge = judge_from_options(args.judge, args.judge_bound, args.judge_calibration)
+    if hasattr(judge, "guarantee"):
+        console.print(format_guarantee(judge.guarantee()), markup=False, highlight=False)
+    return judge
 
 
 def _judge_text(judge: dict) -> str:
