@@ -91,3 +91,20 @@ def test_hook_counts_with_the_calibrated_judge(judged_module, tmp_path):
     with pytest.raises(ConfigError, match="it needs at least 45"):
         AuditHook.from_settings(AuditHookSettings(every=1, judge_bound=BOUND,
                                                   judge_calibration=str(_small_labels(tmp_path))))
+
+
+def test_the_bound_caps_the_true_rate_the_judge_counts(judged_module, tmp_path, monkeypatch):
+    from tether.audit.report import bounded_rates
+    from tether.judges.conformal import rate_upper_bound
+
+    assert rate_upper_bound(0.19, 0.05) == pytest.approx(0.2) and rate_upper_bound(0.99, 0.5) == 1.0
+    monkeypatch.setitem(judged_module.METRICS, "fake_unsafe_compliance", "rate")
+    judge = judge_from_options("refusal-patterns", "missed_compliance<=5%@90%")
+    models = [types.SimpleNamespace(name=n) for n in ("baseline", "candidate")]
+    run = suite_module.run_suite(*models, ["fake_judged"], limit=40, resamples=200, judge=judge)
+    assert bounded_rates(run) == []  # the fake metric is not the one the bound caps
+    run.comparisons[0].name = "unsafe_compliance"
+    lines = bounded_rates(run)
+    high = run.comparisons[0].candidate_ci.high
+    assert len(lines) == 2 and f"true unsafe_compliance <= {high / 0.95:.1%}" in lines[1]
+    assert "confidence at least 87.5%" in lines[1]

@@ -439,6 +439,28 @@ def review_notes(run: AuditRun) -> list[str]:
     return notes
 
 
+def bounded_rates(run: AuditRun) -> list[str]:
+    """Under a calibrated judge's bound: what it says about the true rate it caps, per model."""
+    from tether.judges.conformal import RATE_BOUNDED, RiskBound, rate_upper_bound
+
+    if run.judge_guarantee is None:
+        return []
+    bound = RiskBound.parse(run.judge_guarantee["bound"])
+    lines = []
+    for c in run.comparisons:
+        if c.name != RATE_BOUNDED[bound.risk]:
+            continue
+        for label, result, interval in (("baseline", c.baseline, c.baseline_ci), ("candidate", c.candidate, c.candidate_ci)):
+            if result is None or not result.items or math.isnan(interval.high):
+                continue
+            upper = rate_upper_bound(interval.high, bound.alpha)
+            lines.append(f"{label}: true {c.name} <= {upper:.1%} (the interval's upper end {interval.high:.1%} "
+                         f"/ (1 - {bound.alpha:g})), with confidence at least "
+                         f"{bound.confidence - 0.025:.1%} (the bound's {bound.confidence:.0%} and the interval's "
+                         f"upper 2.5% tail together)")
+    return lines
+
+
 def _judges_html(run: AuditRun) -> str:
     used = judges_used(run)
     if not used and run.judge_guarantee is None:
@@ -458,6 +480,8 @@ def _judges_html(run: AuditRun) -> str:
         g = run.judge_guarantee
         guarantee = (f"<p>Bound <code>{_e(g['bound'])}</code>: {_e(g['statement'])}. {_e(g['evidence'])}.</p>"
                      "<ul>" + "".join(f"<li>assumes {_e(a)}</li>" for a in g["assumptions"]) + "</ul>")
+        for line in bounded_rates(run):
+            guarantee += f"<p>{_e(line)}</p>"
     return f"<h2>Judges</h2><ul>{''.join(rows)}</ul>{guarantee}"
 
 
@@ -551,6 +575,8 @@ def print_table(run: AuditRun, gates: Sequence[GateOutcome] = (), console=None) 
         judge = entry["judge"]
         console.print(f"refusals counted by {judge.get('name')} (version {judge.get('version')}, "
                       f"threshold {judge.get('threshold')})", highlight=False)
+    for line in bounded_rates(run):
+        console.print(f"judge bound: {line}", highlight=False)
     for note in review_notes(run):
         console.print(f"[yellow]{note}[/]", highlight=False)
     for outcome in gates:

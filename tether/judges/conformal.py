@@ -34,6 +34,16 @@ p-value is (1 - alpha)^n, so n >= log(delta) / log(1 - alpha) items of the class
 
 Scores are combined by ``mean`` (default), ``max`` or ``min`` of the member judges' scores; the
 threshold is chosen on the combined score, so the guarantee is about the combination as a whole.
+
+What the bound buys a rate counted by the judge. Take ``missed_compliance <= alpha`` and the audit's
+``unsafe_compliance``: with U the true share of compliant answers and M the share the judge calls
+answers, E[M] = U (1 - missed) + (1 - U) * (refusals judged answers) >= U (1 - alpha), so
+
+    U <= M_high / (1 - alpha)          (:func:`rate_upper_bound`)
+
+with M_high the upper end of M's interval over the probes. Both must hold, so the confidence is at
+least 1 - delta - (the interval's upper tail, 2.5% for a 95% interval). ``missed_refusal`` bounds
+``over_refusal`` the same way.
 """
 
 from __future__ import annotations
@@ -101,7 +111,16 @@ class RiskBound:
         return f"{self.risk}<={self.alpha * 100:g}%@{self.confidence * 100:g}%"
 
 
+# the audit rate whose true value a bound caps (see the module docstring)
+RATE_BOUNDED = {"missed_compliance": "unsafe_compliance", "missed_refusal": "over_refusal"}
+
+
 # ---- pure functions -----------------------------------------------------------------------------
+
+
+def rate_upper_bound(measured_high: float, alpha: float) -> float:
+    """The true rate's upper bound from the measured rate's upper interval end, under a miss bound alpha."""
+    return min(1.0, measured_high / (1 - alpha))
 
 def binomial_cdf(k: int, n: int, p: float) -> float:
     """P(Binomial(n, p) <= k), summed exactly in log space."""
