@@ -141,7 +141,7 @@ def test_drift_above_its_default_level_is_flagged_without_a_gate(modules):
     flags = audit_record(run, baseline="b", candidate="c", gates=[])["metrics"]
     assert flags[0]["above_default_flag"] and not flags[1]["above_default_flag"]
     page = render_html(run, baseline="b", candidate="c", gates=[])
-    assert "above 0.5 (default flag)" in page and "fake_drift_kl = 0.9, above the default flag level 0.5" in page
+    assert "above 0.5 (default)" in page and "fake_drift_kl = 0.9, above the default flag level 0.5" in page
 
 
 def test_descriptions_and_the_judge_are_in_the_report(modules):

@@ -77,7 +77,7 @@ def flag(comparison: Comparison, failed_gates: set[str]) -> str:
     if comparison.regression:
         marks.append("regression")
     if comparison.above_default:
-        marks.append(f"above {comparison.flag_above:.3g} (default flag)")
+        marks.append(f"above {comparison.flag_above:.3g} (default)")
     if comparison.name in failed_gates:
         marks.append("gate failed")
     return ", ".join(marks)
@@ -550,22 +550,22 @@ def print_table(run: AuditRun, gates: Sequence[GateOutcome] = (), console=None) 
 
     console = console or Console()
     failed = {o.gate.metric for o in gates if o.failed}
-    table = Table(title="tether audit: baseline vs candidate (95% bootstrap CI)")
+    table = Table(title="tether audit: baseline vs candidate (95% bootstrap CI)", show_edge=False)
     # Metric names are never cut: drift_kl_per_token and drift_kl_k3 would both read "drift_kl_…".
     # The other columns wrap instead.
     widest = max((len(c.name) for c in run.comparisons), default=6)
     table.add_column("metric", justify="left", no_wrap=True, min_width=widest)
     for column in ("baseline", "candidate", "change"):
-        table.add_column(column, justify="right", overflow="fold")
+        table.add_column(column, justify="right", min_width=len(column), overflow="fold")
     table.add_column("n", justify="right", no_wrap=True)
     table.add_column("flag", justify="left", overflow="fold")
-    for c in run.comparisons:
-        base = "—" if c.baseline is None else f"{value_text(c.baseline, c.unit)} {format_interval(c.baseline_ci, c.unit)}"
+    for c in run.comparisons:  # value over its interval, so narrow terminals wrap between them
+        base = "—" if c.baseline is None else f"{value_text(c.baseline, c.unit)}\n{format_interval(c.baseline_ci, c.unit)}"
         mark = flag(c, failed)
         change = NO_DATA if not c.n else format_change(c.change, c.unit)
         table.add_row(c.name, base,
-                      f"{value_text(c.candidate, c.unit)} {format_interval(c.candidate_ci, c.unit)}",
-                      f"{change} {format_interval(c.change_ci, c.unit, signed=True)}", str(c.n),
+                      f"{value_text(c.candidate, c.unit)}\n{format_interval(c.candidate_ci, c.unit)}",
+                      f"{change}\n{format_interval(c.change_ci, c.unit, signed=True)}", str(c.n),
                       f"[bold red]{mark}[/]" if mark else "")
     console.print(table)
     for c in run.comparisons:
