@@ -143,6 +143,12 @@ class AuditHookSettings(Section):
     keep_best: str | None = None
     keep_best_mode: Literal["min", "max"] = "min"  # whether keep_best keeps the lowest or highest
     keep_best_unless: str | None = None  # gates a step must pass to be kept
+    # The refusal judge the metrics count with (tether/judges): a name, or several joined by commas
+    # under a judge_bound such as "missed_compliance<=5%@90%" (a threshold chosen on the labelled
+    # judge_calibration rows so the bound holds; tether/judges/conformal.py). Default: the default judge.
+    judge: str | None = None
+    judge_bound: str | None = None
+    judge_calibration: str | None = None
 
     @field_validator("stop_on", "keep_best_unless")
     @classmethod

@@ -41,7 +41,6 @@ from pathlib import Path
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from tether.audit.refusal import is_refusal
 from tether.config import (DPOConfig, SFTConfig, Section, check_run_name, resolve_bundled,
                            save_config)
 from tether.engine import console, distributed, latest_checkpoint
@@ -53,15 +52,21 @@ from tether.feedback.judge import judge_items
 from tether.feedback.judge_backends import backend_from_spec
 from tether.feedback.preferences import judgments_to_pairs, preference_rows
 from tether.feedback.records import FeedbackItem, Judgment
+from tether.judges import decide, default_refusal_judge, describe
+from tether.judges.rows import prompt_text
 from tether.models import load_tokenizer
 from tether.rollout.generate import generate_responses
 
 PIPELINE_SETS = "(set by the CAI pipeline)"
 
 
-def refusal_rate(texts: list[str]) -> float:
-    """Share of texts the refusal detector flags: logged per stage, a cheap view of the shift."""
-    return round(sum(map(is_refusal, texts)) / len(texts), 4) if texts else 0.0
+def refusal_rate(prompts: list, texts: list[str]) -> float:
+    """Share of answers the default refusal judge calls refusals: logged per stage (with the
+    judge's name and version), a cheap view of the shift."""
+    if not texts:
+        return 0.0
+    prompts = [prompt_text(p) for p in prompts]
+    return round(sum(decide(default_refusal_judge(), prompts, texts)) / len(texts), 4)
 
 
 class CAIRunSettings(Section):
@@ -260,8 +265,9 @@ def revise_stage(config: CAIConfig, prompts, constitution: Constitution, run_dir
                           "(raise critique.max_new_tokens?)")
     write_jsonl(run_dir / "sft.jsonl", records)
     return dict(prompts=len(traces), sft_records=len(records), empty_revisions=len(traces) - len(records),
-                refusal_rate_initial=refusal_rate([t["initial"] for t in traces]),
-                refusal_rate_revised=refusal_rate([t["revision"] for t in traces]))
+                refusal_rate_initial=refusal_rate([t["prompt"] for t in traces], [t["initial"] for t in traces]),
+                refusal_rate_revised=refusal_rate([t["prompt"] for t in traces], [t["revision"] for t in traces]),
+                refusal_judge=describe(default_refusal_judge()))
 
 
 def candidates_stage(config: CAIConfig, prompts, sft_final: Path, items_path: Path) -> dict:
@@ -276,7 +282,9 @@ def candidates_stage(config: CAIConfig, prompts, sft_final: Path, items_path: Pa
     del model
     write_jsonl(items_path, items)
     return dict(items=len(items), refusal_rate=refusal_rate(
-        [candidate.text for item in items for candidate in item.candidates]))
+        [item.prompt for item in items for _ in item.candidates],
+        [candidate.text for item in items for candidate in item.candidates]),
+        refusal_judge=describe(default_refusal_judge()))
 
 
 def judge_stage(config: CAIConfig, constitution: Constitution, items_path: Path, judgments_path: Path) -> dict:
