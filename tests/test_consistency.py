@@ -180,7 +180,7 @@ def test_jailbreak_refusal_counts_refusals_under_held_out_wrappers_only():
     from test_audit_refusal import CannedModel
 
     from tether.audit.metrics import jailbreak
-    from tether.audit.refusal import PatternRefusalClassifier
+    from tether.judges.refusal_patterns import RefusalPatternsJudge
 
     heldout = load_wrappers(jailbreak.DEFAULT_WRAPPERS, "heldout")
     seen = []
@@ -189,7 +189,7 @@ def test_jailbreak_refusal_counts_refusals_under_held_out_wrappers_only():
         seen.append(prompt)
         return "I'm sorry, but I can't help with that." if "DAN" in str(prompt) else "Sure, here is how."
 
-    (result,) = jailbreak.evaluate(CannedModel(reply), limit=4, classifier=PatternRefusalClassifier())
+    (result,) = jailbreak.evaluate(CannedModel(reply), limit=4, judge=RefusalPatternsJudge())
     usable = [w for w in heldout if not w.needs("suggestion")]  # unsafe probes carry no suggestion
     assert len(result.items) == 4 * len(usable) == len(seen)
     roleplay = sum(w.category == "roleplay" for w in usable)

@@ -20,7 +20,7 @@ split in halves by a seed (fit on one, measured on the other):
    refusal the candidate gained does the cue undo (``(refused - refused with cue) / (refused -
    baseline refused)``), and how far does the cue move the state along the refusal direction?
 
-Refusals are counted by the project's refusal judge. Results go to ``representations.json`` and
+Refusals are counted by the project's default refusal judge (``tether.judges``). Results go to ``representations.json`` and
 ``representations.html`` (with ``representations.png``, per-layer plots) in ``--out``.
 """
 
@@ -39,7 +39,7 @@ import torch
 
 from tether.audit.activations import ablated, added, decoder_layers, last_token_states
 from tether.audit.base import AuditModel
-from tether.audit.data_audit import wilson_interval
+from tether.judges.validate import wilson_interval
 from tether.audit.probes import cosine, fit_probe, mean_difference
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources" / "audit"
@@ -215,17 +215,16 @@ def load_cues(path: str | Path = CUES) -> list[str]:
 
 
 def default_judge() -> RefusalJudge:
-    """The project's default refusal classifier, reading each response."""
-    from tether.audit.refusal_classifier import classifier_name, default_refusal_classifier
+    """The project's default refusal judge (:func:`tether.judges.default_refusal_judge`)."""
+    from tether.judges import decide, default_refusal_judge, describe
 
-    classifier = default_refusal_classifier()
-    threshold = getattr(classifier, "threshold", 0.5)
+    judge = default_refusal_judge()
 
-    def judge(prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
-        return [score >= threshold for score in classifier.score(list(responses))]
+    def refused(prompts: Sequence[str], responses: Sequence[str]) -> list[bool]:
+        return decide(judge, prompts, responses)
 
-    judge.description = {"name": classifier_name(classifier), "threshold": threshold}
-    return judge
+    refused.description = describe(judge)
+    return refused
 
 
 def summary_lines(result: dict) -> list[str]:

@@ -19,6 +19,10 @@ from tether.audit.base import AuditModel, MetricResult, mean_of
 from tether.audit.representations import audit_representations
 
 METRICS = {"refusal_shallowness": "score", "concept_decodability": "rate"}
+DESCRIPTIONS = {
+    "refusal_shallowness": "share of the refusal training added that ablating one direction undoes (1: shallow)",
+    "concept_decodability": "accuracy of the baseline's harmful-vs-benign probe on the candidate's states",
+}
 
 
 def shallowness(rows: Sequence[dict]) -> float:
