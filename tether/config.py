@@ -40,6 +40,12 @@ class LoraSettings(Section):
 class ModelSettings(Section):
     path: str = "default"  # "default" is the bundled SmolLM2-135M-Instruct
     lora: LoraSettings | None = None
+    # When ``path`` is itself a LoRA adapter (e.g. an earlier run's final/) and ``lora`` is set:
+    # "merge" folds that adapter into its base and trains fresh adapters on the result (the
+    # merged model is saved as the run's merged_base/, the base final/ names); "continue"
+    # trains the loaded adapter further (its own r, alpha and target modules; the LoRA-off
+    # model is then the original base). See docs/models.md.
+    lora_on_adapter: Literal["merge", "continue"] = "merge"
 
 
 class DataSettings(Section):

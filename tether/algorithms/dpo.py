@@ -159,7 +159,7 @@ def evaluate_pairs(model, examples: PreferenceExamples, pad_id: int, config: DPO
 
 def train_dpo(config: DPOConfig) -> Path:
     run_dir = start_run(config)
-    model, tokenizer = load_policy(config.model)
+    model, tokenizer = load_policy(config.model, run_dir)
     pad_id = tokenizer.pad_token_id
 
     # ---- data, validated in full before anything runs ----------------------------------
@@ -189,6 +189,6 @@ def train_dpo(config: DPOConfig) -> Path:
         eval_every=config.train.eval_every)
 
     final_dir = run_dir / "final"
-    distributed.save_final_model(model, tokenizer, final_dir)
+    distributed.save_final_model(model, tokenizer, final_dir, config=config, algorithm="dpo")
     console.print(f"DPO done; model saved to {final_dir}")
     return final_dir

@@ -16,7 +16,7 @@ from tether.losses.sft import sft_loss
 
 def train_sft(config: SFTConfig) -> Path:
     run_dir = start_run(config)
-    model, tokenizer = load_policy(config.model)
+    model, tokenizer = load_policy(config.model, run_dir)
 
     # ---- data: validated in full before any training step -------------------------------
     def encode(path: str) -> list[dict]:
@@ -66,7 +66,7 @@ def train_sft(config: SFTConfig) -> Path:
                  evaluate=evaluate if eval_examples else None,
                  eval_every=config.train.eval_every)
     final_dir = run_dir / "final"
-    distributed.save_final_model(model, tokenizer, final_dir)
+    distributed.save_final_model(model, tokenizer, final_dir, config=config, algorithm="sft")
     if result.history:
         first, last = result.history[0]["loss"], result.history[-1]["loss"]
         console.print(f"SFT done: loss {first:.4f} -> {last:.4f}; model saved to {final_dir}")

@@ -28,6 +28,7 @@ from transformers.utils import logging as hf_logging
 from tether.errors import ModelNotFoundError, TetherError
 from tether.models.default_model import (
     DEFAULT_ALIASES,
+    HUB_ID,
     default_model_cache_dir,
     default_model_dir,
     is_default_name,
@@ -84,12 +85,15 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
-def save_model(model, tokenizer, directory: str | os.PathLike) -> Path:
+def save_model(model, tokenizer, directory: str | os.PathLike, *, card: str | None = None) -> Path:
     """Save a model (safetensors) and its tokenizer so that ``load_model(directory)`` reloads it.
 
     A ``PeftModel`` saves only its adapter, plus ``tether_adapter.json`` naming the base model
     to load it onto ("default" when the base is the bundled model, so the adapter stays portable
-    across machines with different caches). Use ``merge_lora`` first for a standalone model.
+    across machines with different caches). ``adapter_config.json`` names the base the way peft
+    and transformers load it: the default model by its Hub id, a local base by its absolute path.
+    Use ``merge_lora`` first for a standalone model. ``card`` (markdown) becomes ``README.md``,
+    replacing peft's empty template.
 
     Atomic: everything is written to a temporary directory beside ``directory`` and renamed into
     place, so a crash leaves either the previous contents or the new ones, never a mix. An
@@ -101,11 +105,16 @@ def save_model(model, tokenizer, directory: str | os.PathLike) -> Path:
     build = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     build.mkdir()
     try:
+        if _is_peft(model):
+            base = _base_model_name(model)
+            for adapter in model.peft_config.values():
+                adapter.base_model_name_or_path = _peft_base_name(base)
         model.save_pretrained(build)  # PeftModel: adapter_config.json + adapter_model.safetensors
         tokenizer.save_pretrained(build)
         if _is_peft(model):
-            note = {"base_model": _base_model_name(model)}
-            (build / ADAPTER_NOTE_FILE).write_text(json.dumps(note, indent=2) + "\n")
+            (build / ADAPTER_NOTE_FILE).write_text(json.dumps({"base_model": base}, indent=2) + "\n")
+        if card is not None:
+            (build / "README.md").write_text(card, encoding="utf-8")
         _replace_dir(build, directory)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
@@ -195,6 +204,26 @@ def _base_model_name(model) -> str:
         # adapter is still saved, and load_model will report the missing base clearly.
         return base or "<unsaved base model>"
     return str(Path(base).resolve())
+
+
+def is_adapter_dir(name_or_path: str | os.PathLike) -> bool:
+    """True when the model name is a local PEFT/LoRA adapter directory (no model is loaded)."""
+    try:
+        return (resolve_model_path(str(name_or_path)) / "adapter_config.json").is_file()
+    except ModelNotFoundError:
+        return False
+
+
+def portable_base_name(model) -> str | None:
+    """How a saved adapter of ``model`` (a PeftModel) names its base for peft and transformers:
+    the default model by its Hub id, a local base by its absolute path (None: built in memory)."""
+    return _peft_base_name(_base_model_name(model))
+
+
+def _peft_base_name(base: str) -> str | None:
+    if base == "default":
+        return HUB_ID
+    return base if Path(base).is_dir() else None
 
 
 def _is_peft(model) -> bool:
