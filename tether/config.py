@@ -91,12 +91,27 @@ class TrainSettings(Section):
     eval_every: int | None = Field(None, gt=0)  # None: evaluate only at the end
     resume: bool = False
     progress: bool = True
-    tensorboard: bool = True
+    # Where metrics go besides metrics.jsonl (rank 0 only): tensorboard (runs/NAME/tensorboard/),
+    # wandb, mlflow. The last two are extras: pip install 'tether[wandb]' / 'tether[mlflow]'.
+    # [] writes metrics.jsonl only. See docs/tracking.md.
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
+    tensorboard: bool = True  # deprecated spelling: false takes tensorboard out of report_to
     threads: int | None = Field(None, gt=0)  # torch intra-op threads; None keeps torch's default
     # Under torchrun: "ddp" (a model copy per rank), "fsdp" (FSDP2 shards weights, grads and
     # optimizer state), "auto" (fsdp when the training state would not fit half a GPU). One
     # process ignores it. See docs/scaling.md.
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
+
+    @field_validator("report_to")
+    @classmethod
+    def _each_tracker_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a tracker twice: {value}")
+        return value
+
+    def trackers(self) -> list[str]:
+        """The trackers to log to: ``report_to``, less tensorboard under ``tensorboard: false``."""
+        return [name for name in self.report_to if name != "tensorboard" or self.tensorboard]
 
     @field_validator("bf16")
     @classmethod

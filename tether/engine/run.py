@@ -11,11 +11,13 @@ from tether.engine import distributed
 from tether.engine.checkpoint import latest_checkpoint
 from tether.engine.determinism import seed_everything
 from tether.engine.progress import console
+from tether.engine.trackers import require_trackers
 from tether.errors import ConfigError
 
 
 def start_run(config: RunConfig) -> Path:
-    """Create ``runs/NAME/``, save ``config.yaml``, seed every RNG, set torch threads.
+    """Check the trackers are installed, create ``runs/NAME/``, save ``config.yaml``, seed every
+    RNG, set torch threads.
 
     Under torchrun this is where every rank joins the process group; rank 0 writes the folder
     and all ranks seed alike (their data differs by the batch plan, not by the seed).
@@ -23,6 +25,7 @@ def start_run(config: RunConfig) -> Path:
     A fresh run refuses a folder that already holds checkpoints, so nothing is overwritten by
     accident: pass ``train.resume=true`` to continue it, or pick another ``train.run_name``.
     """
+    require_trackers(config.train.trackers())  # a missing extra fails before any folder or model
     world = distributed.init_distributed()
     run_dir = config.run_dir()
     if not config.train.resume and latest_checkpoint(run_dir / "checkpoints") is not None:
