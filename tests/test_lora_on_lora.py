@@ -7,6 +7,8 @@ untouched base model, so every step of the second run was silently lost.
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,6 +92,9 @@ def test_lora_on_a_lora_output_reloads_to_the_trained_weights(job, final_logits,
         # The merged base is the first run's model: the second run starts where the first ended.
         merged, _ = load_model(merged_base)
         torch.testing.assert_close(logits_of(merged), final_logits["first"], rtol=0, atol=1e-5)
+        # The run folder holds both, so it can move: the adapter finds merged_base beside it.
+        moved = shutil.move(job / "runs" / "second", job / "elsewhere")
+        torch.testing.assert_close(logits_of(load_model(Path(moved) / "final")[0]), trained, rtol=0, atol=1e-5)
     else:
         assert adapter_config["base_model_name_or_path"] == str((job / "base").resolve())
         assert not (job / "runs" / "second" / "merged_base").exists()

@@ -294,7 +294,7 @@ def test_adapter_directory_loads_onto_its_base(tmp_path):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "adapter" / "model.safetensors").exists()  # adapter only
     note = json.loads((tmp_path / "adapter" / "tether_adapter.json").read_text())
-    assert note == {"base_model": str((tmp_path / "base").resolve())}
+    assert note == {"base_model": str((tmp_path / "base").resolve()), "base_model_relative": "../base"}
     adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == str((tmp_path / "base").resolve())
 

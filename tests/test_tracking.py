@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import struct
 
 import pytest
@@ -129,3 +130,22 @@ def test_mlflow_file_store_gets_every_metric_and_the_config_as_parameters(job, m
     history = client.get_metric_history(run.info.run_id, "loss")
     assert {metric.step: metric.value for metric in history} == pytest.approx(logged_losses(config))
     assert set(run.data.metrics) >= {"loss", "grad_norm", "tokens"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlflow") is None, reason="needs: pip install 'tether[mlflow]'")
+def test_a_resumed_run_logs_into_the_same_mlflow_run(job, monkeypatch):
+    import mlflow
+
+    store = f"file:{job / 'mlruns'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    steps = ["train.report_to=[mlflow]", "train.max_steps=4", "train.save_every=2"]
+    config = config_for(job, *steps)
+    train_sft(config)
+    shutil.rmtree(config.run_dir() / "checkpoints" / "checkpoint-0000004")  # as if killed after step 3
+    train_sft(config_for(job, *steps, "train.resume=true"))
+
+    client = mlflow.MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("tether").experiment_id])
+    assert json.loads((config.run_dir() / "trackers.json").read_text()) == {"mlflow": run.info.run_id}
+    assert sorted(metric.step for metric in client.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3, 3, 4, 4]

@@ -112,7 +112,8 @@ def save_model(model, tokenizer, directory: str | os.PathLike, *, card: str | No
         model.save_pretrained(build)  # PeftModel: adapter_config.json + adapter_model.safetensors
         tokenizer.save_pretrained(build)
         if _is_peft(model):
-            (build / ADAPTER_NOTE_FILE).write_text(json.dumps({"base_model": base}, indent=2) + "\n")
+            note = {"base_model": base, **_relative_base(base, directory)}
+            (build / ADAPTER_NOTE_FILE).write_text(json.dumps(note, indent=2) + "\n")
         if card is not None:
             (build / "README.md").write_text(card, encoding="utf-8")
         _replace_dir(build, directory)
@@ -183,10 +184,22 @@ def _load_adapter(path: Path, dtype: torch.dtype):
     return model.eval(), tokenizer
 
 
+def _relative_base(base: str, directory: Path) -> dict:
+    """A base beside the adapter (a run's merged_base/ next to its final/) is also noted relative
+    to it, so the adapter still loads after the folder holding both is moved or copied."""
+    if not Path(base).is_absolute() or not Path(base).is_relative_to(directory.parent):
+        return {}
+    return {"base_model_relative": os.path.relpath(base, directory)}
+
+
 def _adapter_base_name(path: Path) -> str:
     note = path / ADAPTER_NOTE_FILE
     if note.is_file():
-        return json.loads(note.read_text())["base_model"]
+        noted = json.loads(note.read_text())
+        relative = noted.get("base_model_relative")
+        if relative and not Path(noted["base_model"]).is_dir() and (path / relative).is_dir():
+            return str((path / relative).resolve())
+        return noted["base_model"]
     base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise ModelNotFoundError(f"LoRA adapter {path} does not name its base model "
