@@ -16,9 +16,10 @@ from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from tether.algorithms.grpo import train_grpo
 from tether.algorithms.sft import train_sft
-from tether.config import SFTConfig, load_config
-from tether.engine import distributed
+from tether.config import GRPOConfig, SFTConfig, load_config
+from tether.engine import distributed, read_metrics
 from tether.models import load_model
 from tether.models.tiny import save_tiny_llama
 
@@ -112,3 +113,26 @@ def test_final_readme_is_a_model_card_of_the_run(job):
     assert "| optimizer steps | 4 (batch 4 x 1 accumulated) |" in card
     assert "| precision | float32 |" in card
     assert "| loss | " in card and "(step 1) | " in card and "(step 4) |" in card
+
+
+def digit_reward(prompts, completions, **_):
+    return [sum(ch.isdigit() for ch in text) / max(len(text), 1) for text in completions]
+
+
+@pytest.mark.parametrize("mode", ["merge", "continue"])
+def test_grpo_on_a_lora_output_starts_at_its_reference(job, mode):
+    """KL to the reference is 0 before the first update in both modes: when continuing, the
+    adapter-off model is the older base, so a frozen copy of the start is the reference."""
+    first = sft(job, "first", job / "base")
+    with (job / "tasks.jsonl").open("w") as handle:
+        for i in range(4):
+            handle.write(json.dumps({"prompt": f"What is {i} plus {i}?", "answer": str(2 * i)}) + "\n")
+    config = load_config(GRPOConfig, None, [
+        f"model.path={first}", f"data.train={job / 'tasks.jsonl'}", f"train.output_dir={job / 'runs'}",
+        "train.run_name=grpo", "train.progress=false", "train.tensorboard=false", "train.bf16=false",
+        "grpo.rewards=[{name: 'test_lora_on_lora:digit_reward'}]", "grpo.num_generations=4",
+        "grpo.prompts_per_step=2", "grpo.max_new_tokens=6", "grpo.beta=0.1", "train.max_steps=1",
+        "model.lora.r=4", f"model.lora_on_adapter={mode}"])
+    train_grpo(config)
+    [step] = [row for row in read_metrics(config.run_dir()) if "kl" in row]
+    assert abs(step["kl"]) < 1e-5, step["kl"]
