@@ -90,6 +90,10 @@ def test_lora_on_a_lora_output_reloads_to_the_trained_weights(job, final_logits,
         merged_base = (job / "runs" / "second" / "merged_base").resolve()
         assert adapter_config["base_model_name_or_path"] == str(merged_base)
         assert adapter_config["r"] == 4
+        card = (second / "README.md").read_text()
+        assert (f"from `{first}`, a LoRA adapter on `{(job / 'base').resolve()}` that was merged into "
+                "that base first; the merged model is the base model below." in card)
+        assert f"| base model | `{merged_base}` |" in card
         # The merged base is the first run's model: the second run starts where the first ended.
         merged, _ = load_model(merged_base)
         torch.testing.assert_close(logits_of(merged), final_logits["first"], rtol=0, atol=1e-5)

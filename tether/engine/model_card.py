@@ -30,8 +30,7 @@ def model_card(config, algorithm: str, model) -> str:
               "tags": ["tether", algorithm.lower()] + (["lora"] if adapter else [])}
     lines = ["---", *(f"{key}: {json.dumps(value)}" for key, value in header.items()), "---", "",
              f"# {config.train.run_name}", "",
-             f"Trained with tether `{algorithm.lower()}` from `{config.model.path}`"
-             + (" (a LoRA adapter, merged into its base first)." if _merged(config) else "."), "",
+             f"Trained with tether `{algorithm.lower()}` from `{config.model.path}`{_merge_note(config)}.", "",
              "| | |", "|---|---|",
              f"| base model | `{base_model}` |",
              f"| method | {algorithm.upper()}, {_method(config, adapter)} |",
@@ -63,12 +62,15 @@ def model_card(config, algorithm: str, model) -> str:
     return "\n".join(lines)
 
 
-def _merged(config) -> bool:
-    """Whether the run started by merging an earlier adapter (algorithms.common.load_policy)."""
-    from tether.models.loading import is_adapter_dir
+def _merge_note(config) -> str:
+    """When the run began by merging an earlier adapter into its base (common.load_policy)."""
+    from tether.models.loading import adapter_base_name, is_adapter_dir, resolve_model_path
 
     model = config.model
-    return model.lora is not None and model.lora_on_adapter == "merge" and is_adapter_dir(model.path)
+    if model.lora is None or model.lora_on_adapter != "merge" or not is_adapter_dir(model.path):
+        return ""
+    return (f", a LoRA adapter on `{adapter_base_name(resolve_model_path(model.path))}` that was "
+            "merged into that base first; the merged model is the base model below")
 
 
 def _portable(name: str) -> str:

@@ -160,7 +160,7 @@ def _not_found_message(name: str, path: Path) -> str:
 def _load_adapter(path: Path, dtype: torch.dtype):
     from peft import PeftModel
 
-    base_name = _adapter_base_name(path)
+    base_name = adapter_base_name(path)
     try:
         base_path = resolve_model_path(base_name)
         if (base_path / "adapter_config.json").is_file():
@@ -192,7 +192,8 @@ def _relative_base(base: str, directory: Path) -> dict:
     return {"base_model_relative": os.path.relpath(base, directory)}
 
 
-def _adapter_base_name(path: Path) -> str:
+def adapter_base_name(path: Path) -> str:
+    """The base model an adapter directory was trained on, as load_model resolves it."""
     note = path / ADAPTER_NOTE_FILE
     if note.is_file():
         noted = json.loads(note.read_text())
