@@ -326,6 +326,10 @@ def test_adapter_on_the_default_model_notes_default_as_its_base(home, tmp_path):
     assert adapter_config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     loaded, _ = load_model(str(tmp_path / "adapter"))
     assert torch.equal(logits_of(loaded), logits_of(lora))
+    # Without tether's note (an adapter trained elsewhere on SmolLM2), the Hub id loads the bundled model.
+    (tmp_path / "adapter" / "tether_adapter.json").unlink()
+    loaded, _ = load_model(str(tmp_path / "adapter"))
+    assert torch.equal(logits_of(loaded), logits_of(lora))
 
 
 # ---------------------------------------------------------------- the real bundled model

@@ -205,7 +205,9 @@ def adapter_base_name(path: Path) -> str:
     if not base:
         raise ModelNotFoundError(f"LoRA adapter {path} does not name its base model "
                                  "(adapter_config.json has no base_model_name_or_path).")
-    return base
+    # An adapter made elsewhere (TRL, or a tether adapter without its note) on SmolLM2's Hub id
+    # goes onto the bundled copy of that model, since tether never downloads.
+    return "default" if base == HUB_ID else base
 
 
 def _base_model_name(model) -> str:
