@@ -103,6 +103,7 @@ def test_lora_on_a_lora_output_reloads_to_the_trained_weights(job, final_logits,
     else:
         assert adapter_config["base_model_name_or_path"] == str((job / "base").resolve())
         assert not (job / "runs" / "second" / "merged_base").exists()
+        assert f"; the adapter of `{first}`, trained further |" in (second / "README.md").read_text()
 
 
 def test_final_readme_is_a_model_card_of_the_run(job):
@@ -112,7 +113,8 @@ def test_final_readme_is_a_model_card_of_the_run(job):
     assert card.startswith(f'---\nbase_model: "{base}"\nlibrary_name: "peft"\n')
     assert "[More Information Needed]" not in card  # peft's empty template is gone
     assert f"| base model | `{base}` |" in card
-    assert "| method | SFT, LoRA r=4, alpha=8, dropout=0, targets all-linear |" in card
+    assert ("| method | SFT, LoRA r=4, alpha=8, dropout=0, targets down_proj, gate_proj, k_proj, o_proj, "
+            "q_proj, up_proj, v_proj |") in card
     assert f"| training data | `{job / 'sft.jsonl'}` |" in card
     assert "| optimizer steps | 4 (batch 4 x 1 accumulated) |" in card
     assert "| precision | float32 |" in card

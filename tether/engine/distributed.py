@@ -302,15 +302,14 @@ def save_final_model(model: torch.nn.Module, tokenizer, directory, *, config=Non
 
     FSDP: ``state_dict()`` holds shards (DTensors) even while parameters are gathered, so every
     rank first gathers the full state dict, and rank 0's ``save_pretrained`` is handed it."""
+    from tether.engine.model_card import model_card
     from tether.models import save_model
 
-    from tether.engine.model_card import model_card
-
     model = unwrap(model)
-    card = (lambda: model_card(config, algorithm, model)) if config is not None else (lambda: None)
+    card = model_card(config, algorithm, model) if config is not None and is_main() else None
     if not is_sharded(model):
         if is_main():
-            save_model(model, tokenizer, directory, card=card())
+            save_model(model, tokenizer, directory, card=card)
         barrier()
         return Path(directory).expanduser().resolve()
     # named_parameters() lists a tied weight once (lm_head = embeddings): save it once, as usual.
@@ -319,7 +318,7 @@ def save_final_model(model: torch.nn.Module, tokenizer, directory, *, config=Non
     if is_main():
         model.save_pretrained = functools.partial(type(model).save_pretrained, model, state_dict=state)
         try:
-            save_model(model, tokenizer, directory, card=card())
+            save_model(model, tokenizer, directory, card=card)
         finally:
             del model.save_pretrained  # back to the class's method
     barrier()

@@ -33,7 +33,7 @@ def model_card(config, algorithm: str, model) -> str:
              f"Trained with tether `{algorithm.lower()}` from `{config.model.path}`{_merge_note(config)}.", "",
              "| | |", "|---|---|",
              f"| base model | `{base_model}` |",
-             f"| method | {algorithm.upper()}, {_method(config, adapter)} |",
+             f"| method | {algorithm.upper()}, {_method(config, model, adapter)} |",
              f"| training data | `{config.data.train}` |"]
     if config.data.eval:
         lines.append(f"| held-out data | `{config.data.eval}` |")
@@ -79,14 +79,21 @@ def _portable(name: str) -> str:
     return str(Path(name).expanduser().resolve()) if Path(name).expanduser().is_dir() else name
 
 
-def _method(config, adapter: bool) -> str:
-    lora = config.model.lora
-    if lora is None:
-        return "adapters of the starting model trained further" if adapter else "full fine-tuning"
-    targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
-    method = f"LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout:g}, targets {targets}"
+def _method(config, model, adapter: bool) -> str:
+    """LoRA's settings as the saved adapter has them (a continued adapter keeps its own)."""
+    from tether.models.loading import is_adapter_dir
+
+    settings = config.model
     if not adapter:
-        method += " (merged into the weights)"
+        return ("full fine-tuning" if settings.lora is None
+                else f"LoRA r={settings.lora.r}, alpha={settings.lora.alpha} (merged into the weights)")
+    lora = next(iter(model.peft_config.values()))
+    targets = lora.target_modules
+    # peft spells out "all-linear" as every module's full name: q_proj is enough.
+    targets = targets if isinstance(targets, str) else ", ".join(sorted({t.rsplit(".", 1)[-1] for t in targets}))
+    method = f"LoRA r={lora.r}, alpha={lora.lora_alpha}, dropout={lora.lora_dropout:g}, targets {targets}"
+    if is_adapter_dir(settings.path) and (settings.lora is None or settings.lora_on_adapter == "continue"):
+        method += f"; the adapter of `{settings.path}`, trained further"
     return method
 
 
