@@ -149,3 +149,18 @@ def test_a_resumed_run_logs_into_the_same_mlflow_run(job, monkeypatch):
     [run] = client.search_runs([client.get_experiment_by_name("tether").experiment_id])
     assert json.loads((config.run_dir() / "trackers.json").read_text()) == {"mlflow": run.info.run_id}
     assert sorted(metric.step for metric in client.get_metric_history(run.info.run_id, "loss")) == [1, 2, 3, 3, 4, 4]
+
+
+def test_the_cai_pipeline_checks_its_stages_trackers_before_the_first_stage(job, monkeypatch):
+    from tether.algorithms.cai import CAIConfig, run_cai
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "mlflow" else real_find_spec(name, *args))
+    (job / "prompts.jsonl").write_text(json.dumps({"prompt": "How do I hurt someone?", "kind": "harmful"}) + "\n")
+    config = load_config(CAIConfig, None, [
+        f"train.output_dir={job / 'runs'}", f"prompts.path={job / 'prompts.jsonl'}",
+        f"sft.model.path={job / 'model'}", "dpo.train.report_to=[mlflow]"])
+    with pytest.raises(ConfigError, match=r"pip install 'tether\[mlflow\]'"):
+        run_cai(config)
+    assert not (job / "runs").exists()  # no stage ran, no folder was made

@@ -44,6 +44,7 @@ from pydantic import Field, field_validator, model_validator
 from tether.audit.refusal import is_refusal
 from tether.config import DPOConfig, SFTConfig, Section, resolve_bundled, save_config
 from tether.engine import console, distributed, latest_checkpoint
+from tether.engine.trackers import require_trackers
 from tether.errors import ConfigError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION, Constitution, load_constitution
 from tether.feedback.generate import (generate_items, load_named_model, read_prompts, read_records,
@@ -305,6 +306,7 @@ def run_cai(config: CAIConfig) -> Path:
 
     Under torchrun, the stages that generate or judge run on rank 0 while the other ranks wait
     (``main_only``); SFT and DPO run on every rank, data-parallel (docs/scaling.md)."""
+    require_trackers(config.sft.train.trackers() + config.dpo.train.trackers())  # before any stage
     distributed.init_distributed()
     run_dir = config.run_dir()
     if distributed.is_main():
