@@ -105,13 +105,12 @@ def save_model(model, tokenizer, directory: str | os.PathLike, *, card: str | No
     build = directory.parent / f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}"
     build.mkdir()
     try:
-        if _is_peft(model):
-            base = _base_model_name(model)
-            for adapter in model.peft_config.values():
-                adapter.base_model_name_or_path = _peft_base_name(base)
         model.save_pretrained(build)  # PeftModel: adapter_config.json + adapter_model.safetensors
         tokenizer.save_pretrained(build)
         if _is_peft(model):
+            base = _base_model_name(model)
+            # Written after saving: given a Hub id, peft's save would look the base up online.
+            _set_json_field(build / "adapter_config.json", "base_model_name_or_path", _peft_base_name(base))
             note = {"base_model": base, **_relative_base(base, directory)}
             (build / ADAPTER_NOTE_FILE).write_text(json.dumps(note, indent=2) + "\n")
         if card is not None:
@@ -182,6 +181,12 @@ def _load_adapter(path: Path, dtype: torch.dtype):
     _sync_generation_config(base, tokenizer)
     model = PeftModel.from_pretrained(base, path, is_trainable=True, local_files_only=True)
     return model.eval(), tokenizer
+
+
+def _set_json_field(path: Path, key: str, value) -> None:
+    data = json.loads(path.read_text())
+    data[key] = value
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _relative_base(base: str, directory: Path) -> dict:
