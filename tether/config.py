@@ -45,6 +45,12 @@ class LoraSettings(Section):
 class ModelSettings(Section):
     path: str = "default"  # a local model or adapter folder; "default": the bundled SmolLM2-135M-Instruct
     lora: LoraSettings | None = None  # set it to train a LoRA adapter instead of every weight
+    # When ``path`` is itself a LoRA adapter (e.g. an earlier run's final/) and ``lora`` is set:
+    # "merge" folds that adapter into its base and trains fresh adapters on the result (the
+    # merged model is saved as the run's merged_base/, the base final/ names); "continue"
+    # trains the loaded adapter further (its own r, alpha and target modules; the LoRA-off
+    # model is then the original base). See docs/models.md.
+    lora_on_adapter: Literal["merge", "continue"] = "merge"
 
 
 class DataSettings(Section):
@@ -109,7 +115,11 @@ class TrainSettings(Section):
     eval_every: int | None = Field(None, gt=0)  # None: evaluate only at the end
     resume: bool = False  # continue from the newest checkpoint (`--resume`)
     progress: bool = True
-    tensorboard: bool = True
+    # Where metrics go besides metrics.jsonl (rank 0 only): tensorboard (runs/NAME/tensorboard/),
+    # wandb, mlflow. The last two are extras: pip install 'tether[wandb]' / 'tether[mlflow]'.
+    # [] writes metrics.jsonl only. See docs/tracking.md.
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
+    tensorboard: bool = True  # deprecated spelling: false takes tensorboard out of report_to
     threads: int | None = Field(None, gt=0)  # torch intra-op threads; None keeps torch's default
     # Under torchrun: "ddp" (a model copy per rank), "fsdp" (FSDP2 shards weights, grads and
     # optimizer state), "auto" (fsdp when the training state would not fit half a GPU). One
@@ -117,6 +127,17 @@ class TrainSettings(Section):
     distributed: Literal["auto", "ddp", "fsdp"] = "auto"
 
     _run_name_stays_inside = field_validator("run_name")(check_run_name)
+
+    @field_validator("report_to")
+    @classmethod
+    def _each_tracker_once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"lists a tracker twice: {value}")
+        return value
+
+    def trackers(self) -> list[str]:
+        """The trackers to log to: ``report_to``, less tensorboard under ``tensorboard: false``."""
+        return [name for name in self.report_to if name != "tensorboard" or self.tensorboard]
 
     @field_validator("bf16")
     @classmethod

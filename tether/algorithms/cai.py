@@ -44,6 +44,7 @@ from pydantic import Field, field_validator, model_validator
 from tether.config import (DPOConfig, SFTConfig, Section, check_run_name, resolve_bundled,
                            save_config)
 from tether.engine import console, distributed, latest_checkpoint
+from tether.engine.trackers import require_trackers
 from tether.errors import CheckpointError, ConfigError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION, Constitution, load_constitution
 from tether.feedback.generate import (generate_items, load_named_model, read_prompts, read_records,
@@ -326,6 +327,7 @@ def run_cai(config: CAIConfig) -> Path:
     if config.rlaif.prompts is not None:
         load_prompts(config.rlaif.prompts)
     load_tokenizer(config.sft.model.path)
+    require_trackers(config.sft.train.trackers() + config.dpo.train.trackers())
 
     distributed.init_distributed()
     if distributed.is_main():

@@ -148,7 +148,7 @@ def train_consistency(config: ConsistencyConfig) -> Path:
     rows = [(record.id or str(index), record.prompt, record.extras) for index, record in enumerate(records)]
 
     run_dir = start_run(config)
-    model, tokenizer = load_policy(config.model)
+    model, tokenizer = load_policy(config.model, run_dir)
     model.to(distributed.world().device)
 
     # ---- targets from the starting weights, then wrapped examples -------------------------
@@ -164,6 +164,6 @@ def train_consistency(config: ConsistencyConfig) -> Path:
     fit(model, plan, lambda indices: collate(examples, indices, tokenizer.pad_token_id, settings.method),
         lambda model, batch: consistency_loss(model, batch, settings), config)
     final_dir = run_dir / "final"
-    distributed.save_final_model(model, tokenizer, final_dir)
+    distributed.save_final_model(model, tokenizer, final_dir, config=config, algorithm="consistency")
     console.print(f"consistency training done; model saved to {final_dir}")
     return final_dir

@@ -174,7 +174,7 @@ def train_dpo(config: DPOConfig) -> Path:
     held_out = encode_pairs(config.data.eval, tokenizer, config) if config.data.eval else None
 
     run_dir = start_run(config)
-    model, tokenizer = load_policy(config.model)
+    model, tokenizer = load_policy(config.model, run_dir)
     pad_id = tokenizer.pad_token_id
     console.print(f"{len(train)} training pairs" + (f", {len(held_out)} held out" if held_out else ""))
 
@@ -200,6 +200,6 @@ def train_dpo(config: DPOConfig) -> Path:
         eval_every=config.train.eval_every)
 
     final_dir = run_dir / "final"
-    distributed.save_final_model(model, tokenizer, final_dir)
+    distributed.save_final_model(model, tokenizer, final_dir, config=config, algorithm="dpo")
     console.print(f"DPO done; model saved to {final_dir}")
     return final_dir

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from tether.algorithms.common import load_policy
+from tether.algorithms.common import adapters_off_is_reference, load_policy
 from tether.audit.reward_hacking import RewardHackingMonitor
 from tether.config import GRPOConfig
 from tether.data import load_records
@@ -155,12 +155,12 @@ def train_grpo(config: GRPOConfig) -> Path:
         raise ConfigError("grpo.gold needs held-out prompts to score: set data.eval")
 
     run_dir = start_run(config)
-    model, tokenizer = load_policy(config.model)
+    model, tokenizer = load_policy(config.model, run_dir)
     console.print(f"{len(tasks)} training tasks" + (f", {len(held_out)} held out" if held_out else ""))
 
     # beta = 0 needs no reference at all; with LoRA the base (adapters off) is the reference.
     reference = None
-    if settings.beta > 0 and config.model.lora is None:
+    if settings.beta > 0 and not adapters_off_is_reference(config.model):
         from tether.models import load_model
 
         reference, _ = load_model(config.model.path)
@@ -177,7 +177,7 @@ def train_grpo(config: GRPOConfig) -> Path:
     monitor = gold_monitor(config, held_out, specs, gold_specs, session.start_step)
     # The KL on held-out prompts needs a reference: the LoRA-off base, or the loaded model.
     reference_fn = ((lambda rollout: reference_logps(model, reference, rollout))
-                    if reference is not None or config.model.lora is not None else None)
+                    if reference is not None or adapters_off_is_reference(config.model) else None)
 
     def evaluate(step: int) -> dict[str, float]:
         model.eval()
@@ -309,6 +309,6 @@ def train_grpo(config: GRPOConfig) -> Path:
         plot_metrics(run_dir, ["reward/mean", "eval/math_answer", "eval/think_answer_format"],
                      run_dir / "curves.png", title=f"GRPO {config.train.run_name}")
     final_dir = run_dir / "final"
-    distributed.save_final_model(model, tokenizer, final_dir)
+    distributed.save_final_model(model, tokenizer, final_dir, config=config, algorithm="grpo")
     console.print(f"GRPO done; model saved to {final_dir}; curves in {run_dir / 'curves.png'}")
     return final_dir

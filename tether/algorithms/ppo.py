@@ -29,7 +29,7 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from tether.algorithms.common import load_policy
+from tether.algorithms.common import adapters_off_is_reference, load_policy
 from tether.algorithms.grpo import completion_token_logps, pool_scores, pooled_masked_mean, reward_columns
 from tether.audit.reward_hacking import RewardHackingMonitor
 from tether.config import GoldSettings, RewardSettings, RunConfig, Section
@@ -214,10 +214,12 @@ def warm_up_critic(session: TrainingSession, rollout: RolloutBatch, returns: tor
         return head(hidden)
 
 
-def save_policy_and_value_head(actor_critic: PolicyWithValueHead, tokenizer, directory: Path) -> Path:
+def save_policy_and_value_head(actor_critic: PolicyWithValueHead, tokenizer, directory: Path,
+                               config: PPOConfig | None = None) -> Path:
     """The policy in the single-process format, and ``value_head.safetensors`` beside it (FSDP's
     shards gathered first, a collective: every rank calls this; rank 0 writes)."""
-    final_dir = distributed.save_final_model(actor_critic.policy, tokenizer, directory)
+    final_dir = distributed.save_final_model(actor_critic.policy, tokenizer, directory,
+                                            config=config, algorithm="ppo")
     head = actor_critic.value_head
     if distributed.is_sharded(actor_critic):
         whole = {name: distributed.full_tensor(value) for name, value in head.state_dict().items()}
@@ -255,16 +257,16 @@ def train_ppo(config: PPOConfig) -> Path:
         raise ConfigError("ppo.gold is scored on held-out prompts: set data.eval")
 
     run_dir = start_run(config)
-    policy, tokenizer = load_policy(config.model)
+    policy, tokenizer = load_policy(config.model, run_dir)
     actor_critic = PolicyWithValueHead(policy)
     console.print(f"{len(prompts)} training prompts" + (f", {len(held_out)} held out" if held_out else ""))
 
     # kl_coef = 0 needs no reference; with LoRA the base (adapters off) is the reference, for free.
     reference = None
-    if settings.kl_coef > 0 and config.model.lora is None:
+    if settings.kl_coef > 0 and not adapters_off_is_reference(config.model):
         reference, _ = load_model(config.model.path)
         reference.requires_grad_(False)
-    has_reference = reference is not None or config.model.lora is not None
+    has_reference = reference is not None or adapters_off_is_reference(config.model)
 
     def reference_logps(rollout: RolloutBatch) -> torch.Tensor:
         with torch.no_grad():
@@ -452,6 +454,6 @@ def train_ppo(config: PPOConfig) -> Path:
     if world.is_main:
         plot_metrics(run_dir, ["reward/mean", "kl", "kl_coef", "loss/value", "clipfrac", "eval/proxy_reward",
                                "eval/gold_reward"], run_dir / "curves.png", title=f"PPO {config.train.run_name}")
-    final_dir = save_policy_and_value_head(actor_critic, tokenizer, run_dir / "final")
+    final_dir = save_policy_and_value_head(actor_critic, tokenizer, run_dir / "final", config)
     console.print(f"PPO done; model saved to {final_dir}; curves in {run_dir / 'curves.png'}")
     return final_dir

@@ -310,7 +310,8 @@ def train_reward_model(config: RewardModelConfig) -> Path:
         model, held_out, pad_id, config, with_table=True)) if held_out else None
     if hasattr(model, "merge_and_unload"):
         model = merge_lora(model)
-    final_dir = distributed.save_final_model(model, tokenizer, run_dir / "final")
+    final_dir = distributed.save_final_model(model, tokenizer, run_dir / "final",
+                                            config=config, algorithm="reward")
     if not distributed.is_main():
         return final_dir
     plot_metrics(run_dir, ["loss", "accuracy", "eval/accuracy", "eval/ece"], run_dir / "curves.png",

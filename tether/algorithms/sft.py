@@ -30,7 +30,7 @@ def train_sft(config: SFTConfig) -> Path:
     packing = config.data.batching == "pack"
 
     run_dir = start_run(config)
-    model, tokenizer = load_policy(config.model)
+    model, tokenizer = load_policy(config.model, run_dir)
 
     def collate(indices: list[int], source: list[dict] = examples) -> dict:
         chosen = [source[i] for i in indices]
@@ -70,7 +70,7 @@ def train_sft(config: SFTConfig) -> Path:
                  evaluate=evaluate if eval_examples else None,
                  eval_every=config.train.eval_every)
     final_dir = run_dir / "final"
-    distributed.save_final_model(model, tokenizer, final_dir)
+    distributed.save_final_model(model, tokenizer, final_dir, config=config, algorithm="sft")
     if result.history:
         first, last = result.history[0]["loss"], result.history[-1]["loss"]
         console.print(f"SFT done: loss {first:.4f} -> {last:.4f}; model saved to {final_dir}")

@@ -11,6 +11,7 @@ from tether.engine import distributed
 from tether.engine.checkpoint import latest_checkpoint
 from tether.engine.determinism import seed_everything
 from tether.engine.progress import console
+from tether.engine.trackers import require_trackers
 from tether.errors import CheckpointError, ConfigError
 
 
@@ -29,7 +30,8 @@ def check_run(config: RunConfig) -> None:
 
 
 def start_run(config: RunConfig) -> Path:
-    """Create ``runs/NAME/``, save ``config.yaml``, seed every RNG, set torch threads.
+    """Check the trackers are installed, create ``runs/NAME/``, save ``config.yaml``, seed every
+    RNG, set torch threads.
 
     Under torchrun this is where every rank joins the process group; rank 0 writes the folder
     and all ranks seed alike (their data differs by the batch plan, not by the seed).
@@ -39,6 +41,7 @@ def start_run(config: RunConfig) -> Path:
     Trainers call ``check_run`` (and load and check their data and rewards) before this, so a
     run that cannot start leaves no folder behind.
     """
+    require_trackers(config.train.trackers())  # a missing extra fails before any folder or model
     world = distributed.init_distributed()
     run_dir = config.run_dir()
     _refuse_overwrite(config)
