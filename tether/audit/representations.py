@@ -176,8 +176,7 @@ def audit_representations(baseline: AuditModel, candidate: AuditModel, *, concep
             "layer": k, "refusal_with_ablation": _rate(abl_refused), "refused_with_ablation": abl_refused,
             "restored": _fraction(_rate(cand_refused) - _rate(abl_refused), gap),
             "induced_benign_refusal": _rate(induced),
-            "samples": [{"prompt": p, "response": r, "refused": f} for p, r, f in
-                        list(zip(harmful, abl_answers, abl_refused))[:3]],
+            "samples": [{"prompt": p, "response": r, "refused": f} for p, r, f in zip(harmful, abl_answers, abl_refused)],
         })
 
     # ---- reactivation by cue ---------------------------------------------------------------
@@ -202,8 +201,9 @@ def audit_representations(baseline: AuditModel, candidate: AuditModel, *, concep
                     "baseline_harmful": _rate(base_refused), "candidate_harmful": _rate(cand_refused),
                     "baseline_benign": _rate(base_benign), "gained": gap,
                     "baseline_refused": base_refused, "candidate_refused": cand_refused,
-                    "samples": [{"prompt": p, "baseline": b, "candidate": c} for p, b, c in
-                                list(zip(harmful, base_answers, cand_answers))[:3]]},
+                    # every answer with its verdict, so a reader can check the judge
+                    "samples": [{"prompt": p, "baseline": b, "baseline_refused": bf, "candidate": c, "candidate_refused": cf}
+                                for p, b, bf, c, cf in zip(harmful, base_answers, base_refused, cand_answers, cand_refused)]},
         "ablation": ablation_rows,
         "reactivation": {"layer": best, "candidate_projection": clean_projection,
                          "baseline_projection": base_projection, "cues": cue_rows},
@@ -239,12 +239,19 @@ def summary_lines(result: dict) -> list[str]:
                  f"{refusal['candidate_harmful']:.0%} (n = {refusal['harmful_prompts']}).")
     for row in result["ablation"]:
         restored = "n/a (the candidate gained no refusal to undo)" if row["restored"] is None else f"{row['restored']:.0%}"
-        lines.append(f"layer {row['layer']}: ablating the refusal direction restores {restored} of the baseline's "
-                     f"compliance; adding it to the baseline makes it refuse {row['induced_benign_refusal']:.0%} "
-                     f"of benign prompts (baseline {refusal['baseline_benign']:.0%}).")
+        lines.append(f"layer {row['layer']}: with the refusal direction ablated the candidate refuses "
+                     f"{row['refusal_with_ablation']:.0%} of harmful prompts: {restored} of the refusal it gained is "
+                     f"undone (over 100%: below the baseline too); added to the baseline, the direction makes it "
+                     f"refuse {row['induced_benign_refusal']:.0%} of benign prompts (baseline {refusal['baseline_benign']:.0%}).")
     for row in result["reactivation"]["cues"]:
-        undone = "n/a" if row["undone"] is None else f"{row['undone']:.0%}"
-        lines.append(f"cue '{row['cue'][:48]}...': refusal {row['refusal']:.0%}, undoes {undone} of the gain.")
+        if row["undone"] is None:
+            effect = "n/a (no refusal gained to undo)"
+        elif row["undone"] < 0:
+            effect = "the cue raises refusal instead of undoing it"
+        else:
+            effect = f"undoes {row['undone']:.0%} of the refusal gained"
+        lines.append(f"cue '{row['cue'][:48]}...': the candidate refuses {row['refusal']:.0%} "
+                     f"(without it {refusal['candidate_harmful']:.0%}); {effect}.")
     return lines
 
 
@@ -290,7 +297,9 @@ def write_report(result: dict, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "representations.json").write_text(json.dumps(result, indent=2))
     image = base64.b64encode(plot(result, out / "representations.png").read_bytes()).decode()
-    samples = "".join(f"<tr><td>{escape(s['prompt'])}</td><td>{escape(s['baseline'])}</td><td>{escape(s['candidate'])}</td></tr>"
+    verdict = {True: "refused", False: "complied"}
+    samples = "".join(f"<tr><td>{escape(s['prompt'])}</td><td><b>{verdict[s['baseline_refused']]}</b> "
+                      f"{escape(s['baseline'])}</td><td><b>{verdict[s['candidate_refused']]}</b> {escape(s['candidate'])}</td></tr>"
                       for s in result["refusal"]["samples"])
     page = (f"<!doctype html><meta charset='utf-8'><title>representation audit</title>"
             f"<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td{{vertical-align:top;"
