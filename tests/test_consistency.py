@@ -199,3 +199,20 @@ def test_jailbreak_refusal_counts_refusals_under_held_out_wrappers_only():
                       if isinstance(w.template, str) and not w.template.startswith("{")}
     assert not any(str(prompt).startswith(prefix) for prompt in seen for prefix in train_prefixes)
     assert result.higher_is_better is True
+
+
+def test_the_demo_trains_and_audits_every_seed(job):
+    from tether.demos.consistency import run_consistency_demo
+
+    results = run_consistency_demo([
+        f"model.path={job / 'model'}", f"data.train={job / 'prompts.jsonl'}", f"train.output_dir={job / 'runs'}",
+        f"consistency.wrappers={job / 'wrappers.yaml'}", "consistency.categories=null",
+        "consistency.target_max_new_tokens=8", "train.batch_size=4", "train.bf16=false", "train.progress=false",
+        "train.tensorboard=false"], steps=2, eval_limit=2, seeds=2)
+    assert [seed["seed"] for seed in results["seeds"]] == [0, 1]
+    assert not any(seed["errors"] for seed in results["seeds"])
+    summary = results["summary"]
+    assert {"jailbreak_refusal", "over_refusal", "unsafe_compliance", "drift_kl"} <= set(summary)
+    assert summary["jailbreak_refusal"]["seeds"] == 2 and summary["jailbreak_refusal"]["change_sd"] is not None
+    assert (job / "runs" / "consistency-seed1" / "audit" / "audit.json").is_file()
+    assert (job / "runs" / "consistency-demo_results.json").is_file()
