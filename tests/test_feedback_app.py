@@ -247,7 +247,7 @@ def test_admin_pages_work_and_guidelines_edits_make_versions(app):
     response = client.post("/admin/p/p/guidelines", data={"csrf_token": csrf_of(page),
                                                           "text": "# v2"})
     assert response.status_code == 200 and "Guidelines version 2" in response.text
-    upload = client.post("/admin/p/p/import", data={"csrf_token": csrf_of(page)}, files={
+    upload = client.post(f"/admin/p/p/import?csrf_token={csrf_of(page)}", files={
         "file": ("more.jsonl", b'{"id": "n1", "prompt": "p", "candidates": '
                                b'[{"id": "a", "text": "x"}, {"id": "b", "text": "y"}]}\n{oops\n')})
     assert upload.status_code == 422 and "more.jsonl:2: invalid JSON" in upload.text

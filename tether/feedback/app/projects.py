@@ -23,11 +23,15 @@ from tether.feedback.app.models import (
 from tether.feedback.export import (
     EXPORT_FORMATS, preference_pairs, raw_judgments, ranking_pairs,
 )
-from tether.feedback.records import FeedbackItem, Judgment, TaskKind
+from tether.feedback.records import PAIRWISE_SPECIAL, FeedbackItem, Judgment, TaskKind
 from tether.feedback.verdicts import verdict_problem
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TASKS: tuple[TaskKind, ...] = ("pairwise", "ranking", "rating")
+MAX_CANDIDATES = 26  # the label page names candidates A..Z
+# verdict words: a candidate with one of these ids could not be told apart from the verdict
+RESERVED_CANDIDATE_IDS = (*PAIRWISE_SPECIAL, "not_rankable")
+MAX_NESTING = 32  # levels of lists / objects in one imported line
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -143,6 +147,16 @@ def _pydantic_problems(error: ValidationError, location: Any) -> list[DataValida
     return problems
 
 
+def _nesting(value: Any) -> int:
+    """How many levels of lists and objects ``value`` has (0 for a string or number)."""
+    depth, level = 0, [value]
+    while level:
+        level = [child for node in level if isinstance(node, (list, dict))
+                 for child in (node.values() if isinstance(node, dict) else node)]
+        depth += 1
+    return depth - 1
+
+
 def _item_problems(item: FeedbackItem, project: Project) -> list[tuple[str, str]]:
     """(field, problem) pairs for an item that is valid JSON but wrong for this project."""
     problems = []
@@ -150,6 +164,13 @@ def _item_problems(item: FeedbackItem, project: Project) -> list[tuple[str, str]
     duplicates = sorted(c for c, n in Counter(ids).items() if n > 1)
     if duplicates:
         problems.append(("candidates", f"candidate ids must be unique, repeated: {duplicates}"))
+    reserved = sorted(set(ids) & set(RESERVED_CANDIDATE_IDS))
+    if reserved:
+        problems.append(("candidates", f"candidate ids {reserved} are reserved: they are verdict "
+                                       f"words ({', '.join(RESERVED_CANDIDATE_IDS)})"))
+    if len(ids) > MAX_CANDIDATES:
+        problems.append(("candidates", f"at most {MAX_CANDIDATES} candidates per item (the "
+                                       f"label page names them A-Z), got {len(ids)}"))
     if project.task == "pairwise" and len(ids) != 2:
         problems.append(("candidates", f"a pairwise project needs exactly 2 candidates, "
                                        f"got {len(ids)}"))
@@ -177,6 +198,10 @@ def import_items(db: Session, project: Project, source: str | Path | list[dict],
         rows += 1
         if problem is not None:
             problems.append(problem)
+            continue
+        if _nesting(row) > MAX_NESTING:
+            problems.append(DataValidationError(f"nested more than {MAX_NESTING} levels deep",
+                                                file=location.file, line=location.line))
             continue
         try:
             item = FeedbackItem.model_validate(row)

@@ -42,6 +42,7 @@ class Settings:
     login_limit: tuple[int, float] = (10, 60.0)  # per client address and per username
     submit_limit: tuple[int, float] = (240, 60.0)  # judgments per user
     api_limit: tuple[int, float] = (1200, 60.0)  # API requests per user
+    max_upload_mb: float = 64.0  # the largest request body (an import upload); larger: 413
 
 
 class HTTPProblem(TetherError):
@@ -73,7 +74,8 @@ def create_app(settings: Settings) -> FastAPI:
 
     engine = make_engine(settings.db_url)
     migrate(engine)
-    app = FastAPI(title="tether label", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="tether label", docs_url=None, redoc_url=None, openapi_url=None,
+                  max_body_size=int(settings.max_upload_mb * 2**20))
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = session_factory(engine)

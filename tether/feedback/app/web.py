@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import delete, func, select
+from starlette.datastructures import UploadFile
 
 from tether.errors import DataValidationError
 from tether.feedback.app import projects, queue, security
@@ -303,15 +304,34 @@ def admin_guidelines(request: Request, name: str, text: str = Form(""),
 
 
 @router.post("/admin/p/{name}/import")
-async def admin_import(request: Request, name: str, file: UploadFile = File(...),
-                       skip_existing: str = Form(""), csrf_token: str = Form("")):
-    data = await file.read()
-    return await _run_sync(_admin_import, request, name, data, file.filename or "upload.jsonl",
-                           skip_existing == "1", csrf_token)
+async def admin_import(request: Request, name: str, csrf_token: str = ""):
+    """The upload's CSRF token travels in the query string (the form's action), so the
+    session, the role and the token are all checked before a byte of the body is read; the
+    app's ``max_body_size`` then answers 413 to a body over ``Settings.max_upload_mb``."""
+    await _run_sync(_check_admin_form, request, csrf_token)
+    form = await request.form(max_files=1, max_fields=4)
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise HTTPProblem(422, "choose a JSONL file to import")
+    data = await upload.read()
+    return await _run_sync(_admin_import, request, name, data, upload.filename,
+                           form.get("skip_existing") == "1", csrf_token)
 
 
-def _admin_import(request: Request, name: str, data: bytes, filename: str, skip_existing: bool,
-                  csrf_token: str):
+def _check_admin_form(request: Request, csrf_token: str) -> None:
+    with transaction(request) as db:
+        _, session = web_user(request, db, admin=True)
+        check_csrf(request, csrf_token, session)
+
+
+def _upload_name(filename: str | None) -> str:
+    """The upload's base name for messages; never a path, '.' or '..'."""
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    return name if name.strip(".") else "upload.jsonl"
+
+
+def _admin_import(request: Request, name: str, data: bytes, filename: str | None,
+                  skip_existing: bool, csrf_token: str):
     import tempfile
     from pathlib import Path
 
@@ -320,13 +340,14 @@ def _admin_import(request: Request, name: str, data: bytes, filename: str, skip_
         check_csrf(request, csrf_token, session)
         project = projects.get_project(db, name)
         with tempfile.TemporaryDirectory() as folder:  # read_rows reports FILE:LINE
-            path = Path(folder) / Path(filename).name
+            path = Path(folder) / "upload.jsonl"  # never the client's name: it may be '..'
             path.write_bytes(data)
             try:
                 added, skipped = projects.import_items(db, project, path,
                                                        skip_existing=skip_existing)
             except DataValidationError as error:
-                raise HTTPProblem(422, str(error).replace(str(folder) + "/", "")) from None
+                raise HTTPProblem(422, str(error).replace(str(path), _upload_name(filename))
+                                  ) from None
     return _redirect(f"/admin/p/{name}?message=Imported+{added}+items,+skipped+{skipped}")
 
 
