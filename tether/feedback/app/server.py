@@ -38,8 +38,12 @@ class Settings:
     db_url: str
     secure_cookies: bool = False  # set behind HTTPS: cookies then never travel in clear text
     session_hours: float = 12.0
+    # failed logins: free tries per (username, client address), then waits doubling from
+    # login_backoff[0] seconds up to login_backoff[1]; per address (any names) a larger budget
+    login_free_failures: int = 5
+    login_client_free_failures: int = 100
+    login_backoff: tuple[float, float] = (1.0, 900.0)
     # (events, seconds) per window
-    login_limit: tuple[int, float] = (10, 60.0)  # per client address and per username
     submit_limit: tuple[int, float] = (240, 60.0)  # judgments per user
     api_limit: tuple[int, float] = (1200, 60.0)  # API requests per user
     max_upload_mb: float = 64.0  # the largest request body (an import upload); larger: 413
@@ -85,7 +89,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.write_lock = (threading.Lock() if engine.dialect.name == "sqlite"
                             else nullcontext())
     app.state.limits = {name: security.RateLimiter(*getattr(settings, f"{name}_limit"))
-                        for name in ("login", "submit", "api")}
+                        for name in ("submit", "api")}
+    base, longest = settings.login_backoff
+    app.state.login_failures = {
+        "user": security.FailureBackoff(settings.login_free_failures, base, longest),
+        "client": security.FailureBackoff(settings.login_client_free_failures, base, longest)}
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(web.router)
     app.include_router(api.router, prefix="/api")

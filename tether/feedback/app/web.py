@@ -8,6 +8,7 @@ HTML disabled.
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import Any
 
 from fastapi import APIRouter, Form, Request
@@ -62,18 +63,34 @@ def login_page(request: Request, next: str = "/"):
 def login(request: Request, username: str = Form(""), password: str = Form(""),
           next: str = Form("/"), csrf_token: str = Form("")):
     check_csrf(request, csrf_token, None)
-    rate_limit(request, "login", f"ip:{client_address(request)}")
-    rate_limit(request, "login", f"user:{username.lower()}")
+    failures = request.app.state.login_failures
+    address = client_address(request)
+    keys = {"user": f"{username.lower()}|{address}", "client": address}
+    wait = max(failures[kind].wait(key) for kind, key in keys.items())
+    if wait > 0:
+        raise HTTPProblem(429, f"too many failed logins; try again in {math.ceil(wait)} s",
+                          {"Retry-After": str(math.ceil(wait))})
+    for kind, key in keys.items():  # counted before the check: parallel guesses see it
+        failures[kind].failed(key)
     with transaction(request) as db:
         user = db.scalar(select(User).where(User.username == username))
-        ok = security.verify_password(user.password_hash if user else security.dummy_hash(),
-                                      password)
-        if not ok or user is None or not user.is_active or user.role == "judge":
-            return _page(request, "login.html", {
-                "csrf": request.cookies.get(LOGIN_CSRF_COOKIE), "next": _safe_next(next),
-                "user": None, "error": "Wrong username or password."}, status=401)
-        if security.needs_rehash(user.password_hash):
-            user.password_hash = security.hash_password(password)
+    # argon2 runs outside the transaction: it holds SQLite's write lock for every request
+    ok = security.verify_password(user.password_hash if user else security.dummy_hash(),
+                                  password)
+    if not ok or user is None or not user.is_active or user.role == "judge":
+        return _page(request, "login.html", {
+            "csrf": request.cookies.get(LOGIN_CSRF_COOKIE), "next": _safe_next(next),
+            "user": None, "error": "Wrong username or password."}, status=401)
+    failures["user"].succeeded(keys["user"])
+    failures["client"].forgive(keys["client"])
+    rehashed = (security.hash_password(password) if security.needs_rehash(user.password_hash)
+                else None)
+    with transaction(request) as db:
+        user = db.get(User, user.id)
+        if user is None or not user.is_active:  # deactivated meanwhile
+            raise HTTPProblem(401, "Wrong username or password.")
+        if rehashed:
+            user.password_hash = rehashed
         token = start_session(request, db, user)
     response = _redirect(_safe_next(next))
     set_cookie(request, response, SESSION_COOKIE, token,
@@ -101,7 +118,7 @@ def home(request: Request):
     with transaction(request) as db:
         user, session = web_user(request, db)
         rows = []
-        for project in db.scalars(select(Project).order_by(Project.name)):
+        for project in projects.visible_projects(db, user):
             mine = db.scalar(select(func.count()).select_from(JudgmentRow).join(Item).where(
                 Item.project_id == project.id, JudgmentRow.user_id == user.id))
             rows.append({"project": project, "mine": mine})
@@ -122,12 +139,15 @@ def _task_view(project: Project, assignment: Assignment) -> dict[str, Any]:
 
 def _label_page(request: Request, db, user: User, session: LoginSession, project: Project,
                 error: str | None = None, status: int = 200):
-    assignment = queue.lease_next(db, project, user)
+    """The user's open lease; without one, a button that leases the next item (a POST: a GET,
+    a prefetch or a crawler must not take items out of the queue), or the done page."""
+    assignment = queue.resume(db, project, user)
     guidelines = projects.current_guidelines(db, project)
     context = {"user": user, "csrf": session.csrf_token, "project": project,
                "guidelines": guidelines, "error": error}
     if assignment is None:
-        return _page(request, "done.html", context, status)
+        page = "start.html" if queue.has_work(db, project, user) else "done.html"
+        return _page(request, page, context, status)
     context.update(assignment=assignment, view=_task_view(project, assignment))
     return _page(request, "label.html", context, status)
 
@@ -136,7 +156,16 @@ def _label_page(request: Request, db, user: User, session: LoginSession, project
 def label_page(request: Request, name: str):
     with transaction(request) as db:
         user, session = web_user(request, db)
-        return _label_page(request, db, user, session, projects.get_project(db, name))
+        return _label_page(request, db, user, session, projects.project_for(db, name, user))
+
+
+@router.post("/p/{name}/label")
+def label_start(request: Request, name: str, csrf_token: str = Form("")):
+    with transaction(request) as db:
+        user, session = web_user(request, db)
+        check_csrf(request, csrf_token, session)
+        queue.lease_next(db, projects.project_for(db, name, user), user)
+    return _redirect(f"/p/{name}/label")
 
 
 @router.post("/p/{name}/label/{assignment_id}")
@@ -157,10 +186,11 @@ def _label_submit(request: Request, name: str, assignment_id: int, fields: dict[
         user, session = web_user(request, db)
         check_csrf(request, fields.get("csrf_token"), session)
         rate_limit(request, "submit", str(user.id))
-        project = projects.get_project(db, name)
+        project = projects.project_for(db, name, user)
         assignment = queue.get_assignment(db, assignment_id, user)
         if fields.get("action") == "skip":
             queue.skip(db, assignment, user)
+            queue.lease_next(db, project, user)  # the next item, as the annotator asked
             return _redirect(f"/p/{project.name}/label")
         k = len(assignment.order)
         try:
@@ -172,6 +202,7 @@ def _label_submit(request: Request, name: str, assignment_id: int, fields: dict[
             queue.submit(db, assignment, user, verdict, reason=fields.get("reason"))
         except Invalid as error:  # raised before anything is written
             return _label_page(request, db, user, session, project, error=str(error), status=422)
+        queue.lease_next(db, project, user)
     return _redirect(f"/p/{name}/label")
 
 
@@ -179,7 +210,7 @@ def _label_submit(request: Request, name: str, assignment_id: int, fields: dict[
 def guidelines_page(request: Request, name: str):
     with transaction(request) as db:
         user, session = web_user(request, db)
-        project = projects.get_project(db, name)
+        project = projects.project_for(db, name, user)
         return _page(request, "guidelines.html", {
             "user": user, "csrf": session.csrf_token, "project": project,
             "guidelines": projects.current_guidelines(db, project)})
@@ -205,7 +236,7 @@ def _shown_verdict(row: JudgmentRow, order: list[str]) -> str:
 def my_judgments(request: Request, name: str):
     with transaction(request) as db:
         user, session = web_user(request, db)
-        project = projects.get_project(db, name)
+        project = projects.project_for(db, name, user)
         rows = db.execute(select(JudgmentRow, Assignment.order).select_from(JudgmentRow)
                           .join(Item, Item.id == JudgmentRow.item_id)
                           .join(Assignment, Assignment.id == JudgmentRow.assignment_id)
@@ -241,10 +272,15 @@ def _admin_message(request: Request, db, user, session, message: str, status: in
 @router.post("/admin/users", response_class=HTMLResponse)
 def admin_create_user(request: Request, username: str = Form(...), role: str = Form(...),
                       password: str = Form(""), csrf_token: str = Form("")):
+    _check_admin_form(request, csrf_token)
+    password_hash = None
+    if password:  # hashed before the transaction: argon2 would hold the write lock
+        projects.check_password(password)
+        password_hash = security.hash_password(password)
     with transaction(request) as db:
         user, session = web_user(request, db, admin=True)
         check_csrf(request, csrf_token, session)
-        projects.create_user(db, username, role, password or None)
+        projects.create_user(db, username, role, password_hash=password_hash)
         return _admin_message(request, db, user, session, f"Created user {username}.")
 
 
