@@ -104,11 +104,13 @@ def test_every_form_post_needs_the_csrf_token(app):
     from tether.feedback.app.web import router  # every HTML route; the API has its own
 
     posts = sorted({route.path for route in router.routes if "POST" in route.methods})
-    assert posts == ["/admin/p/{name}/guidelines", "/admin/p/{name}/import", "/admin/projects",
+    assert posts == ["/admin/p/{name}/guidelines", "/admin/p/{name}/import",
+                     "/admin/p/{name}/members", "/admin/projects",
                      "/admin/users", "/admin/users/{username}/token", "/login", "/logout",
                      "/p/{name}/label", "/p/{name}/label/{assignment_id}"]
     urls = {"/admin/p/{name}/guidelines": "/admin/p/p/guidelines",
             "/admin/p/{name}/import": "/admin/p/p/import",
+            "/admin/p/{name}/members": "/admin/p/p/members",
             "/admin/users/{username}/token": "/admin/users/ann/token",
             "/p/{name}/label": "/p/p/label",
             "/p/{name}/label/{assignment_id}": action}
@@ -116,7 +118,8 @@ def test_every_form_post_needs_the_csrf_token(app):
              "/admin/users": {"username": "eve", "role": "annotator", "password": "eve-password"},
              "/login": {"username": "ann", "password": "ann-password"},
              "/p/{name}/label/{assignment_id}": {"choice": "left"},
-             "/admin/p/{name}/guidelines": {"text": "new"}}
+             "/admin/p/{name}/guidelines": {"text": "new"},
+             "/admin/p/{name}/members": {"username": "root"}}
     files = {"/admin/p/{name}/import": {"file": ("x.jsonl", b"{}")}}
     for path in posts:
         for token in (None, "forged-token"):

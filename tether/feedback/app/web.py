@@ -323,6 +323,7 @@ def admin_project(request: Request, name: str, message: str | None = None):
         return _page(request, "admin_project.html", {
             "user": user, "csrf": session.csrf_token, "project": project,
             "progress": projects.progress(db, project),
+            "members": projects.members(db, project),
             "guidelines": projects.current_guidelines(db, project),
             "formats": EXPORT_FORMATS, "message": message,
             "has_quality": _optional_module("agreement") is not None,
@@ -337,6 +338,20 @@ def admin_guidelines(request: Request, name: str, text: str = Form(""),
         check_csrf(request, csrf_token, session)
         version = projects.set_guidelines(db, projects.get_project(db, name), text)
     return _redirect(f"/admin/p/{name}?message=Guidelines+version+{version}")
+
+
+@router.post("/admin/p/{name}/members")
+def admin_members(request: Request, name: str, username: str = Form(...),
+                  action: str = Form("add"), csrf_token: str = Form("")):
+    with transaction(request) as db:
+        _, session = web_user(request, db, admin=True)
+        check_csrf(request, csrf_token, session)
+        if action not in ("add", "remove"):
+            raise HTTPProblem(422, f"action must be add or remove, got {action!r}")
+        project = projects.get_project(db, name)
+        projects.set_members(db, project, **{action: [username]})
+    done = "Added" if action == "add" else "Removed"
+    return _redirect(f"/admin/p/{name}?message={done}+{username}")
 
 
 @router.post("/admin/p/{name}/import")
