@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import os
 import secrets
 import threading
 import time
@@ -28,17 +29,23 @@ from argon2.exceptions import InvalidHashError, VerificationError
 _hasher = PasswordHasher()
 TOKEN_PREFIX = "tl_"
 MIN_PASSWORD_LENGTH = 8
+# argon2 takes 64 MiB and a core for a fraction of a second: a burst of logins running at once
+# would take every core and gigabytes from the other requests. They queue here instead (outside
+# any database lock), on at most half the cores.
+_hashing_slots = threading.BoundedSemaphore(max(1, (os.cpu_count() or 2) // 2))
 
 
 def hash_password(password: str) -> str:
-    return _hasher.hash(password)
+    with _hashing_slots:
+        return _hasher.hash(password)
 
 
 def verify_password(password_hash: str | None, password: str) -> bool:
     if not password_hash:
         return False
     try:
-        return _hasher.verify(password_hash, password)
+        with _hashing_slots:
+            return _hasher.verify(password_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
@@ -51,7 +58,7 @@ def needs_rehash(password_hash: str) -> bool:
 def dummy_hash() -> str:
     """A real hash to verify against when the user does not exist, so a login for an unknown
     name takes as long as one with a wrong password (no user enumeration by timing)."""
-    return _hasher.hash(secrets.token_urlsafe(16))
+    return hash_password(secrets.token_urlsafe(16))  # create_app makes it before serving
 
 
 def new_token(prefix: str = TOKEN_PREFIX) -> str:

@@ -88,6 +88,7 @@ def create_app(settings: Settings) -> FastAPI:
     # of up to 100 ms (measured: 3x slower with 20 parallel annotators).
     app.state.write_lock = (threading.Lock() if engine.dialect.name == "sqlite"
                             else nullcontext())
+    security.dummy_hash()  # now, not by each of the first parallel logins for unknown names
     app.state.limits = {name: security.RateLimiter(*getattr(settings, f"{name}_limit"))
                         for name in ("submit", "api")}
     base, longest = settings.login_backoff
