@@ -54,6 +54,7 @@ def server(tmp_path):
                              "model": "model-x"},
                             {"id": "y", "text": f"second {i}", "model": "model-y"}]}
             for i in range(6)])
+        projects.set_members(db, project, add=["ann"])
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
@@ -90,6 +91,10 @@ def test_keyboard_labeling_blinded_inert_model_output_and_export(server):
             login(page, server, "ann", "ann-password")
             assert page.url == f"{server}/"
             page.goto(f"{server}/p/pw/label")
+            # taking an item is a POST: the start button has focus, Enter presses it
+            page.wait_for_selector("#start:focus")
+            with page.expect_navigation():
+                page.keyboard.press("Enter")
 
             # the script in a candidate is shown as text and never runs
             first = page.locator(".candidate pre.text").all_inner_texts()
