@@ -154,9 +154,12 @@ def _tokens(args: argparse.Namespace) -> None:
 
     with _session(args) as db:
         for token in projects.tokens_of(db, projects.get_user(db, args.username)):
-            used = token.last_used_at.isoformat(timespec="seconds") if token.last_used_at else "never"
-            print(f"{token.id}\t{token.name}\texpires {token.expires_at.isoformat(timespec='seconds')}"
-                  f"\tlast used {used}")
+            used = _when(token.last_used_at) if token.last_used_at else "never"
+            print(f"{token.id}\t{token.name}\texpires {_when(token.expires_at)}\tlast used {used}")
+
+
+def _when(moment) -> str:
+    return moment.isoformat(timespec="seconds")
 
 
 def _revoke_token(args: argparse.Namespace) -> None:
@@ -179,7 +182,9 @@ def _set_active(active: bool):
 
         with _session(args) as db:
             projects.set_active(db, projects.get_user(db, args.username), active)
-        print(f"{args.username} is {'active' if active else 'deactivated: sessions ended, API tokens deleted, open leases released'}")
+        print(f"{args.username} is active" if active else
+              f"{args.username} is deactivated: sessions ended, API tokens deleted, open leases "
+              f"released")
     return handler
 
 
