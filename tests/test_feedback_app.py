@@ -105,13 +105,16 @@ def test_every_form_post_needs_the_csrf_token(app):
 
     posts = sorted({route.path for route in router.routes if "POST" in route.methods})
     assert posts == ["/admin/p/{name}/guidelines", "/admin/p/{name}/import",
-                     "/admin/p/{name}/members", "/admin/projects",
-                     "/admin/users", "/admin/users/{username}/token", "/login", "/logout",
+                     "/admin/p/{name}/members", "/admin/projects", "/admin/users",
+                     "/admin/users/{username}/active", "/admin/users/{username}/revoke-tokens",
+                     "/admin/users/{username}/token", "/login", "/logout",
                      "/p/{name}/label", "/p/{name}/label/{assignment_id}"]
     urls = {"/admin/p/{name}/guidelines": "/admin/p/p/guidelines",
             "/admin/p/{name}/import": "/admin/p/p/import",
             "/admin/p/{name}/members": "/admin/p/p/members",
             "/admin/users/{username}/token": "/admin/users/ann/token",
+            "/admin/users/{username}/active": "/admin/users/ann/active",
+            "/admin/users/{username}/revoke-tokens": "/admin/users/ann/revoke-tokens",
             "/p/{name}/label": "/p/p/label",
             "/p/{name}/label/{assignment_id}": action}
     forms = {"/admin/projects": {"name": "q", "task": "pairwise"},
@@ -119,7 +122,8 @@ def test_every_form_post_needs_the_csrf_token(app):
              "/login": {"username": "ann", "password": "ann-password"},
              "/p/{name}/label/{assignment_id}": {"choice": "left"},
              "/admin/p/{name}/guidelines": {"text": "new"},
-             "/admin/p/{name}/members": {"username": "root"}}
+             "/admin/p/{name}/members": {"username": "root"},
+             "/admin/users/{username}/active": {"active": "0"}}
     files = {"/admin/p/{name}/import": {"file": ("x.jsonl", b"{}")}}
     for path in posts:
         for token in (None, "forged-token"):

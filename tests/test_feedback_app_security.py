@@ -339,3 +339,21 @@ def test_upgrading_keeps_access_and_gives_old_tokens_an_expiry(label_db_url):
         expires = db.scalar(select(ApiToken.expires_at))
         assert timedelta(days=89) < expires - now < timedelta(days=91)
     engine.dispose()
+
+
+def test_admins_deactivate_users_and_revoke_tokens_on_the_admin_page(app):
+    root, ann = TestClient(app), TestClient(app)
+    login(root, "root"), login(ann, "ann")
+    headers = api_token(app, "ann")
+    token = csrf_of(root.get("/admin").text)
+    response = root.post("/admin/users/ann/revoke-tokens", data={"csrf_token": token})
+    assert "Revoked 1 API token(s) of ann." in response.text
+    assert ann.get("/api/me", headers=headers).status_code == 401
+    assert ann.get("/").status_code == 200  # the web session is another matter
+    root.post("/admin/users/ann/active", data={"csrf_token": token, "active": "0"})
+    assert ann.get("/", follow_redirects=False).status_code == 303
+    assert login(TestClient(app), "ann").status_code == 401
+    root.post("/admin/users/ann/active", data={"csrf_token": token, "active": "1"})
+    assert login(TestClient(app), "ann").status_code == 303
+    refused = root.post("/admin/users/root/active", data={"csrf_token": token, "active": "0"})
+    assert refused.status_code == 422 and root.get("/admin").status_code == 200

@@ -295,6 +295,31 @@ def admin_create_token(request: Request, username: str, name: str = Form("web"),
                               f"API token for {username} (shown once):", new_token=token)
 
 
+@router.post("/admin/users/{username}/active", response_class=HTMLResponse)
+def admin_set_active(request: Request, username: str, active: str = Form(...),
+                     csrf_token: str = Form("")):
+    with transaction(request) as db:
+        user, session = web_user(request, db, admin=True)
+        check_csrf(request, csrf_token, session)
+        target = projects.get_user(db, username)
+        if target.id == user.id and active != "1":
+            raise HTTPProblem(422, "you cannot deactivate yourself")
+        projects.set_active(db, target, active == "1")
+        state = "active again" if active == "1" else (
+            "deactivated: sessions ended, API tokens deleted, open leases released")
+        return _admin_message(request, db, user, session, f"{username} is {state}.")
+
+
+@router.post("/admin/users/{username}/revoke-tokens", response_class=HTMLResponse)
+def admin_revoke_tokens(request: Request, username: str, csrf_token: str = Form("")):
+    with transaction(request) as db:
+        user, session = web_user(request, db, admin=True)
+        check_csrf(request, csrf_token, session)
+        count = projects.revoke_tokens(db, projects.get_user(db, username))
+        return _admin_message(request, db, user, session,
+                              f"Revoked {count} API token(s) of {username}.")
+
+
 @router.post("/admin/projects")
 def admin_create_project(request: Request, name: str = Form(...), task: str = Form(...),
                          required_judgments: int = Form(3), gold_rate: float = Form(0.1),
