@@ -91,6 +91,19 @@ def test_an_upload_is_not_read_before_login_csrf_and_size_pass(label_db_url, tmp
     assert status == 413 and pulled <= 3 * MB  # chunked: stopped once past the cap
 
 
+def test_an_ai_batch_is_not_read_before_its_token_and_forms_are_capped_at_1_mib(app):
+    assert post_raw(app, "/api/projects/p/judgments/bulk", length=50 * MB) == (401, 0)
+    client = TestClient(app)
+    judge = api_token(app, "judge")
+    deep = client.post("/api/projects/p/judgments/bulk", headers=judge,
+                       content=b"[" * 100_000 + b"]" * 100_000)
+    assert deep.status_code == 422 and "recursion limit" in deep.json()["detail"]
+    wrong = client.post("/api/projects/p/judgments/bulk", headers=judge, json=[{"task": "x"}])
+    assert wrong.status_code == 422 and "0.item_id: Field required" in wrong.json()["detail"]
+    login_form = post_raw(app, "/login", length=2 * MB)
+    assert login_form == (413, 0)
+
+
 def upload(client: TestClient, name: str, data: bytes):
     token = csrf_of(client.get("/admin/p/p").text)
     return client.post(f"/admin/p/p/import?csrf_token={token}", files={"file": (name, data)})

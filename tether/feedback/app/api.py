@@ -20,7 +20,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 from tether.feedback.app import projects, queue
 from tether.feedback.app.errors import NotFound
 from tether.feedback.app.models import Project
@@ -125,8 +126,28 @@ def items(request: Request, name: str) -> list[dict[str, Any]]:
                 for r in records]
 
 
+_JUDGMENTS = TypeAdapter(list[Judgment])
+
+
 @router.post("/projects/{name}/judgments/bulk")
-def bulk(request: Request, name: str, body: list[Judgment]) -> dict[str, Any]:
+async def bulk(request: Request, name: str) -> dict[str, Any]:
+    """The token is checked before the body (a batch may be large) is read."""
+    await run_in_threadpool(_check_user, request, ("admin", "judge"))
+    try:
+        body = _JUDGMENTS.validate_json(await request.body())
+    except ValidationError as error:
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                    for e in error.errors()[:5]]
+        raise HTTPProblem(422, "; ".join(problems)) from None
+    return await run_in_threadpool(_bulk, request, name, body)
+
+
+def _check_user(request: Request, roles: tuple[str, ...]) -> None:
+    with transaction(request) as db:
+        api_user(request, db, roles=roles)
+
+
+def _bulk(request: Request, name: str, body: list[Judgment]) -> dict[str, Any]:
     with transaction(request) as db:
         user = api_user(request, db, roles=("admin", "judge"))
         created, duplicates = queue.add_ai_judgments(db, projects.project_for(db, name, user),

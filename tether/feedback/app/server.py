@@ -7,6 +7,7 @@ migrates the database to the newest schema before serving.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 import threading
 from contextlib import contextmanager, nullcontext
@@ -21,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 from sqlalchemy import select
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from sqlalchemy.orm import Session
 
 from tether.errors import DataValidationError, TetherError
@@ -78,8 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     engine = make_engine(settings.db_url)
     migrate(engine)
-    app = FastAPI(title="tether label", docs_url=None, redoc_url=None, openapi_url=None,
-                  max_body_size=int(settings.max_upload_mb * 2**20))
+    app = FastAPI(title="tether label", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessions = session_factory(engine)
@@ -99,6 +100,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(web.router)
     app.include_router(api.router, prefix="/api")
 
+    app.add_middleware(BodyLimits, upload_bytes=int(settings.max_upload_mb * 2**20))
     app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(TetherError)
@@ -117,6 +119,24 @@ def create_app(settings: Settings) -> FastAPI:
                                           status_code=status, headers=headers)
 
     return app
+
+
+class BodyLimits:
+    """413 for a request body over its route's limit, counted as it is read (a Content-Length
+    over the limit is refused before any of it is): an import upload or an AI judgment batch
+    may take ``upload_bytes``, every other request (forms, submissions) ``FORM_BYTES``. Those
+    two handlers check the login or token before they read (web.admin_import, api.bulk)."""
+
+    FORM_BYTES = 2**20
+    UPLOADS = re.compile(r"^/(admin/p/[^/]+/import|api/projects/[^/]+/judgments/bulk)$")
+
+    def __init__(self, app, upload_bytes: int):
+        self.uploads = RequestBodyLimitMiddleware(app, upload_bytes)
+        self.others = RequestBodyLimitMiddleware(app, self.FORM_BYTES)
+
+    async def __call__(self, scope, receive, send):
+        upload = scope["type"] == "http" and self.UPLOADS.match(scope["path"])
+        await (self.uploads if upload else self.others)(scope, receive, send)
 
 
 class SecurityHeaders:

@@ -382,8 +382,8 @@ def admin_members(request: Request, name: str, username: str = Form(...),
 @router.post("/admin/p/{name}/import")
 async def admin_import(request: Request, name: str, csrf_token: str = ""):
     """The upload's CSRF token travels in the query string (the form's action), so the
-    session, the role and the token are all checked before a byte of the body is read; the
-    app's ``max_body_size`` then answers 413 to a body over ``Settings.max_upload_mb``."""
+    session, the role and the token are all checked before a byte of the body is read;
+    ``server.BodyLimits`` then answers 413 to a body over ``Settings.max_upload_mb``."""
     await _run_sync(_check_admin_form, request, csrf_token)
     form = await request.form(max_files=1, max_fields=4)
     upload = form.get("file")
