@@ -74,6 +74,7 @@ def server(tmp_path):
                              "model": "model-x"},
                             {"id": "y", "text": f"second {i}", "model": "model-y"}]}
             for i in range(6)])
+        projects.set_members(db, project, add=["ann"])
         _markdown_project(db)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -98,6 +99,7 @@ def _markdown_project(db) -> None:
     projects.create_user(db, "bob", "annotator", "bob-password")
     project = projects.create_project(db, "md", "pairwise", required_judgments=2, gold_rate=0,
                                       guidelines="Prefer answers that **run**.")
+    projects.set_members(db, project, add=["ann", "bob"])
     projects.import_items(db, project, [
         {"id": f"m{i}", "prompt": f"How do I remove duplicates from a list in Python? ({i})",
          "candidates": [{"id": "md", "text": MARKDOWN_ANSWER}, {"id": "plain", "text": PLAIN_ANSWER}]}
@@ -139,6 +141,10 @@ def test_keyboard_labeling_blinded_inert_model_output_and_export(server):
             login(page, server, "ann", "ann-password")
             assert page.url == f"{server}/"
             page.goto(f"{server}/p/pw/label")
+            # taking an item is a POST: the start button has focus, Enter presses it
+            page.wait_for_selector("#start:focus")
+            with page.expect_navigation():
+                page.keyboard.press("Enter")
 
             # the script in a candidate is shown as text and never runs
             first = page.locator(".candidate .text.rendered").all_inner_texts()
