@@ -1,4 +1,4 @@
-"""The labeling queue: lease the next item to an annotator, take their verdict, skip.
+"""The labeling queue: lease the next item to an annotator, take their verdict, skip, withdraw.
 
 Rules, with N = ``project.required_judgments``:
 
@@ -253,6 +253,20 @@ def skip(db: Session, assignment: Assignment, user: User) -> None:
         raise NotFound(f"no assignment {assignment.id}")
     if assignment.status != "leased":
         raise Conflict(f"this item was already {assignment.status}")
+    assignment.status = "skipped"
+    db.flush()
+
+
+def withdraw(db: Session, assignment: Assignment, user: User) -> None:
+    """Give a submitted item back to the queue once its judgment is deleted (taken back): its
+    slot opens for others and, as after a skip, this user is not offered it again. Nothing new
+    is leased."""
+    _lock_item(db, assignment.item_id)  # as submit does: a count under way sees before or after
+    db.refresh(assignment)
+    if assignment.user_id != user.id:
+        raise NotFound(f"no assignment {assignment.id}")
+    if assignment.status != "submitted":
+        raise Conflict(f"this item is {assignment.status}, not submitted")
     assignment.status = "skipped"
     db.flush()
 

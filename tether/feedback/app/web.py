@@ -216,6 +216,9 @@ def _edit_last_page(request: Request, db, user: User, session: LoginSession,
     row = revisions.last_judgment(db, project, user)
     if row is None:
         raise HTTPProblem(404, "you have no judgment in this project to change")
+    problem = projects.stored_item_problem(row.item, project)
+    if problem is not None:  # e.g. 27 candidates from an older tether: the form names them A-Z
+        raise HTTPProblem(409, f"this item can no longer be shown: {problem}")
     assignment = db.get(Assignment, row.assignment_id)
     if prefill is None:
         prefill = {**revisions.shown_values(row, assignment.order), "reason": row.reason}
@@ -229,7 +232,7 @@ def _edit_last_page(request: Request, db, user: User, session: LoginSession,
 def edit_last_page(request: Request, name: str):
     with transaction(request) as db:
         user, session = web_user(request, db)
-        return _edit_last_page(request, db, user, session, projects.get_project(db, name))
+        return _edit_last_page(request, db, user, session, projects.project_for(db, name, user))
 
 
 @router.post("/p/{name}/last/{judgment_id}")
@@ -244,7 +247,7 @@ def _edit_last_submit(request: Request, name: str, judgment_id: int, fields: dic
         user, session = web_user(request, db)
         check_csrf(request, fields.get("csrf_token"), session)
         rate_limit(request, "submit", str(user.id))
-        project = projects.get_project(db, name)
+        project = projects.project_for(db, name, user)
         row = revisions.own_last(db, project, user, judgment_id)
         if fields.get("action") == "take_back":
             revisions.take_back(db, row)
