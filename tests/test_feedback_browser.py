@@ -132,6 +132,14 @@ def login(page, base: str, username: str, password: str) -> None:
     assert "/login" not in page.url, f"login as {username} failed: {page.inner_text('body')[:200]}"
 
 
+def press_start(page) -> None:
+    """Take an item the way an annotator does: the start button has focus, Enter presses it
+    (leases are POSTs; the GET showed the button)."""
+    page.wait_for_selector("#start:focus")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+
+
 def test_keyboard_labeling_blinded_inert_model_output_and_export(server):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM,
@@ -141,10 +149,7 @@ def test_keyboard_labeling_blinded_inert_model_output_and_export(server):
             login(page, server, "ann", "ann-password")
             assert page.url == f"{server}/"
             page.goto(f"{server}/p/pw/label")
-            # taking an item is a POST: the start button has focus, Enter presses it
-            page.wait_for_selector("#start:focus")
-            with page.expect_navigation():
-                page.keyboard.press("Enter")
+            press_start(page)
 
             # the script in a candidate is shown as text and never runs
             first = page.locator(".candidate .text.rendered").all_inner_texts()
@@ -202,6 +207,7 @@ def test_markdown_responses_render_highlighted_and_inert(server):
             page = browser.new_page()
             login(page, server, "ann", "ann-password")
             page.goto(f"{server}/p/md/label")
+            press_start(page)
             answer = page.locator(".candidate .text.rendered", has=page.locator("pre"))
             assert answer.locator("strong").inner_text() == "set"
             assert answer.locator("li").all_inner_texts() == ["keeps order", "O(n) time"]
@@ -246,6 +252,10 @@ def test_layout_one_column_on_a_phone_and_screenshots(server, width):
             page = context.new_page()
             login(page, server, "ann", "ann-password")
             page.goto(f"{server}/p/md/label")
+            assert page.locator("#counter").inner_text() == "1 of 1"  # on the start page too
+            _no_sideways_scrolling(page, width, "start page")
+            screenshot(page, f"start-{width}")
+            press_start(page)
             assert page.locator("#counter").inner_text() == "1 of 1"
             first, second = _boxes(page, ".candidate")
             if width < 600:  # stacked, each the full width of the column
@@ -290,6 +300,8 @@ def test_keyboard_counter_and_undo(server):
             page = browser.new_page()
             login(page, server, "ann", "ann-password")
             page.goto(f"{server}/p/pw/label")
+            assert page.locator("#counter").inner_text() == "1 of 6"
+            press_start(page)
             assert page.locator("#counter").inner_text() == "1 of 6"
             question = page.locator(".prompt").inner_text()
             page.keyboard.press("a")
