@@ -8,7 +8,9 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-from test_feedback_app import api_token, csrf_of, fast_password_hashing, login, make_app  # noqa: F401
+from test_feedback_app import (  # noqa: F401
+    api_token, csrf_of, fast_password_hashing, login, make_app, start,
+)
 from tether.feedback.app import projects, queue
 from tether.feedback.app.errors import Invalid
 from tether.feedback.app.annotator_progress import annotator_progress
@@ -20,6 +22,7 @@ def app(label_db_url):  # project "p": pairwise, 3 items, 2 judgments each; ann,
     app = make_app(label_db_url)
     with app.state.sessions.begin() as db:
         projects.create_user(db, "cara", "annotator", "cara-password")
+        projects.set_members(db, projects.get_project(db, "p"), add=["cara"])
     return app
 
 
@@ -32,8 +35,9 @@ def shown_item(page: str) -> str:
 
 
 def judge(client: TestClient, choice: str = "left", reason: str = "") -> str:
-    """Submit ``choice`` on the item on screen; returns that item's number."""
-    page = client.get("/p/p/label").text
+    """Submit ``choice`` on the item on screen (pressing Start first if there is none);
+    returns that item's number."""
+    page = start(client).text
     action = re.search(r'action="(/p/p/label/\d+)"', page).group(1)
     response = client.post(action, data={"csrf_token": csrf_of(page), "choice": choice,
                                          "reason": reason}, follow_redirects=False)
@@ -53,7 +57,8 @@ def test_label_page_counts_my_judgments_of_the_items_open_to_me(app):
     judge(ann)
     assert counter(ann.get("/p/p/label").text) == "2 of 3"
     judge(bob)  # the item ann judged first: it now has its 2 judgments
-    assert counter(cara.get("/p/p/label").text) == "1 of 2"  # so cara can only get two
+    # and bob's submit leased him the item ann is on, so that one is full too for now
+    assert counter(cara.get("/p/p/label").text) == "1 of 1"  # the start page counts as well
     judge(ann), judge(ann)
     done = ann.get("/p/p/label").text
     assert 'id="queue-empty"' in done and "you judged 3 items" in done
@@ -119,7 +124,7 @@ def test_take_back_frees_the_slot_for_someone_else(app):
         login(client, name)
     first = judge(ann)
     assert judge(bob) == first  # item `first` is full (2 judgments)
-    assert shown_item(cara.get("/p/p/label").text) != first
+    assert shown_item(start(cara).text) != first
     page = ann.get("/p/p/last").text
     action = re.search(r'action="(/p/p/last/\d+)"', page).group(1)
     taken = ann.post(action, data={"csrf_token": csrf_of(page), "action": "take_back"},
@@ -139,7 +144,7 @@ def test_quality_page_explains_its_numbers_and_warns_below_chance(app):
         login(client, name)
     for _ in range(3):  # on every item ann prefers model-alpha's answer and bob the other one
         for client, wants_alpha in ((ann, True), (bob, False)):
-            page = client.get("/p/p/label").text
+            page = start(client).text
             left_is_alpha = re.search(r'<h2>A <small class="side">left</small></h2>\s*'
                                       r'<div class="text markdown rendered"><p>&lt;script', page)
             choice = "left" if bool(left_is_alpha) == wants_alpha else "right"
@@ -222,3 +227,107 @@ def test_a_stored_ranking_or_rating_fills_the_edit_form_by_shown_position(label_
         with pytest.raises(Invalid, match=f"needs a {key} for every candidate"):
             revisions.edit(db, project, row, {f"{key}s": {"a": 1}}, None)
         assert row.verdict == before
+
+
+# ---- the UX under the security rules (membership, POST-only leases, bad stored items) ----
+
+def leases(app) -> list[tuple[str, str]]:
+    """(item, status) of every assignment, by item."""
+    from sqlalchemy import select
+
+    from tether.feedback.app.models import Assignment, Item
+
+    with app.state.sessions.begin() as db:
+        return sorted(db.execute(select(Item.external_id, Assignment.status)
+                                 .join(Item, Item.id == Assignment.item_id)).all())
+
+
+def judged_without_a_next_lease(app, username: str) -> None:
+    """One judgment by ``username`` in project p and no open lease after it (as when the queue
+    had nothing more to give when they submitted)."""
+    with app.state.sessions.begin() as db:
+        user, project = projects.get_user(db, username), projects.get_project(db, "p")
+        queue.submit(db, queue.lease_next(db, project, user), user, {"winner": "secret-id-a"})
+
+
+def test_the_edit_page_and_take_back_lease_nothing_and_the_start_page_keeps_the_counter(app):
+    judged_without_a_next_lease(app, "ann")
+    ann = TestClient(app)
+    login(ann, "ann")
+    before = leases(app)
+    start_page = ann.get("/p/p/label").text
+    assert 'id="start"' in start_page and counter(start_page) == "2 of 3"
+    assert 'id="edit-last"' in start_page  # u works from the start page too
+    page = ann.get("/p/p/last").text
+    assert 'id="take-back"' in page and leases(app) == before  # the GET took nothing
+    action = re.search(r'action="(/p/p/last/\d+)"', page).group(1)
+    taken = ann.post(action, data={"csrf_token": csrf_of(page), "action": "take_back"})
+    # the item went back through the queue, skipped for ann, and nothing else was leased
+    assert leases(app) == [("i0", "skipped")]
+    assert 'id="start"' in taken.text and counter(taken.text) == "1 of 2"
+    assert "taken back; the item goes to another annotator" in taken.text
+    assert 'id="edit-last"' not in taken.text  # nothing left to change
+
+
+def test_withdraw_gives_back_only_ones_own_submitted_item(app):
+    from tether.feedback.app.errors import Conflict, NotFound
+
+    with app.state.sessions.begin() as db:
+        ann, bob = projects.get_user(db, "ann"), projects.get_user(db, "bob")
+        project = projects.get_project(db, "p")
+        leased = queue.lease_next(db, project, ann)
+        with pytest.raises(Conflict, match="not submitted"):
+            queue.withdraw(db, leased, ann)
+        queue.submit(db, leased, ann, {"winner": "secret-id-a"})
+        with pytest.raises(NotFound):
+            queue.withdraw(db, leased, bob)
+        queue.withdraw(db, leased, ann)
+        assert leased.status == "skipped"
+        assert queue.lease_next(db, project, ann).item_id != leased.item_id
+        assert queue.lease_next(db, project, bob).item_id == leased.item_id  # its slot is open
+
+
+def test_a_former_member_can_neither_open_nor_change_their_last_judgment(app):
+    ann = TestClient(app)
+    login(ann, "ann")
+    judge(ann, "left")
+    (before,) = my_judgments(app, ann, "ann")
+    page = ann.get("/p/p/last").text
+    action = re.search(r'action="(/p/p/last/\d+)"', page).group(1)
+    with app.state.sessions.begin() as db:
+        projects.set_members(db, projects.get_project(db, "p"), remove=["ann"])
+    assert ann.get("/p/p/last").status_code == 404
+    for what in ("save", "take_back"):
+        response = ann.post(action, data={"csrf_token": csrf_of(page), "action": what,
+                                          "choice": "right"})
+        assert response.status_code == 404, what
+    with app.state.sessions.begin() as db:
+        (kept,) = projects.project_records(db, projects.get_project(db, "p"))[1]
+    assert kept.verdict == before["verdict"] and kept.reason is None
+    assert ("i0", "submitted") in leases(app)
+
+
+def test_items_the_queue_passes_over_are_not_counted_nor_shown_on_the_edit_page(label_db_url):
+    from tether.feedback.app.models import Item
+
+    app = make_app(label_db_url)
+    with app.state.sessions.begin() as db:  # as an older tether could have stored them
+        project = projects.create_project(db, "r", "ranking", required_judgments=1,
+                                          gold_rate=0)
+        projects.set_members(db, project, add=["ann"])
+        for external_id, k in (("wide", 27), ("a", 3), ("b", 3)):
+            db.add(Item(project_id=project.id, external_id=external_id, prompt="Q",
+                        item_metadata={}, candidates=[{"id": f"c{i}", "text": f"text {i}"}
+                                                      for i in range(k)]))
+    ann = TestClient(app)
+    login(ann, "ann")
+    page = start(ann, "r").text  # the queue passes over "wide" and marks it
+    assert "text 26" not in page and counter(page) == "1 of 2"
+    action = re.search(r'action="(/p/r/label/\d+)"', page).group(1)
+    ann.post(action, data={"csrf_token": csrf_of(page), "rank_0": "1", "rank_1": "2",
+                           "rank_2": "3"})
+    with app.state.sessions.begin() as db:  # the judged item is widened by hand afterwards
+        item = db.scalar(projects.select(Item).where(Item.external_id == "a"))
+        item.candidates = [*item.candidates, *({"id": f"x{i}", "text": "x"} for i in range(24))]
+    edit = ann.get("/p/r/last")
+    assert edit.status_code == 409 and "can no longer be shown" in edit.text

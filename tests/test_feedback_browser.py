@@ -74,6 +74,7 @@ def server(tmp_path):
                              "model": "model-x"},
                             {"id": "y", "text": f"second {i}", "model": "model-y"}]}
             for i in range(6)])
+        projects.set_members(db, project, add=["ann"])
         _markdown_project(db)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -98,6 +99,7 @@ def _markdown_project(db) -> None:
     projects.create_user(db, "bob", "annotator", "bob-password")
     project = projects.create_project(db, "md", "pairwise", required_judgments=2, gold_rate=0,
                                       guidelines="Prefer answers that **run**.")
+    projects.set_members(db, project, add=["ann", "bob"])
     projects.import_items(db, project, [
         {"id": f"m{i}", "prompt": f"How do I remove duplicates from a list in Python? ({i})",
          "candidates": [{"id": "md", "text": MARKDOWN_ANSWER}, {"id": "plain", "text": PLAIN_ANSWER}]}
@@ -130,6 +132,14 @@ def login(page, base: str, username: str, password: str) -> None:
     assert "/login" not in page.url, f"login as {username} failed: {page.inner_text('body')[:200]}"
 
 
+def press_start(page) -> None:
+    """Take an item the way an annotator does: the start button has focus, Enter presses it
+    (leases are POSTs; the GET showed the button)."""
+    page.wait_for_selector("#start:focus")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+
+
 def test_keyboard_labeling_blinded_inert_model_output_and_export(server):
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM,
@@ -139,6 +149,7 @@ def test_keyboard_labeling_blinded_inert_model_output_and_export(server):
             login(page, server, "ann", "ann-password")
             assert page.url == f"{server}/"
             page.goto(f"{server}/p/pw/label")
+            press_start(page)
 
             # the script in a candidate is shown as text and never runs
             first = page.locator(".candidate .text.rendered").all_inner_texts()
@@ -196,6 +207,7 @@ def test_markdown_responses_render_highlighted_and_inert(server):
             page = browser.new_page()
             login(page, server, "ann", "ann-password")
             page.goto(f"{server}/p/md/label")
+            press_start(page)
             answer = page.locator(".candidate .text.rendered", has=page.locator("pre"))
             assert answer.locator("strong").inner_text() == "set"
             assert answer.locator("li").all_inner_texts() == ["keeps order", "O(n) time"]
@@ -240,6 +252,10 @@ def test_layout_one_column_on_a_phone_and_screenshots(server, width):
             page = context.new_page()
             login(page, server, "ann", "ann-password")
             page.goto(f"{server}/p/md/label")
+            assert page.locator("#counter").inner_text() == "1 of 1"  # on the start page too
+            _no_sideways_scrolling(page, width, "start page")
+            screenshot(page, f"start-{width}")
+            press_start(page)
             assert page.locator("#counter").inner_text() == "1 of 1"
             first, second = _boxes(page, ".candidate")
             if width < 600:  # stacked, each the full width of the column
@@ -284,6 +300,8 @@ def test_keyboard_counter_and_undo(server):
             page = browser.new_page()
             login(page, server, "ann", "ann-password")
             page.goto(f"{server}/p/pw/label")
+            assert page.locator("#counter").inner_text() == "1 of 6"
+            press_start(page)
             assert page.locator("#counter").inner_text() == "1 of 6"
             question = page.locator(".prompt").inner_text()
             page.keyboard.press("a")

@@ -74,11 +74,19 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
         if not text.strip():
             continue  # blank lines are allowed (a trailing newline makes one)
         try:
-            yield location, json.loads(text), None
+            row = json.loads(text)
         except json.JSONDecodeError as error:
             yield location, None, DataValidationError(
                 f"invalid JSON: {error.msg} (column {error.colno})", file=location.file,
                 line=number)
+        except RecursionError:
+            yield location, None, DataValidationError(
+                "invalid JSON: nested too deeply to read", file=location.file, line=number)
+        except ValueError as error:  # e.g. an integer of more than 4300 digits
+            yield location, None, DataValidationError(
+                f"invalid JSON: {str(error).split(';')[0]}", file=location.file, line=number)
+        else:
+            yield location, row, None
 
 
 def _table_rows(path: Path) -> Iterator[Row]:

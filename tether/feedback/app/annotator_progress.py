@@ -3,7 +3,8 @@
 ``done`` counts the annotator's judgments in the project. ``left`` counts the items the queue
 (``queue.lease_next``) would still give them if nobody else labeled meanwhile, the one on screen
 included: regular items they have neither judged nor skipped that still have a free slot, and as
-many unseen gold items as the gold rate will mix in. Other annotators filling items can only
+many unseen gold items as the gold rate will mix in. Items the queue passes over (``items.problem``
+set: they fail today's import checks) are not counted. Other annotators filling items can only
 make ``left`` smaller, so the total is an upper bound, and the page says so.
 """
 
@@ -39,7 +40,8 @@ def _open_items(project: Project, user: User, now: datetime, *, gold: bool):
     judged = exists().where(JudgmentRow.item_id == Item.id,
                             JudgmentRow.annotator == user.username)
     query = (select(func.count()).select_from(Item)
-             .where(Item.project_id == project.id, Item.is_gold == gold, ~seen, ~judged))
+             .where(Item.project_id == project.id, Item.is_gold == gold,
+                    Item.problem.is_(None), ~seen, ~judged))
     if not gold:  # one's own lease is the item on screen: it keeps its place in the count
         taken_by_others = (select(func.count()).select_from(Assignment)
                            .where(Assignment.item_id == Item.id, Assignment.user_id != user.id,

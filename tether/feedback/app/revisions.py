@@ -2,8 +2,9 @@
 
 - **Edit** changes the verdict and reason in place. The item keeps its place in every count
   (its assignment stays submitted), so nothing else in the queue moves.
-- **Take back** (undo) deletes the judgment and marks the assignment skipped: the slot opens
-  again for another annotator, and this one is not offered the item again, as after a skip.
+- **Take back** (undo) deletes the judgment and gives the item back through ``queue.withdraw``
+  (the assignment becomes skipped): the slot opens again for another annotator, this one is not
+  offered the item again, as after a skip, and nothing new is leased.
 
 Only the most recent human judgment of the user in the project can be changed: ``own_last``
 checks the id the page names, so a stale page (another judgment submitted since, in another tab)
@@ -17,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tether.feedback.app import queue
 from tether.feedback.app.errors import Conflict, Invalid
 from tether.feedback.app.models import Assignment, Item, JudgmentRow, Project, User
 from tether.feedback.verdicts import verdict_problem
@@ -52,10 +54,10 @@ def edit(db: Session, project: Project, row: JudgmentRow, verdict: dict[str, Any
 
 
 def take_back(db: Session, row: JudgmentRow) -> None:
-    """Delete a judgment (from ``own_last``); its item goes back to the queue for others."""
-    assignment = db.get(Assignment, row.assignment_id)
+    """Delete a judgment (from ``own_last``); its item goes back to the queue for others
+    (``queue.withdraw``), and no other item is leased."""
+    queue.withdraw(db, db.get(Assignment, row.assignment_id), db.get(User, row.user_id))
     db.delete(row)
-    assignment.status = "skipped"
     db.flush()
 
 
