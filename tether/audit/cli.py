@@ -25,6 +25,7 @@ EXIT_MODULE_FAILED, EXIT_USAGE, EXIT_GATE_FAILED = 1, 2, 3
 def build_parser() -> argparse.ArgumentParser:
     from tether.audit.suite import SUITES
     from tether.rollout.generate import DEFAULT_BATCH_SIZE
+    from tether.judges.registry import add_judge_arguments
 
     parser = argparse.ArgumentParser(prog="tether audit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,15 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fail-on", default="", metavar="GATES",
                         help='comma-separated gates on candidate - baseline, e.g. '
                              '"over_refusal>+5pp,toxicity_prob>+2pp,drift_kl>0.5"; exit 3 when one fails')
-    parser.add_argument("--judge", default=None, metavar="NAME[,NAME...]",
-                        help="refusal judge the refusal metrics count with (default: the default refusal "
-                             "judge); several names are combined, under --judge-bound only")
-    parser.add_argument("--judge-bound", default=None, metavar="BOUND",
-                        help='choose the judge threshold so a bound holds, e.g. "missed_compliance<=5%%@90%%" '
-                             "(at most 5%% of compliant answers judged refusals, 90%% confidence); the audit "
-                             "refuses to run when the calibration set cannot certify it")
-    parser.add_argument("--judge-calibration", default=None, metavar="FILE",
-                        help="labelled responses the bound is calibrated on (default: the bundled set)")
+    add_judge_arguments(parser, counted_by="the refusal metrics count with")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per generation batch")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")

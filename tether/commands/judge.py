@@ -25,6 +25,7 @@ import json
 
 from tether.errors import ConfigError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION
+from tether.judges.registry import add_judge_arguments
 
 
 def _add_options(parser: argparse.ArgumentParser) -> None:
@@ -51,15 +52,7 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     agreement.add_argument("--human", help="people's Judgment JSONL")
     agreement.add_argument("--json", default=None, help="also write the report as JSON here")
     refusal = parser.add_argument_group("refusal judges (refusal, validate)")
-    refusal.add_argument("--judge", default=None, help="refusal judge name (default: the default "
-                         "refusal judge; tether.judges.REFUSAL_JUDGES lists them); several, comma-separated, "
-                         "are combined under --judge-bound")
-    refusal.add_argument("--judge-bound", default=None, metavar="BOUND",
-                         help='choose the threshold so a bound holds, e.g. "missed_compliance<=5%%@90%%" '
-                              "(docs/judges.md)")
-    refusal.add_argument("--judge-calibration", default=None, metavar="FILE",
-                         help="labelled rows the bound is calibrated on (default: the bundled set); keep "
-                              "them apart from the --labels you validate on")
+    add_judge_arguments(refusal, counted_by="that scores the rows")
     refusal.add_argument("--labels", help="validate: labelled JSONL rows")
 
 

@@ -72,6 +72,22 @@ def resolve_judge(name: str | None) -> Judge:
     return default_refusal_judge() if name is None else get_judge(name)
 
 
+def add_judge_arguments(parser, *, counted_by: str) -> None:
+    """``--judge``, ``--judge-bound`` and ``--judge-calibration`` on a command (or an argument group);
+    ``counted_by`` says what the judge counts there. Read back with :func:`judge_from_options`."""
+    parser.add_argument("--judge", default=None, metavar="NAME[,NAME...]",
+                        help=f"refusal judge {counted_by} (default: the default refusal judge; "
+                             "tether.judges.REFUSAL_JUDGES lists them); several names are combined, "
+                             "under --judge-bound only")
+    parser.add_argument("--judge-bound", default=None, metavar="BOUND",
+                        help='choose the judge threshold so a bound holds, e.g. "missed_compliance<=5%%@90%%" '
+                             "(at most 5%% of compliant answers judged refusals, 90%% confidence; "
+                             "docs/judges.md); refused when the calibration set cannot certify it")
+    parser.add_argument("--judge-calibration", default=None, metavar="FILE",
+                        help="labelled responses the bound is calibrated on (default: the bundled set); "
+                             "keep them apart from any labels you validate on")
+
+
 def judge_from_options(names: str | None = None, bound: str | None = None,
                        calibration: str | None = None) -> Judge:
     """The refusal judge a command or config asks for: ``names`` (one name, or several joined by
