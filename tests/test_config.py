@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from tether.config import SFTConfig, load_config
+from tether.algorithms.sft import SFTConfig
+from tether.config import load_config
 from tether.errors import ConfigError
 
 
@@ -99,3 +100,15 @@ def test_a_learning_rate_above_one_warns_and_a_usual_one_does_not():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_config(SFTConfig, None, ["data.train=a.jsonl", "optim.lr=1e-3", "train.bf16=false"])
+
+
+def test_each_algorithms_config_lives_beside_its_loop_and_old_imports_still_work():
+    import tether.config
+    from tether.algorithms.dpo import DPOConfig
+    from tether.commands.train import TRAINERS
+
+    assert tether.config.DPOConfig is DPOConfig
+    for algorithm, (config_class, train) in TRAINERS.items():
+        assert config_class.split(":")[0] == train.split(":")[0], algorithm  # one home: the trainer's module
+    with pytest.raises(AttributeError):
+        tether.config.NoSuchConfig

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from tether.algorithms.dpo import collate_pairs, encode_pairs, train_dpo
-from tether.config import DPOConfig, load_config
+from tether.algorithms.dpo import DPOConfig
+from tether.config import load_config
 from tether.engine import read_metrics
 from tether.models import load_model
 from tether.models.tiny import save_tiny_llama

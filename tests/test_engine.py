@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from tether.config import SFTConfig, load_config
+from tether.algorithms.sft import SFTConfig
+from tether.config import load_config
 from tether.engine import BatchPlan, fit, latest_checkpoint, read_metrics
 from tether.engine.checkpoint import list_checkpoints, save_checkpoint
 from tether.engine.optim import lr_multiplier

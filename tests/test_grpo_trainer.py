@@ -6,7 +6,8 @@ import pytest
 from safetensors.torch import load_file
 
 from tether.algorithms.grpo import train_grpo
-from tether.config import GRPOConfig, load_config
+from tether.algorithms.grpo import GRPOConfig
+from tether.config import load_config
 from tether.engine import read_metrics
 from tether.errors import ConfigError
 from tether.models.tiny import save_tiny_llama

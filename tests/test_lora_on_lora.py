@@ -18,7 +18,9 @@ from transformers import AutoModelForCausalLM
 
 from tether.algorithms.grpo import train_grpo
 from tether.algorithms.sft import train_sft
-from tether.config import GRPOConfig, SFTConfig, load_config
+from tether.algorithms.grpo import GRPOConfig
+from tether.algorithms.sft import SFTConfig
+from tether.config import load_config
 from tether.engine import distributed, read_metrics
 from tether.models import load_model
 from tether.models.tiny import save_tiny_llama

@@ -17,7 +17,10 @@ from tether.algorithms.ppo import PPOConfig, train_ppo
 from tether.algorithms.reward import RewardModelConfig, train_reward_model
 from tether.algorithms.rlhf import RLHFConfig, run_rlhf
 from tether.algorithms.sft import train_sft
-from tether.config import DPOConfig, GRPOConfig, SFTConfig, load_config
+from tether.algorithms.dpo import DPOConfig
+from tether.algorithms.grpo import GRPOConfig
+from tether.algorithms.sft import SFTConfig
+from tether.config import load_config
 from tether.errors import CheckpointError, ConfigError, DataValidationError
 from tether.models.tiny import save_tiny_llama
 

@@ -46,7 +46,8 @@ def shorter(prompts, completions, **_):
 
 def test_planted_run_games_the_proxy_and_raises_the_warning(tmp_path, capsys):
     from tether.algorithms.grpo import train_grpo
-    from tether.config import GRPOConfig, load_config
+    from tether.algorithms.grpo import GRPOConfig
+    from tether.config import load_config
     from tether.models.tiny import save_tiny_llama
 
     save_tiny_llama(tmp_path / "model")

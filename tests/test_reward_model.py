@@ -184,7 +184,7 @@ def test_grpo_runs_with_a_reward_model_reward(job):
     from transformers import AutoModelForSequenceClassification as Classifier
 
     from tether.algorithms.grpo import train_grpo
-    from tether.config import GRPOConfig
+    from tether.algorithms.grpo import GRPOConfig
 
     # An untrained reward model: the tiny backbone with a fresh scalar head.
     with quiet_transformers():

@@ -11,7 +11,8 @@ import struct
 import pytest
 
 from tether.algorithms.sft import train_sft
-from tether.config import SFTConfig, load_config
+from tether.algorithms.sft import SFTConfig
+from tether.config import load_config
 from tether.engine import read_metrics
 from tether.errors import ConfigError
 from tether.models.tiny import save_tiny_llama

@@ -197,30 +197,6 @@ class RunConfig(Section):
         return Path(self.train.output_dir) / self.train.run_name
 
 
-class SFTConfig(RunConfig):
-    @model_validator(mode="after")
-    def _pack_needs_token_budget(self) -> "SFTConfig":
-        if self.data.batching == "pack" and self.train.batch_size < self.data.max_length:
-            raise ValueError("with data.batching=pack, train.batch_size is a token budget and must be "
-                             f">= data.max_length ({self.data.max_length}); got {self.train.batch_size}")
-        return self
-
-
-class DPOSettings(Section):
-    beta: float = Field(0.1, gt=0)  # strength of the pull toward the reference model
-    loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = "sigmoid"  # as in TRL
-    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # assumed share of flipped labels (cDPO, robust)
-    reference_free: bool = False  # compare the policy's log-probs alone, no reference model
-    # Average log-probs over completion tokens instead of summing them (TRL's IPO does this).
-    length_normalize: bool = False
-    # RPO: add sft_weight * (NLL per chosen token), so chosen answers stay likely (0: plain DPO).
-    sft_weight: float = Field(0.0, ge=0)
-
-
-class DPOConfig(RunConfig):
-    dpo: DPOSettings = DPOSettings()
-
-
 class RewardSettings(Section):
     # A built-in ("math_answer", "think_answer_format", "code_tests", "code_tests_rlimits_only",
     # ...) or "package.module:function".
@@ -237,35 +213,17 @@ class GoldSettings(Section):
     min_change: float = Field(0.0, ge=0)  # fitted change each must exceed to raise the flag
 
 
-class GRPOSettings(Section):
-    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "gspo"] = "grpo"  # how token losses are averaged (as in TRL)
-    num_generations: int = Field(8, gt=1)  # completions per prompt (the group)
-    prompts_per_step: int = Field(4, gt=0)  # prompts sampled per step
-    max_new_tokens: int = Field(64, gt=0)  # completion length limit
-    temperature: float = Field(1.0, gt=0)  # sampling temperature
-    top_p: float = Field(1.0, gt=0, le=1)  # nucleus sampling
-    stop: list[str] = []  # strings that end a completion
-    updates_per_rollout: int = Field(1, gt=0)  # policy updates on each rollout batch (clipped)
-    minibatch_rows: int | None = Field(None, gt=0)  # rows per backward pass; None: all at once
-    epsilon_low: float = Field(0.2, gt=0)  # policy ratio clip below 1
-    epsilon_high: float | None = Field(None, gt=0)  # DAPO's clip-higher uses 0.28
-    beta: float = Field(0.0, ge=0)  # KL-to-reference weight; 0 loads no reference model
-    # "group": (r - mean) / std per group (GRPO); "none": r - mean (Dr. GRPO); "batch": batch std.
-    advantage_scale: Literal["group", "batch", "none"] = "group"
-    rloo: bool = False  # leave-one-out baseline instead of the group mean
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
-    overlong_buffer: int | None = Field(None, ge=0)  # DAPO soft overlong penalty width, tokens
-    # reward functions summed with their weights: built-ins or "package.module:function"
-    rewards: list[RewardSettings] = [RewardSettings(name="math_answer"),
-                                     RewardSettings(name="think_answer_format", weight=0.5)]
-    # "score_failed": a sample whose reward function raises scores 0 (counted) instead of stopping the run
-    on_reward_error: Literal["raise", "score_failed"] = "raise"
-    eval_max_new_tokens: int | None = Field(None, gt=0)  # default: max_new_tokens
-    gold: GoldSettings | None = None  # reward-hacking watch on data.eval
+# Each algorithm's config lives beside its loop (tether/algorithms/NAME.py); these names stay
+# importable from here for scripts written before they moved.
+_MOVED = {"SFTConfig": "sft", "DPOSettings": "dpo", "DPOConfig": "dpo", "GRPOSettings": "grpo", "GRPOConfig": "grpo"}
 
 
-class GRPOConfig(RunConfig):
-    grpo: GRPOSettings = GRPOSettings()
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+
+        return getattr(importlib.import_module(f"tether.algorithms.{_MOVED[name]}"), name)
+    raise AttributeError(f"module 'tether.config' has no attribute {name!r}")
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

@@ -41,8 +41,9 @@ from pathlib import Path
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from tether.config import (DPOConfig, SFTConfig, Section, check_run_name, resolve_bundled,
-                           save_config)
+from tether.algorithms.dpo import DPOConfig
+from tether.algorithms.sft import SFTConfig
+from tether.config import Section, check_run_name, resolve_bundled, save_config
 from tether.engine import console, distributed, latest_checkpoint
 from tether.engine.trackers import require_trackers
 from tether.errors import CheckpointError, ConfigError, TetherError

@@ -11,16 +11,34 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from tether.algorithms.common import epoch_schedule, load_policy
-from tether.config import DPOConfig
+from tether.config import RunConfig, Section
 from tether.data import encode_preference, load_records
 from tether.engine import BatchPlan, check_run, console, distributed, fit, progress_bar, start_run
 from tether.losses.dpo import chosen_nll, dpo_loss, dpo_metrics
 from tether.losses.logprobs import packed_prompt_token_logps
 from tether.models import load_tokenizer, reference_mode
+
+
+class DPOSettings(Section):
+    beta: float = Field(0.1, gt=0)  # strength of the pull toward the reference model
+    loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = "sigmoid"  # as in TRL
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # assumed share of flipped labels (cDPO, robust)
+    reference_free: bool = False  # compare the policy's log-probs alone, no reference model
+    # Average log-probs over completion tokens instead of summing them (TRL's IPO does this).
+    length_normalize: bool = False
+    # RPO: add sft_weight * (NLL per chosen token), so chosen answers stay likely (0: plain DPO).
+    sft_weight: float = Field(0.0, ge=0)
+
+
+class DPOConfig(RunConfig):
+    dpo: DPOSettings = DPOSettings()
+
 
 @dataclass
 class PreferenceExamples:

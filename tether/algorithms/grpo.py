@@ -10,12 +10,14 @@ score them with the rewards, turn rewards into group-relative advantages, then m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from tether.algorithms.common import adapters_off_is_reference, load_policy
 from tether.audit.reward_hacking import RewardHackingMonitor
-from tether.config import GRPOConfig
+from tether.config import GoldSettings, RewardSettings, RunConfig, Section
 from tether.data import load_records
 from tether.engine import BatchPlan, TrainingSession, check_run, console, distributed, progress_bar, start_run
 from tether.engine.batches import shuffled_groups
@@ -30,6 +32,37 @@ from tether.rewards.base import _mean_std as mean_std
 from tether.rewards.base import check_reward_columns, combine_rewards
 from tether.rewards.resolve import reward_specs
 from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSampler
+
+
+class GRPOSettings(Section):
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "gspo"] = "grpo"  # how token losses are averaged (as in TRL)
+    num_generations: int = Field(8, gt=1)  # completions per prompt (the group)
+    prompts_per_step: int = Field(4, gt=0)  # prompts sampled per step
+    max_new_tokens: int = Field(64, gt=0)  # completion length limit
+    temperature: float = Field(1.0, gt=0)  # sampling temperature
+    top_p: float = Field(1.0, gt=0, le=1)  # nucleus sampling
+    stop: list[str] = []  # strings that end a completion
+    updates_per_rollout: int = Field(1, gt=0)  # policy updates on each rollout batch (clipped)
+    minibatch_rows: int | None = Field(None, gt=0)  # rows per backward pass; None: all at once
+    epsilon_low: float = Field(0.2, gt=0)  # policy ratio clip below 1
+    epsilon_high: float | None = Field(None, gt=0)  # DAPO's clip-higher uses 0.28
+    beta: float = Field(0.0, ge=0)  # KL-to-reference weight; 0 loads no reference model
+    # "group": (r - mean) / std per group (GRPO); "none": r - mean (Dr. GRPO); "batch": batch std.
+    advantage_scale: Literal["group", "batch", "none"] = "group"
+    rloo: bool = False  # leave-one-out baseline instead of the group mean
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
+    overlong_buffer: int | None = Field(None, ge=0)  # DAPO soft overlong penalty width, tokens
+    # reward functions summed with their weights: built-ins or "package.module:function"
+    rewards: list[RewardSettings] = [RewardSettings(name="math_answer"),
+                                     RewardSettings(name="think_answer_format", weight=0.5)]
+    # "score_failed": a sample whose reward function raises scores 0 (counted) instead of stopping the run
+    on_reward_error: Literal["raise", "score_failed"] = "raise"
+    eval_max_new_tokens: int | None = Field(None, gt=0)  # default: max_new_tokens
+    gold: GoldSettings | None = None  # reward-hacking watch on data.eval
+
+
+class GRPOConfig(RunConfig):
+    grpo: GRPOSettings = GRPOSettings()
 
 
 def completion_token_logps(model, rollout: RolloutBatch, rows: torch.Tensor | None = None) -> torch.Tensor:

@@ -7,9 +7,9 @@ import importlib
 
 # algorithm name -> ("module:ConfigClass", "module:function that trains")
 TRAINERS = {
-    "sft": ("tether.config:SFTConfig", "tether.algorithms.sft:train_sft"),
-    "dpo": ("tether.config:DPOConfig", "tether.algorithms.dpo:train_dpo"),
-    "grpo": ("tether.config:GRPOConfig", "tether.algorithms.grpo:train_grpo"),
+    "sft": ("tether.algorithms.sft:SFTConfig", "tether.algorithms.sft:train_sft"),
+    "dpo": ("tether.algorithms.dpo:DPOConfig", "tether.algorithms.dpo:train_dpo"),
+    "grpo": ("tether.algorithms.grpo:GRPOConfig", "tether.algorithms.grpo:train_grpo"),
     "reward": ("tether.algorithms.reward:RewardModelConfig", "tether.algorithms.reward:train_reward_model"),
     "ppo": ("tether.algorithms.ppo:PPOConfig", "tether.algorithms.ppo:train_ppo"),
     "rlhf": ("tether.algorithms.rlhf:RLHFConfig", "tether.algorithms.rlhf:run_rlhf"),

@@ -17,7 +17,9 @@ from rich.table import Table
 
 from tether.algorithms.grpo import evaluate_tasks, train_grpo
 from tether.algorithms.sft import train_sft
-from tether.config import GRPOConfig, SFTConfig, load_config
+from tether.algorithms.grpo import GRPOConfig
+from tether.algorithms.sft import SFTConfig
+from tether.config import load_config
 from tether.data import load_records
 from tether.engine import console, read_metrics
 from tether.models import load_model
