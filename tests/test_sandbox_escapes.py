@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import shutil
+import tempfile
 import signal
 import socket
 import subprocess
@@ -175,10 +176,11 @@ except OSError as error:
 @needs_root
 @both_levels
 def test_setuid_binaries_gain_no_privileges(isolation):
-    # A setuid-root copy of `id` where the sandbox's uid can run it (not under /tmp, which the
-    # namespaces hide): without no-new-privs it would report euid 0.
-    directory = os.path.join(REPO, f".setuid-trap-{uuid.uuid4().hex[:8]}")
-    os.mkdir(directory, 0o755)
+    # A setuid-root copy of `id` where the sandbox's uid can run it: not under /tmp, /var/tmp,
+    # /dev/shm or /run, which the namespaces hide (nor in the checkout, which may sit under /tmp):
+    # without no-new-privs it would report euid 0.
+    directory = tempfile.mkdtemp(prefix="tether-setuid-trap-", dir="/var/lib")
+    os.chmod(directory, 0o755)
     try:
         trap = os.path.join(directory, "id")
         shutil.copy("/usr/bin/id", trap)

@@ -161,7 +161,8 @@ def test_the_cai_pipeline_checks_its_stages_trackers_before_the_first_stage(job,
     (job / "prompts.jsonl").write_text(json.dumps({"prompt": "How do I hurt someone?", "kind": "harmful"}) + "\n")
     config = load_config(CAIConfig, None, [
         f"train.output_dir={job / 'runs'}", f"prompts.path={job / 'prompts.jsonl'}",
-        f"sft.model.path={job / 'model'}", "dpo.train.report_to=[mlflow]"])
+        f"sft.model.path={job / 'model'}", "dpo.train.report_to=[mlflow]", "sft.train.bf16=false",
+        "dpo.train.bf16=false"])
     with pytest.raises(ConfigError, match=r"pip install 'tether\[mlflow\]'"):
         run_cai(config)
     assert not (job / "runs").exists()  # no stage ran, no folder was made

@@ -321,6 +321,7 @@ def run_cai(config: CAIConfig) -> Path:
     (``main_only``); SFT and DPO run on every rank, data-parallel (docs/scaling.md)."""
     run_dir = config.run_dir()
     # ---- checked before any model loads or the run folder exists ------------------------------
+    require_trackers(config.sft.train.trackers() + config.dpo.train.trackers())
     if config.train.resume and not run_dir.is_dir():
         raise CheckpointError(f"--resume: no run folder {run_dir} to resume")
     constitution = load_constitution(config.constitution)
@@ -328,7 +329,6 @@ def run_cai(config: CAIConfig) -> Path:
     if config.rlaif.prompts is not None:
         load_prompts(config.rlaif.prompts)
     load_tokenizer(config.sft.model.path)
-    require_trackers(config.sft.train.trackers() + config.dpo.train.trackers())
 
     distributed.init_distributed()
     if distributed.is_main():
