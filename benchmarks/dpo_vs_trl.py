@@ -96,7 +96,7 @@ def write_pairs(path: Path, source: str, count: int, seed: int) -> str:
 # ---- settings shared by both children --------------------------------------------------
 
 def tether_config(spec: dict, run_name: str):
-    from tether.config import DPOConfig
+    from tether.algorithms.dpo import DPOConfig
 
     return DPOConfig.model_validate({
         "model": {"path": spec["model_path"], "lora": LORA if spec["lora"] else None},

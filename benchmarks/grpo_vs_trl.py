@@ -89,7 +89,7 @@ def prompt_key(prompt) -> str:
 # ---- settings shared by both children --------------------------------------------------
 
 def tether_config(spec: dict, run_name: str):
-    from tether.config import GRPOConfig
+    from tether.algorithms.grpo import GRPOConfig
 
     return GRPOConfig.model_validate({
         "model": {"path": spec["model_path"], "lora": LORA if spec["lora"] else None},

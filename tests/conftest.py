@@ -52,3 +52,15 @@ def label_db_url(request, tmp_path):
                     raise
                 time.sleep(0.5)
         admin.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _precision_must_be_chosen(monkeypatch):
+    """No test may inherit ``train.bf16: auto``: it means bf16 on machines with AMX or a GPU and
+    float32 elsewhere, so the same test would check different numerics on different machines.
+    A test chooses ``train.bf16=false`` or ``true`` (or parametrizes both)."""
+
+    def refuse():
+        raise AssertionError("this test inherits train.bf16: auto; choose train.bf16=false or true in the test")
+
+    monkeypatch.setattr("tether.hardware.bf16_is_fast", refuse)

@@ -11,6 +11,7 @@ import torch
 
 from tether.audit import data_audit as da
 from tether.data import PreferenceRecord, load_records
+from tether.judges.refusal_patterns import RefusalPatternsJudge
 
 WORDS = "the model answer explains data value point step result idea this that with for".split()
 
@@ -40,7 +41,7 @@ def length_biased_pairs(n: int, p_longer: float, seed: int = 0) -> list[Preferen
 def test_concept_features():
     features = da.concept_features(["Great question! I think it **might** work:\n# Plan\n- a\n- b",
                                     "I can't help with that.", "you stupid idiot"],
-                                   toxicity=da.toxicity_scorer())
+                                   toxicity=da.toxicity_scorer(), refusal_judge=RefusalPatternsJudge())
     assert features["length_words"].tolist() == [13, 5, 3]  # whitespace-separated, markup included
     assert features["flattery"].tolist() == [1, 0, 0]
     assert features["hedging"].tolist() == [2, 0, 0]  # "i think", "might"
@@ -70,7 +71,9 @@ def test_logistic_fit_recovers_a_known_weight():
 
 def test_planted_length_bias_is_the_top_concept():
     records = length_biased_pairs(300, 0.9)
-    report = da.audit_preferences(records, bootstrap=50, toxicity=False)
+    # word salad: the MiniLM judge calls some of it refusals, which is not what this test is about
+    report = da.audit_preferences(records, bootstrap=50, toxicity=False, refusal_judge=RefusalPatternsJudge())
+    assert report["refusal_judge"]["name"] == "refusal-patterns"
     rates = {row["concept"]: row for row in report["win_rates"]}
     length = rates["length_words"]
     assert length["pairs_differing"] == 300
@@ -118,6 +121,19 @@ def test_reward_detector(tmp_path):
 
 def length_reward(prompts, completions, **columns):
     return [float(len(c.split())) for c in completions]
+
+
+def trl_chat_length(completions, **kwargs):
+    """A TRL conversational reward, unchanged: completions by keyword, as message lists."""
+    return [float(len(c[0]["content"].split())) for c in completions]
+
+
+def test_reward_margins_give_trl_rewards_message_completions_after_chat_prompts():
+    chat = [{"role": "user", "content": "Explain."}]
+    records = [PreferenceRecord(prompt=chat, chosen="Here is a long answer.", rejected="No."),
+               PreferenceRecord(prompt=chat, chosen=[{"role": "assistant", "content": "Two words."}],
+                                rejected=[{"role": "assistant", "content": "One."}])]
+    assert da.reward_margins(records, "test_audit_data:trl_chat_length").tolist() == [4.0, 1.0]
 
 
 def test_implicit_reward_detector(tmp_path):

@@ -8,7 +8,8 @@ import pytest
 
 from tether.audit.hook import BASELINE_FILE, AuditHook, AuditRegressionError
 from tether.audit.likelihood import option_logprobs
-from tether.config import SFTConfig, load_config
+from tether.algorithms.sft import SFTConfig
+from tether.config import load_config
 from tether.engine import latest_checkpoint, read_metrics
 from tether.errors import ConfigError
 from tether.models.tiny import save_tiny_llama

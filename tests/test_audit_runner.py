@@ -162,7 +162,8 @@ def test_cli_end_to_end_writes_reports_and_gate_exits_3(tmp_path, monkeypatch, c
     over = record["metrics"][0]
     assert over["baseline"]["n"] == 2 and over["change"]["paired"]
     assert set(over["per_category"]) == {"homonyms", "figurative"}  # limit 2: the first two categories
-    assert "patterns" in over["details"]["candidate"]["classifier_accuracy"]
+    assert over["details"]["candidate"]["judge"]["name"].startswith("refusal-")
+    assert 0 < over["details"]["candidate"]["judge_accuracy"]["value"] <= 1
     page = (out / "audit.html").read_text()
     assert page.count("data:image/png;base64,") >= 2  # dots + category bars
     assert "<script" not in page and 'src="http' not in page and "<link" not in page  # self-contained

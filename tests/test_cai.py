@@ -27,7 +27,7 @@ def job(tmp_path):
 
 def config_for(job, judge: str, *overrides):
     return load_config(CAIConfig, None, [
-        f"train.output_dir={job / 'runs'}", "train.progress=false",
+        f"train.output_dir={job / 'runs'}", "train.progress=false", "sft.train.bf16=false", "dpo.train.bf16=false",
         f"prompts.path={job / 'prompts.jsonl'}", "prompts.kinds=[harmful]", "prompts.limit=4",
         "critique.max_new_tokens=8", "critique.temperature=1.0",  # greedy: the tiny model says nothing
         f"sft.model.path={job / 'model'}", "sft.model.lora.r=4", "sft.data.max_length=256",
@@ -121,7 +121,8 @@ def test_cai_config_refuses_what_the_pipeline_sets(job):
         run_cai(config_for(job, "local:x", "prompts.kinds=[nothing]"))
 
 
-def test_the_shipped_recipe_is_valid():
+def test_the_shipped_recipe_is_valid(monkeypatch):
+    monkeypatch.setattr("tether.hardware.bf16_is_fast", lambda: False)  # the recipe says bf16: auto
     config = load_config(CAIConfig, "recipes/cai.yaml")
     assert config.sft.model.lora is not None and config.dpo.model.lora is None
     assert config.prompts.kinds == ["harmful"] and config.rlaif.judge == "local:tether:default"

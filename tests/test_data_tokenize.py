@@ -153,3 +153,12 @@ def test_chat_record_needs_a_chat_template():
     plain.chat_template = None
     with pytest.raises(ConfigError, match="chat records need a tokenizer with a chat template"):
         encode_prompt([{"role": "user", "content": "hi"}], plain)
+
+
+def test_text_rows_are_learned_on_every_token_and_end_with_eos(tokenizer):
+    text = "The sky is blue. Grass is green."
+    example = encode_sft(SFTRecord(text=text), tokenizer, max_length=64)
+    assert example["input_ids"] == ids(tokenizer, text) + [tokenizer.eos_token_id]
+    assert example["labels"] == example["input_ids"]  # no prompt: nothing masked
+    short = encode_sft(SFTRecord(text=text), tokenizer, max_length=5)
+    assert short["input_ids"] == ids(tokenizer, text)[:5] == short["labels"]

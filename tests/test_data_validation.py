@@ -97,6 +97,42 @@ def test_dataset_source_reports_row_index():
     assert records[0].location == Location("<dataset>", 0)
 
 
+CHAT_PREFERENCE = {"prompt": [{"role": "user", "content": "Capital of France?"}],
+                   "chosen": [{"role": "assistant", "content": "Paris."}],
+                   "rejected": [{"role": "assistant", "content": "Lyon."}]}
+
+
+@pytest.mark.parametrize("form", ["parquet", "save_to_disk"])
+def test_parquet_files_and_saved_datasets_load_like_jsonl(tmp_path, form):
+    dataset = datasets.Dataset.from_list([CHAT_PREFERENCE, {**CHAT_PREFERENCE, "rejected": None}])
+    path = tmp_path / ("prefs.parquet" if form == "parquet" else "prefs")
+    dataset.to_parquet(str(path)) if form == "parquet" else dataset.save_to_disk(str(path))
+    assert problems(path, "preference") == [f"{path}:1: field 'rejected': missing required field"]
+    dataset.select([0]).to_parquet(str(tmp_path / "one.parquet"))
+    dataset.select([0]).save_to_disk(str(tmp_path / "one"))
+    for source in (tmp_path / "one.parquet", str(tmp_path / "one")):
+        (record,) = load_records(source, "preference")
+        assert (record.prompt, record.chosen, record.rejected) == (
+            CHAT_PREFERENCE["prompt"], CHAT_PREFERENCE["chosen"], CHAT_PREFERENCE["rejected"])
+        assert record.location == Location(str(source), 0)
+
+
+def test_a_saved_dataset_dict_asks_for_one_split(tmp_path):
+    datasets.DatasetDict({"train": datasets.Dataset.from_list([SFT])}).save_to_disk(str(tmp_path / "d"))
+    with pytest.raises(DataValidationError, match="holds the splits train; name one folder"):
+        load_records(tmp_path / "d", "sft")
+    assert len(load_records(tmp_path / "d" / "train", "sft")) == 1
+
+
+def test_a_broken_parquet_file_and_a_folder_that_is_not_a_dataset(tmp_path):
+    (tmp_path / "bad.parquet").write_text("not parquet")
+    with pytest.raises(DataValidationError, match="cannot read the parquet file"):
+        load_records(tmp_path / "bad.parquet", "sft")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataValidationError, match="not a dataset saved with datasets' save_to_disk"):
+        load_records(tmp_path / "empty", "sft")
+
+
 # ---------------------------------------------------------------- one test per problem
 
 
@@ -331,3 +367,42 @@ def test_seeded_subset_draws_across_the_file_in_order():
     assert len(set(subset)) == 20 and subset == sorted(subset, key=rows.index)  # file order kept
     assert any(r.startswith("benign") for r in subset) and any(r.startswith("harmful") for r in subset)
     assert seeded_subset(rows, None, seed=0) == rows == seeded_subset(rows, 500, seed=0)
+
+
+# ---------------------------------------------------------------- TRL's implicit prompt
+
+def test_implicit_prompt_preference_takes_the_shared_messages_as_the_prompt():
+    system = {"role": "system", "content": "Be brief."}
+    user = {"role": "user", "content": "What color is the sky?"}
+    row = {"chosen": [system, user, {"role": "assistant", "content": "It is blue."}],
+           "rejected": [system, user, {"role": "assistant", "content": "It is green."}]}
+    (record,) = load_records([row], "preference")
+    assert record.prompt == [system, user]
+    assert record.chosen == [{"role": "assistant", "content": "It is blue."}]
+    assert record.rejected == [{"role": "assistant", "content": "It is green."}]
+
+
+def test_implicit_prompt_problems_are_named():
+    user = {"role": "user", "content": "Hi"}
+    other_user = {"role": "user", "content": "Hello"}
+    reply = {"role": "assistant", "content": "Hey."}
+    rows = [{"chosen": [user, reply], "rejected": [other_user, reply]},  # nothing shared
+            {"chosen": [user, reply], "rejected": [user, reply]},  # nothing after the prompt
+            {"chosen": [user, reply, other_user, reply], "rejected": [user, reply, user, reply]}]
+    assert problems(rows, "preference") == [
+        "<list>:0: field 'prompt': missing required field (chosen and rejected share no first "
+        "message to take as the prompt)",
+        "<list>:1: field 'chosen': has no messages after the prompt it shares with the other answer",
+        "<list>:1: field 'rejected': has no messages after the prompt it shares with the other answer",
+        "<list>:2: field 'chosen': after the prompt it shares with the other answer, only assistant "
+        "messages may follow",
+        "<list>:2: field 'rejected': after the prompt it shares with the other answer, only "
+        "assistant messages may follow"]
+
+
+def test_sft_text_rows_and_mixed_forms():
+    (record,) = load_records([{"text": "The sky is blue."}], "sft")
+    assert record == SFTRecord(text="The sky is blue.", location=Location("<list>", 0))
+    assert problems([{"text": "x", "prompt": "p", "completion": "c"}, {"text": "  "}], "sft") == [
+        "<list>:0: field 'text': give one of 'text', 'messages' or 'prompt' + 'completion', not several",
+        "<list>:1: field 'text': must not be empty or whitespace-only"]

@@ -20,7 +20,10 @@ import torch
 from _torchrun import run_torchrun
 from safetensors.torch import load_file
 
-from tether.config import DPOConfig, GRPOConfig, SFTConfig, load_config
+from tether.algorithms.dpo import DPOConfig
+from tether.algorithms.grpo import GRPOConfig
+from tether.algorithms.sft import SFTConfig
+from tether.config import load_config
 from tether.engine import distributed, read_metrics
 from tether.errors import ConfigError
 from tether.rollout.sampler import TransformersSampler

@@ -1,12 +1,14 @@
 """DPO end to end on a tiny model: the chosen-vs-rejected margin rises on held-out pairs."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from tether.algorithms.dpo import collate_pairs, encode_pairs, train_dpo
-from tether.config import DPOConfig, load_config
+from tether.algorithms.dpo import DPOConfig
+from tether.config import load_config
 from tether.engine import read_metrics
 from tether.models import load_model
 from tether.models.tiny import save_tiny_llama
@@ -33,7 +35,7 @@ def config_for(job, *overrides):
     return load_config(DPOConfig, None, [
         f"model.path={job / 'model'}", f"data.train={job / 'train.jsonl'}",
         f"data.eval={job / 'heldout.jsonl'}", f"train.output_dir={job / 'runs'}",
-        "train.batch_size=4", "train.max_steps=15", "optim.lr=3e-3", "train.progress=false",
+        "train.batch_size=4", "train.max_steps=15", "optim.lr=3e-3", "train.progress=false", "train.bf16=false",
         "train.tensorboard=false", *overrides])
 
 
@@ -71,19 +73,45 @@ def test_lora_dpo_trains_only_adapters_and_saves_them(job):
     assert read_metrics(config.run_dir())[-1]["eval/rewards/margins"] > 0.5
 
 
-def test_reference_logps_are_computed_once_from_the_initial_weights(job):
-    config = config_for(job)
+@pytest.mark.parametrize("bf16", [False, True])
+def test_reference_logps_are_computed_once_from_the_initial_weights(job, bf16):
+    config = config_for(job, f"train.bf16={str(bf16).lower()}")
     model, tokenizer = load_model(job / "model")
     examples = encode_pairs(config.data.train, tokenizer, config)
     from tether.algorithms.dpo import compute_reference, pair_logps
 
-    compute_reference(model, examples, tokenizer.pad_token_id, config)
+    compute_reference(model, examples, tokenizer.pad_token_id, config, [[4, 5], [0, 1, 2], [3]])
+    assert not examples.ref_chosen[:6].isnan().any() and examples.ref_chosen[6:].isnan().all()
     batch = collate_pairs(examples, [0, 1, 2], tokenizer.pad_token_id)
-    chosen, rejected = pair_logps(model, batch, average=False)
-    # Reference batches are larger and padded differently, so float32 sums of ~100 token log-probs
-    # (about -90) differ in the last bits: a relative tolerance, 1e-6 (~1e-4 nats here).
-    torch.testing.assert_close(batch["ref_chosen"], chosen.detach(), atol=1e-5, rtol=1e-6)
-    torch.testing.assert_close(batch["ref_rejected"], rejected.detach(), atol=1e-5, rtol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        chosen, rejected = pair_logps(model, batch, average=False)
+    # The batch the reference was scored in, under the same autocast: equal to the last bit, also in bf16.
+    assert torch.equal(batch["ref_chosen"], chosen.detach().float())
+    assert torch.equal(batch["ref_rejected"], rejected.detach().float())
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("lora", [False, True])
+def test_the_first_loss_is_log_2_in_either_precision(job, bf16, lora):
+    """Policy == reference at step 0, so every pair's loss is -log sigmoid(0) = log 2, under bf16 too:
+    the reference is scored in the run's own batches (bf16 rounds other shapes differently)."""
+    with (job / "varied.jsonl").open("w") as handle:  # answers of many lengths: batches pad differently
+        for i in range(16):
+            handle.write(json.dumps({"prompt": f"Tell me about {i}." * (1 + i % 3), "chosen": f"{i} is a number. " * (1 + i % 5),
+                                     "rejected": "No." * (1 + i % 4)}) + "\n")
+    config = config_for(job, f"train.run_name=first-{bf16}-{lora}", f"train.bf16={str(bf16).lower()}",
+                        f"data.train={job / 'varied.jsonl'}", "train.max_steps=2", "train.grad_accum=2",
+                        *(["model.lora.r=4"] if lora else []))
+    train_dpo(config)
+    first = read_metrics(config.run_dir())[0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert first["rewards/margins"] == 0.0
+
+
+def test_first_batches_keep_the_batches_that_meet_new_pairs():
+    from tether.algorithms.dpo import first_batches
+
+    assert first_batches([[0, 1], [2, 3], [1, 0], [3, 4], [4, 2]]) == [[0, 1], [2, 3], [3, 4]]
 
 
 def test_pair_logps_equal_scoring_each_full_sequence_alone(job):

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from tether.config import SFTConfig, load_config
+from tether.algorithms.sft import SFTConfig
+from tether.config import load_config
 from tether.engine import BatchPlan, fit, latest_checkpoint, read_metrics
 from tether.engine.checkpoint import list_checkpoints, save_checkpoint
 from tether.engine.optim import lr_multiplier
@@ -18,7 +19,7 @@ from tether.models.tiny import tiny_llama
 def make_config(tmp_path, *overrides):
     return load_config(SFTConfig, None, [
         "data.train=unused.jsonl", f"train.output_dir={tmp_path}", "train.run_name=t",
-        "train.progress=false", "train.tensorboard=false", "optim.lr=1e-2", *overrides])
+        "train.progress=false", "train.bf16=false", "train.tensorboard=false", "optim.lr=1e-2", *overrides])
 
 
 def toy_data(num_examples=16, length=12, seed=0):
@@ -76,7 +77,8 @@ def test_loss_falls_and_metrics_are_written(tmp_path):
     assert latest_checkpoint(tmp_path / "t" / "checkpoints").name == "checkpoint-0000012"
 
 
-def test_gradient_accumulation_matches_the_big_batch(tmp_path):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_gradient_accumulation_matches_the_big_batch(tmp_path, bf16):
     data = toy_data()
 
     # One step of 2 micro-batches of 2 sequences == one step of 1 batch of 4 sequences.
@@ -84,13 +86,24 @@ def test_gradient_accumulation_matches_the_big_batch(tmp_path):
         order = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed)).tolist()
         return [order[i:i + 4] for i in range(0, len(order), 4)]
 
-    accumulated = run(make_config(tmp_path / "a", "train.max_steps=2", "train.grad_accum=2"), data)
+    precision = f"train.bf16={str(bf16).lower()}"
+    accumulated = run(make_config(tmp_path / "a", "train.max_steps=2", "train.grad_accum=2", precision), data)
     model, _ = tiny_llama(seed=0)
+    start = weights(model)
     _, collate, compute_loss = toy_job(data)
-    config = make_config(tmp_path / "b", "train.max_steps=2")
+    config = make_config(tmp_path / "b", "train.max_steps=2", precision)
     fit(model, BatchPlan(epoch_of_fours, seed=0, grad_accum=1, max_steps=2), collate, compute_loss, config)
-    for name, value in weights(accumulated).items():
-        torch.testing.assert_close(value, weights(model)[name], atol=2e-5, rtol=1e-4)
+    if not bf16:
+        for name, value in weights(accumulated).items():
+            torch.testing.assert_close(value, weights(model)[name], atol=2e-5, rtol=1e-4)
+        return
+    # bf16 matmuls of a 2-row and a 4-row batch round differently (8-bit mantissa), and Adam's first
+    # steps move a weight whose gradient is near 0 by up to lr either way, so weights cannot match to
+    # float32 tolerances. The updates still must agree: 2% apart here (float32: 5e-6), while weighting
+    # the two micro-batches equally instead of by their tokens puts them 15% apart in either precision.
+    update_big = torch.cat([(weights(model)[n] - start[n]).flatten() for n in start])
+    update_accumulated = torch.cat([(weights(accumulated)[n] - start[n]).flatten() for n in start])
+    assert (update_accumulated - update_big).norm() / update_big.norm() < 0.05
 
 
 def test_resume_continues_to_the_same_weights(tmp_path):

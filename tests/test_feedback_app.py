@@ -37,6 +37,7 @@ def make_app(db_url: str, **limits):
              "candidates": [{"id": "secret-id-a", "text": f"{XSS} a{i}", "model": "model-alpha"},
                             {"id": "secret-id-b", "text": f"plain b{i}", "model": "model-beta"}]}
             for i in range(3)])
+        projects.set_members(db, project, add=["ann", "bob", "judge"])
     return app
 
 
@@ -54,6 +55,12 @@ def login(client: TestClient, username: str, password: str | None = None):
     return client.post("/login", follow_redirects=False, data={
         "username": username, "password": password or f"{username}-password",
         "csrf_token": token})
+
+
+def start(client: TestClient, project: str = "p"):
+    """Lease an item the way the page does: GET shows a start button, its POST leases."""
+    page = client.get(f"/p/{project}/label").text
+    return client.post(f"/p/{project}/label", data={"csrf_token": csrf_of(page)})
 
 
 def api_token(app, username: str) -> dict[str, str]:
@@ -92,23 +99,34 @@ def test_login_redirect_stays_on_site(app):
 def test_every_form_post_needs_the_csrf_token(app):
     client = TestClient(app)
     assert login(client, "root").status_code == 303
-    lease = client.get("/p/p/label").text
+    lease = start(client).text
     action = re.search(r'form id="judge" method="post" action="([^"]+)"', lease).group(1)
     from tether.feedback.app.web import router  # every HTML route; the API has its own
 
     posts = sorted({route.path for route in router.routes if "POST" in route.methods})
-    assert posts == ["/admin/p/{name}/guidelines", "/admin/p/{name}/import", "/admin/projects",
-                     "/admin/users", "/admin/users/{username}/token", "/login", "/logout",
-                     "/p/{name}/label/{assignment_id}"]
+    assert posts == ["/admin/p/{name}/guidelines", "/admin/p/{name}/import",
+                     "/admin/p/{name}/members", "/admin/projects", "/admin/users",
+                     "/admin/users/{username}/active", "/admin/users/{username}/revoke-tokens",
+                     "/admin/users/{username}/token", "/login", "/logout",
+                     "/p/{name}/label", "/p/{name}/label/{assignment_id}",
+                     "/p/{name}/last/{judgment_id}"]
     urls = {"/admin/p/{name}/guidelines": "/admin/p/p/guidelines",
+            "/p/{name}/last/{judgment_id}": "/p/p/last/1",
             "/admin/p/{name}/import": "/admin/p/p/import",
+            "/admin/p/{name}/members": "/admin/p/p/members",
             "/admin/users/{username}/token": "/admin/users/ann/token",
+            "/admin/users/{username}/active": "/admin/users/ann/active",
+            "/admin/users/{username}/revoke-tokens": "/admin/users/ann/revoke-tokens",
+            "/p/{name}/label": "/p/p/label",
             "/p/{name}/label/{assignment_id}": action}
     forms = {"/admin/projects": {"name": "q", "task": "pairwise"},
              "/admin/users": {"username": "eve", "role": "annotator", "password": "eve-password"},
              "/login": {"username": "ann", "password": "ann-password"},
              "/p/{name}/label/{assignment_id}": {"choice": "left"},
-             "/admin/p/{name}/guidelines": {"text": "new"}}
+             "/p/{name}/last/{judgment_id}": {"action": "take_back"},
+             "/admin/p/{name}/guidelines": {"text": "new"},
+             "/admin/p/{name}/members": {"username": "root"},
+             "/admin/users/{username}/active": {"active": "0"}}
     files = {"/admin/p/{name}/import": {"file": ("x.jsonl", b"{}")}}
     for path in posts:
         for token in (None, "forged-token"):
@@ -134,12 +152,12 @@ def test_annotator_cannot_see_admin_pages_or_others_judgments(app):
     for path in ("/admin", "/admin/p/p", "/admin/p/p/export?format=raw", "/admin/p/p/quality",
                  "/admin/p/p/leaderboard"):
         assert ann.get(path).status_code == 403, path
-    page = bob.get("/p/p/label").text
+    page = start(bob).text
     action = re.search(r'action="(/p/p/label/\d+)"', page).group(1)
     assert bob.post(action, data={"csrf_token": csrf_of(page), "choice": "right",
                                   "reason": "bob-reason"}).status_code == 200
     # ann cannot submit on bob's assignment, nor read his judgments
-    ann_page = ann.get("/p/p/label").text
+    ann_page = start(ann).text
     assert ann.post(action, data={"csrf_token": csrf_of(ann_page), "choice": "left"}
                     ).status_code == 404
     assert "bob-reason" not in ann.get("/p/p/mine").text
@@ -156,7 +174,7 @@ def test_annotator_cannot_see_admin_pages_or_others_judgments(app):
 def test_model_output_is_escaped_and_models_are_hidden(app):
     client = TestClient(app)
     login(client, "ann")
-    response = client.get("/p/p/label")
+    response = start(client)
     page = response.text
     assert XSS not in page
     assert "&lt;script&gt;window.__pwned=1&lt;/script&gt;" in page
@@ -166,16 +184,17 @@ def test_model_output_is_escaped_and_models_are_hidden(app):
     assert "script-src 'self'" in response.headers["content-security-policy"]
     guidelines = client.get("/p/p/guidelines").text
     assert "<strong>fair</strong>" in guidelines and "&lt;b&gt;raw&lt;/b&gt;" in guidelines
-    api = client.get("/api/projects/p/next", headers=api_token(app, "ann")).json()
+    api = client.post("/api/projects/p/next", headers=api_token(app, "ann")).json()
     assert set(api["candidates"][0]) == {"position", "text"}
 
 
-def test_login_attempts_are_rate_limited(label_db_url):
-    client = TestClient(make_app(label_db_url, login_limit=(3, 60.0)))
-    statuses = [login(client, "ann", "wrong-password").status_code for _ in range(4)]
-    assert statuses == [401, 401, 401, 429]
-    response = login(client, "ann")  # even the right password waits out the window
+def test_failed_logins_back_off_per_user_and_client(label_db_url):
+    client = TestClient(make_app(label_db_url, login_free_failures=3, login_backoff=(60, 900)))
+    statuses = [login(client, "ann", "wrong-password").status_code for _ in range(5)]
+    assert statuses == [401, 401, 401, 401, 429]  # three free, the fourth starts the wait
+    response = login(client, "ann")  # even the right password waits it out
     assert response.status_code == 429 and response.headers["retry-after"] == "60"
+    assert login(client, "bob").status_code == 303  # another name from the same address
 
 
 def test_submissions_are_rate_limited(label_db_url):
@@ -184,7 +203,7 @@ def test_submissions_are_rate_limited(label_db_url):
     client = TestClient(app)
     statuses = []
     for _ in range(3):
-        lease = client.get("/api/projects/p/next", headers=headers).json()
+        lease = client.post("/api/projects/p/next", headers=headers).json()
         statuses.append(client.post(f"/api/assignments/{lease['assignment_id']}",
                                     json={"choice": "tie"}, headers=headers).status_code)
     assert statuses == [200, 200, 429]
@@ -196,12 +215,12 @@ def test_api_labeling_bulk_ai_upload_and_export(app):
     assert client.get("/api/me", headers={"Authorization": "Bearer tl_nope"}).status_code == 401
     ann, judge, root = api_token(app, "ann"), api_token(app, "judge"), api_token(app, "root")
     assert client.get("/api/me", headers=ann).json() == {"username": "ann", "role": "annotator"}
-    assert client.get("/api/projects/p/next", headers=judge).status_code == 403
+    assert client.post("/api/projects/p/next", headers=judge).status_code == 403
     done = []
-    while (response := client.get("/api/projects/p/next", headers=ann)).status_code == 200:
+    while (response := client.post("/api/projects/p/next", headers=ann)).status_code == 200:
         lease = response.json()
         assert lease["task"] == "pairwise" and lease["guidelines_version"] == 1
-        again = client.get("/api/projects/p/next", headers=ann).json()
+        again = client.post("/api/projects/p/next", headers=ann).json()
         assert again["assignment_id"] == lease["assignment_id"]  # resumes the open lease
         good = next(c for c in lease["candidates"] if c["text"].startswith("<script>"))
         choice = "left" if good["position"] == 0 else "right"
@@ -247,7 +266,7 @@ def test_admin_pages_work_and_guidelines_edits_make_versions(app):
     response = client.post("/admin/p/p/guidelines", data={"csrf_token": csrf_of(page),
                                                           "text": "# v2"})
     assert response.status_code == 200 and "Guidelines version 2" in response.text
-    upload = client.post("/admin/p/p/import", data={"csrf_token": csrf_of(page)}, files={
+    upload = client.post(f"/admin/p/p/import?csrf_token={csrf_of(page)}", files={
         "file": ("more.jsonl", b'{"id": "n1", "prompt": "p", "candidates": '
                                b'[{"id": "a", "text": "x"}, {"id": "b", "text": "y"}]}\n{oops\n')})
     assert upload.status_code == 422 and "more.jsonl:2: invalid JSON" in upload.text
@@ -265,16 +284,19 @@ def test_quality_and_leaderboard_pages(app):
     for client, name in ((ann, "ann"), (bob, "bob"), (root, "root")):
         login(client, name)
     for client in (ann, bob):  # both prefer the candidate of model-alpha on every item
+        start(client)
         while 'id="judge"' in (page := client.get("/p/p/label").text):
             action = re.search(r'action="(/p/p/label/\d+)"', page).group(1)
-            left = re.search(r'<h2>A <small>left</small></h2>\s*<pre class="text">([^<]*)', page)
+            left = re.search(r'<h2>A <small class="side">left</small></h2>\s*'
+                             r'<div class="text markdown rendered"><p>([^<]*)', page)
             choice = "left" if left.group(1).startswith("&lt;script") else "right"
             client.post(action, data={"csrf_token": csrf_of(page), "choice": choice})
     quality = root.get("/admin/p/p/quality")
     assert quality.status_code == 200
     # two annotators agreeing on all three items: alpha is undefined for a single category, raw
     # agreement is 1
-    assert re.search(r"<th>raw_agreement</th><td>1.000</td>", quality.text)
+    assert re.search(r'<td class="raw">1.00</td>', quality.text)
+    assert "alpha is undefined: every verdict is the same" in quality.text
     board = root.get("/admin/p/p/leaderboard?bootstrap=20")
     assert board.status_code == 200
     names = re.findall(r"<td>(model-\w+)</td>", board.text)

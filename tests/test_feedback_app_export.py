@@ -11,7 +11,8 @@ from tether.cli import main
 from tether.data import load_records
 from tether.data.records import PreferenceRecord
 from tether.errors import TetherError
-from tether.feedback.export import preference_pairs, ranking_pairs, raw_judgments
+from tether.feedback import export as exports
+from tether.feedback.export import export, preference_pairs, ranking_pairs, raw_judgments
 from tether.feedback.records import FeedbackItem, Judgment
 
 
@@ -99,6 +100,42 @@ def test_chat_format_and_flags_for_gold_and_ai():
         preference_pairs([chat], judgments)
 
 
+def test_an_export_says_which_items_it_left_out_and_why():
+    items = [item("kept", ["good", "bad"]), item("tied", ["p", "q"]), item("split", ["x", "y"]),
+             item("unjudged", ["t", "u"]), item("ai", ["v", "w"]),
+             item("gold", ["r", "s"], gold={"winner": "c0"}),
+             item("unrankable", ["a", "b", "c"]), item("cycle", ["a", "b", "c"])]
+    judgments = [vote("kept", {"winner": "c0"}, "h1"),
+                 vote("tied", {"winner": "tie"}, "h1"), vote("tied", {"winner": "both_bad"}, "h2"),
+                 vote("tied", {"winner": "tie"}, "h3"),
+                 vote("split", {"winner": "c0"}, "h1"), vote("split", {"winner": "c1"}, "h2"),
+                 vote("ai", {"winner": "c0"}, "judge", source="ai"),
+                 vote("gold", {"winner": "c0"}, "h1"),
+                 vote("unrankable", {"not_rankable": True}, "h1", task="ranking")]
+    judgments += [vote("cycle", {"ranks": ranks}, who, task="ranking") for who, ranks in (
+        ("h1", {"c0": 1, "c1": 2, "c2": 3}), ("h2", {"c1": 1, "c2": 2, "c0": 3}),
+        ("h3", {"c2": 1, "c0": 2, "c1": 3}))]
+    result = export(items, judgments, "preference", include_ai=False, include_gold=False)
+    assert [row["id"] for row in result.rows] == ["kept"]
+    assert result.dropped == {exports.MAJORITY_TIE: ["tied"], exports.SPLIT: ["split"],
+                              exports.NOT_JUDGED: ["unjudged"], exports.AI_ONLY: ["ai"],
+                              exports.GOLD_EXCLUDED: ["gold"],
+                              exports.NOT_RANKABLE: ["unrankable"],
+                              exports.NO_BEST_WORST: ["cycle"]}
+    assert result.summary().startswith("1 preference rows; 7 items left out: ")
+    assert "1 the majority said tie or both bad (tied)" in result.summary()
+    # every pair of the cycle has a majority, so all-pairs keeps it; AI and gold count again
+    ranking = export(items, judgments, "ranking")
+    assert {row["group_id"] for row in ranking.rows} == {"kept", "ai", "gold", "cycle"}
+    assert exports.NO_BEST_WORST not in ranking.dropped and exports.AI_ONLY not in ranking.dropped
+    raw = export(items, judgments, "raw", include_ai=False)
+    assert len(raw.rows) == len(judgments) - 1
+    assert raw.dropped == {exports.AI_JUDGMENT: ["ai"]}
+    assert raw.summary() == (f"{len(judgments) - 1} raw rows; 1 judgments left out: "
+                             f"1 AI judgment (AI excluded) (ai)")
+    assert export(items, [], "raw").summary() == "0 raw rows; no judgments left out"
+
+
 def test_a_verdict_that_does_not_fit_its_item_is_an_error():
     with pytest.raises(TetherError, match="judgment by 'h1' on item 'x': winner 'c9'"):
         preference_pairs([item("x", ["a", "b"])], [vote("x", {"winner": "c9"}, "h1")])
@@ -174,6 +211,8 @@ def test_cli_import_label_export_roundtrip(tmp_path, capsys, label_db_url):
         out = tmp_path / f"{fmt}.jsonl"
         assert run("export", "--db", db, "--project", "p", "--format", fmt,
                    "--out", str(out)) == 0
+        unit = "judgments" if fmt == "raw" else "items"
+        assert f"; no {unit} left out" in capsys.readouterr().out
     records = load_records(tmp_path / "preference.jsonl", "preference")
     assert [(r.prompt, r.chosen, r.rejected, r.id) for r in records] == [
         ("Q?", f"good {i}", f"bad {i}", f"i{i}") for i in range(3)]

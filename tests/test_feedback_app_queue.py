@@ -60,8 +60,8 @@ def test_migrations_build_exactly_the_models(label_db_url):
     from alembic.migration import MigrationContext
 
     engine = make_engine(label_db_url)
-    assert migrate(engine) == "0001"
-    assert migrate(engine) == "0001"  # idempotent
+    assert migrate(engine) == "0002"
+    assert migrate(engine) == "0002"  # idempotent
     with engine.connect() as connection:
         assert compare_metadata(MigrationContext.configure(connection), Base.metadata) == []
         if engine.dialect.name == "sqlite":
@@ -257,11 +257,9 @@ def test_ai_bulk_upload_validates_and_skips_duplicates(db):
         queue.add_ai_judgments(db, project, bot, [ai[0].model_copy(update={"source": "human"})])
     with pytest.raises(Invalid, match="no such item"):
         queue.add_ai_judgments(db, project, bot, [ai[0].model_copy(update={"item_id": "nope"})])
-    with pytest.raises(Invalid, match="another user's name"):
-        queue.add_ai_judgments(db, project, bot, [ai[0].model_copy(update={"annotator": "u0"})])
-    _, records = projects.project_records(db, project)
+    _, records = projects.project_records(db, project)  # names are the judge account's
     assert [(j.item_id, j.annotator, j.source, j.constitution_version) for j in records] == [
-        ("i0", "ai:v1", "ai", "c1"), ("i1", "ai:v1", "ai", None)]
+        ("i0", "judge-bot/ai:v1", "ai", "c1"), ("i1", "judge-bot/ai:v1", "ai", None)]
     # AI judgments do not use up the human overlap
     assert queue.lease_next(db, project, human) is not None
 

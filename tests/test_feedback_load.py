@@ -59,6 +59,7 @@ def test_parallel_annotators_lose_nothing_and_respect_overlap(label_db_url):
         for n in range(ANNOTATORS):
             user = projects.create_user(db, f"a{n}", "annotator", "load-password")
             tokens[user.username] = projects.create_token(db, user)
+        projects.set_members(db, project, add=list(tokens))
 
     # its own process, so the server and the 20 client threads do not share one GIL
     port = free_port()
@@ -85,7 +86,7 @@ def test_parallel_annotators_lose_nothing_and_respect_overlap(label_db_url):
             headers = {"Authorization": f"Bearer {tokens[username]}"}
             with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
                 while len(accepted) < PER_ANNOTATOR:
-                    lease = client.get("/api/projects/load/next")
+                    lease = client.post("/api/projects/load/next")
                     if lease.status_code != 200:
                         errors.append(lease.status_code)  # 204 here would mean a lost slot
                         break

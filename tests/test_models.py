@@ -294,7 +294,9 @@ def test_adapter_directory_loads_onto_its_base(tmp_path):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     assert not (tmp_path / "adapter" / "model.safetensors").exists()  # adapter only
     note = json.loads((tmp_path / "adapter" / "tether_adapter.json").read_text())
-    assert note == {"base_model": str((tmp_path / "base").resolve())}
+    assert note == {"base_model": str((tmp_path / "base").resolve()), "base_model_relative": "../base"}
+    adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == str((tmp_path / "base").resolve())
 
     loaded, _ = load_model(str(tmp_path / "adapter"))
     assert torch.equal(logits_of(loaded), logits_of(lora))
@@ -319,6 +321,13 @@ def test_adapter_on_the_default_model_notes_default_as_its_base(home, tmp_path):
     save_model(lora, tokenizer, tmp_path / "adapter")
     note = json.loads((tmp_path / "adapter" / "tether_adapter.json").read_text())
     assert note == {"base_model": "default"}
+    # peft and transformers read adapter_config.json: the Hub id, never the local cache path.
+    adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    loaded, _ = load_model(str(tmp_path / "adapter"))
+    assert torch.equal(logits_of(loaded), logits_of(lora))
+    # Without tether's note (an adapter trained elsewhere on SmolLM2), the Hub id loads the bundled model.
+    (tmp_path / "adapter" / "tether_adapter.json").unlink()
     loaded, _ = load_model(str(tmp_path / "adapter"))
     assert torch.equal(logits_of(loaded), logits_of(lora))
 

@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import load_file
 
 import tether.algorithms.ppo as ppo_module
-from tether.algorithms.ppo import PPOConfig, load_prompts, train_ppo
+from tether.algorithms.ppo import PPOConfig, train_ppo
 from tether.config import load_config
+from tether.data import load_records
 from tether.engine import read_metrics
 from tether.errors import ConfigError, DataValidationError
 from tether.models.tiny import save_tiny_llama
@@ -33,7 +34,7 @@ def job(tmp_path_factory):
 def config_for(job, *overrides):
     return load_config(PPOConfig, None, [
         f"model.path={job / 'model'}", f"data.train={job / 'prompts.jsonl'}", f"data.eval={job / 'prompts.jsonl'}",
-        f"train.output_dir={job / 'runs'}", "train.progress=false", "train.tensorboard=false",
+        f"train.output_dir={job / 'runs'}", "train.progress=false", "train.bf16=false", "train.tensorboard=false",
         "ppo.rewards=[{name: 'test_ppo_trainer:letter_e'}]", "ppo.prompts_per_step=8", "ppo.num_generations=2",
         "ppo.max_new_tokens=8", "ppo.eval_prompts=8", "optim.lr=2e-2", "optim.schedule=constant", *overrides])
 
@@ -119,14 +120,14 @@ def test_target_kl_stops_the_updates_early(job):
 
 def test_config_and_prompt_errors(job, tmp_path):
     with pytest.raises(ConfigError, match="ppo.rewards is empty"):
-        load_config(PPOConfig, None, [f"data.train={job / 'prompts.jsonl'}"])
+        load_config(PPOConfig, None, [f"data.train={job / 'prompts.jsonl'}", "train.bf16=false"])
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"text": "no prompt"}\n{"prompt": 3}\n')
     with pytest.raises(DataValidationError) as error:
-        load_prompts(str(bad), None)
+        load_records(str(bad), "prompt")  # PPO's prompts: TRL's prompt-only rows
     assert [(p.line, p.field) for p in error.value.problems] == [(2, "prompt"), (3, "prompt")]
-    records = load_prompts(str(job / "prompts.jsonl"), None)
-    assert len(records) == 16 and records[0].answer == "" and records[0].location.line == 1
+    records = load_records(str(job / "prompts.jsonl"), "prompt")
+    assert len(records) == 16 and records[0].answer is None and records[0].location.line == 1
 
 
 def test_value_warmup_fits_the_critic_alone_before_the_first_update(job, monkeypatch):
@@ -159,3 +160,20 @@ def test_value_warmup_fits_the_critic_alone_before_the_first_update(job, monkeyp
     assert len(rows) == 1 and rows[0]["step"] == 1  # logged once, with the first step (log_every 10 or not)
     before, after = rows[0]["value_warmup/explained_variance_before"], rows[0]["value_warmup/explained_variance_after"]
     assert before == pytest.approx(0.0, abs=1e-6) and after > before + 0.1, (before, after)
+
+
+def trl_conversational_length(completions, **kwargs):
+    """A TRL conversational reward, unchanged: each completion is [{"role": "assistant", ...}]."""
+    return [float(len(c[0]["content"])) for c in completions]
+
+
+def test_ppo_hands_conversational_completions_to_rewards_as_messages(job, tmp_path):
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"Hi {i}"}]}) + "\n"
+                             for i in range(8)))
+    config = config_for(job, "train.run_name=chat", f"data.train={chats}", f"data.eval={chats}",
+                        "ppo.rewards=[{name: 'test_ppo_trainer:trl_conversational_length'}]",
+                        "train.max_steps=1", "ppo.kl_coef=0", "train.bf16=false")
+    train_ppo(config)
+    rows = [row for row in read_metrics(config.run_dir()) if "reward/mean" in row]
+    assert len(rows) == 1 and rows[0]["rewards/trl_conversational_length/mean"] >= 0

@@ -184,7 +184,7 @@ def test_grpo_runs_with_a_reward_model_reward(job):
     from transformers import AutoModelForSequenceClassification as Classifier
 
     from tether.algorithms.grpo import train_grpo
-    from tether.config import GRPOConfig
+    from tether.algorithms.grpo import GRPOConfig
 
     # An untrained reward model: the tiny backbone with a fresh scalar head.
     with quiet_transformers():
@@ -197,7 +197,7 @@ def test_grpo_runs_with_a_reward_model_reward(job):
                                              for i in range(4)))
     config = load_config(GRPOConfig, None, [
         f"model.path={job / 'model'}", f"data.train={job / 'tasks.jsonl'}", f"train.output_dir={job / 'runs'}",
-        "train.run_name=grpo-rm", "train.progress=false", "train.tensorboard=false", "train.max_steps=1",
+        "train.run_name=grpo-rm", "train.progress=false", "train.bf16=false", "train.tensorboard=false", "train.max_steps=1",
         f"grpo.rewards=[{{name: 'reward_model:{job / 'model'}'}}]", "grpo.num_generations=4",
         "grpo.prompts_per_step=2", "grpo.max_new_tokens=6"])
     with pytest.raises(ConfigError, match="not a reward model"):

@@ -248,6 +248,19 @@ def test_math_answer_reward_scores_an_oversized_answer_zero_without_parsing():
 # ---------------------------------------------------------------- code
 
 
+def _no_namespaces() -> str | None:
+    from tether.rewards.sandbox import _support
+
+    return _support().unavailable
+
+
+def _code_reward(**limits):
+    """The code reward under the strongest sandbox this machine has, so the cheat tests also run
+    where there are no namespaces (``code_test_reward`` itself would refuse to run there)."""
+    return make_code_test_reward(isolation="rlimits-only" if _no_namespaces() else "namespaces",
+                                 **limits)
+
+
 def test_extract_code_prefers_the_last_python_block():
     completion = ("Draft:\n```python\ndef f(): return 0\n```\nFinal:\n```python\ndef f(): return 1\n```\n"
                   "Usage:\n```\nf()\n```")
@@ -266,16 +279,115 @@ def test_code_test_reward_runs_the_tests_against_the_code():
         "I cannot write code.",
         "```python\ndef add(a, b):\n    return a + b\n```",  # this sample has no tests
     ]
-    scores = code_test_reward(["p"] * 5, completions, tests=[tests, tests, tests, tests, None])
+    scores = _code_reward()(["p"] * 5, completions, tests=[tests, tests, tests, tests, None])
     assert scores == [1.0, 0.0, 0.0, 0.0, None]
 
 
 def test_code_test_reward_tests_as_a_list_and_a_hanging_solution():
-    reward = make_code_test_reward(timeout_s=1.0)
+    reward = _code_reward(timeout_s=1.0)
     completions = ["<answer>def sq(x):\n    return x * x</answer>",
                    "```python\ndef sq(x):\n    while True:\n        pass\n```"]
     tests = [["assert sq(3) == 9", "assert sq(-2) == 4"], ["assert sq(3) == 9"]]
     assert reward(["p", "p"], completions, tests=tests) == [1.0, 0.0]
+
+
+_WRONG_ADD = "def add(a, b):\n    return a - b\n"
+_CHEATS = {
+    "exit": "exit()",
+    "sys_exit": "import sys\nsys.exit(0)",
+    "os_exit": "import os\nos._exit(0)",
+    "atexit_os_exit": "import atexit, os\natexit.register(os._exit, 0)",
+    "excepthook_exits_0": ("import os, sys\n"
+                           "sys.excepthook = lambda *args: os._exit(0)"),
+    "eq_always_true": ("class Anything:\n    def __eq__(self, other):\n        return True\n"
+                       "    __ne__ = lambda self, other: False\n"
+                       "def add(a, b):\n    return Anything()"),
+    "int_subclass_eq_always_true": ("class Liar(int):\n    def __eq__(self, other):\n"
+                                    "        return True\n"
+                                    "def add(a, b):\n    return Liar(0)"),
+    "forged_report": ("import os, sys\n"
+                      "fd = sys.modules['__main__'].__report_fd__\n"
+                      "os.write(fd, b\"[0, [['int', '0']]]\\n[1, [['int', '0']]]\\n['end']\\n\")\n"
+                      "os._exit(0)"),
+}
+
+
+@pytest.mark.parametrize("cheat", list(_CHEATS), ids=list(_CHEATS))
+def test_code_test_reward_cannot_be_cheated(cheat):
+    tests = "assert add(2, 3) == 5\nassert add(-1, 1) == 0"
+    honest = f"```python\n{_WRONG_ADD.replace('a - b', 'a + b')}```"
+    cheating = f"```python\n{_WRONG_ADD}{_CHEATS[cheat]}\n```"
+    assert _code_reward()(["p", "p"], [honest, cheating], tests=[tests, tests]) == [1.0, 0.0]
+
+
+def test_code_test_reward_judges_asserts_of_every_shape_outside_the_program():
+    code = "```python\ndef double(x):\n    return 2 * x\n```"
+    passing = ["x = double(4)\nassert x == 8",
+               "for i in range(3):\n    assert double(i) == 2 * i, 'message'",
+               "assert double(1) and not double(0)",
+               "assert 0 < double(3) <= 6",
+               "assert double(0.5) == 1.0 and double(1) != 3",
+               "assert double([1]) == [1, 1] and double('ab') in {'abab', 'x'}",
+               "assert double(1) is not None",
+               "class Case:\n    x = double(2)\n    assert x == 4",  # class scope
+               "x = [1]\ny = x\nassert y is x and double(x) is not x"]  # identity
+    failing = ["assert double(2) == 5", "assert double(3) > 6", "assert not double(1)",
+               "for i in range(3):\n    assert double(i) == i",
+               "assert double('a') < 3",  # TypeError in Python: the assert fails
+               "assert double(2) == 4\nraise SystemExit(0)",  # the tests must run to the end
+               "x = [1]\nassert double(x) is x"]
+    scores = _code_reward()(["p"] * (len(passing) + len(failing)),
+                              [code] * (len(passing) + len(failing)), tests=passing + failing)
+    assert scores == [1.0] * len(passing) + [0.0] * len(failing)
+
+
+def test_code_harness_refuses_records_that_were_not_earned():
+    from tether.rewards.code_harness import build_harness, judge
+
+    _, checks = build_harness("", "assert f(1) == 2\nfor i in 'ab':\n    assert f(i)")
+    assert judge("[0, [['int', '2']]]\n[1, [['bool', True]]]\n['end']", checks)[0]
+    assert judge("[0, [['int', '2']]]\n['end']", checks)[0]  # a loop may run no times
+    not_earned = {
+        "no end record": "[0, [['int', '2']]]",
+        "wrong value": "[0, [['int', '3']]]\n['end']",
+        "top-level check twice": "[0, [['int', '2']]]\n[0, [['int', '2']]]\n['end']",
+        "top-level check missing": "[1, [['bool', True]]]\n['end']",
+        "unknown check": "[0, [['int', '2']]]\n[7, []]\n['end']",
+        "negative check id": "[0, [['int', '2']]]\n[-1, [['bool', True]]]\n['end']",
+        "int as a bool": "[0, [['int', '2']]]\n[1, [['bool', 1]]]\n['end']",
+        "unknown kind": "[0, [['Anything', '2']]]\n['end']",
+        "not a literal": "[0, [['int', __import__('os').getpid()]]]\n['end']",
+        "nested too deep": "[0, " + "[" * 300 + "]" * 300 + "]\n['end']",
+    }
+    for why, report in not_earned.items():
+        assert not judge(report, checks)[0], why
+
+
+@pytest.mark.skipif(bool(_no_namespaces()), reason=f"no namespaces here: {_no_namespaces()}")
+def test_code_test_reward_logs_the_isolation_and_refuses_a_weaker_run(monkeypatch, caplog):
+    from tether.rewards import code
+    from tether.rewards.resolve import resolve_reward
+    from tether.rewards.sandbox import SandboxError, SandboxResult
+
+    completion, tests = "```python\ndef one():\n    return 1\n```", "assert one() == 1"
+    with caplog.at_level(logging.INFO, logger="tether.rewards.code"):
+        assert code_test_reward(["p"], [completion], tests=[tests]) == [1.0]
+    assert "isolation 'namespaces'" in caplog.text and "netns" in caplog.text
+
+    caplog.clear()
+    weaker = resolve_reward("code_tests_rlimits_only")  # the weaker level, asked for by name
+    with caplog.at_level(logging.INFO, logger="tether.rewards.code"):
+        assert weaker(["p"], [completion], tests=[tests]) == [1.0]
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "isolation 'rlimits-only'" in caplog.text and "netns" not in caplog.text
+
+    # A sandbox that ran with less than was asked for gives no score at all.
+    ran_weaker = SandboxResult(status="ok", returncode=0, stdout="", stderr="", wall_s=0.1,
+                               isolation=("uid", "rlimits"), report='["end"]',
+                               isolation_level="rlimits-only")
+    monkeypatch.setattr(code, "run_python", lambda *args, **kwargs: ran_weaker)
+    with pytest.raises(SandboxError, match="asked for isolation 'namespaces'"):
+        code_test_reward(["p"], [completion], tests=[tests])
 
 
 def test_rewards_accept_trl_conversational_completions():
@@ -288,3 +400,52 @@ def test_rewards_accept_trl_conversational_completions():
     assert think_answer_format_reward(None, chat) == [1.0]
     with pytest.raises(TypeError, match="a completion must be a string or a list of messages"):
         math_answer_reward(None, [42], answer=["4"])
+
+
+def trl_think_format_reward(completions, **kwargs):
+    """Written for TRL's conversational datasets, unchanged: completions only, by keyword, as
+    message lists."""
+    return [1.0 if completion[0]["content"].startswith("<think>") else 0.0 for completion in completions]
+
+
+def test_a_trl_conversational_reward_runs_unchanged_on_chat_prompts():
+    chat = [{"role": "user", "content": "What is 2 + 2?"}]
+    totals, per_reward, _ = combine_rewards(
+        [RewardSpec("trl", trl_think_format_reward)], prompts=[chat, chat],
+        completions=["<think>sum</think><answer>4</answer>", "4"])
+    assert per_reward == {"trl": [1.0, 0.0]} and totals == [1.0, 0.0]
+
+
+def test_completions_reach_rewards_as_text_after_text_prompts_and_as_messages_after_chat_prompts():
+    seen = []
+
+    def record(prompts, completions, **_):
+        seen.extend(completions)
+        return [0.0] * len(completions)
+
+    chat = [{"role": "user", "content": "hi"}]
+    combine_rewards([RewardSpec("record", record)], ["hi", chat], ["hello", "hello"])
+    assert seen == ["hello", [{"role": "assistant", "content": "hello"}]]
+
+
+@pytest.mark.parametrize("prompt", ["What is 2 + 2?", [{"role": "user", "content": "What is 2 + 2?"}]])
+def test_built_in_rewards_score_text_and_chat_prompts_alike(prompt):
+    completions = ["<think>2 + 2 = 4</think><answer>4</answer>", "<answer>5</answer>"]
+    _, per_reward, _ = combine_rewards(
+        [RewardSpec("math", math_answer_reward), RewardSpec("format", think_answer_format_reward)],
+        [prompt, prompt], completions, {"answer": ["4", "4"]})
+    assert per_reward == {"math": [1.0, 0.0], "format": [1.0, 0.0]}
+
+
+def test_required_columns_follow_how_the_reward_is_called():
+    from tether.rewards.base import required_columns
+
+    def trl_style(completions, solution, **kwargs):
+        return [0.0] * len(completions)
+
+    assert required_columns(math_answer_reward) == ["answer"]
+    assert required_columns(trl_style) == ["solution"]
+    assert required_columns(lambda p, c, tag, **_: []) == ["tag"]
+    assert required_columns(think_answer_format_reward) == []
+    with pytest.raises(RewardError, match="missing .*'solution'"):
+        combine_rewards([RewardSpec("trl", trl_style)], ["p"], ["c"])  # never handed prompts as completions

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import tether
-from tether.audit.refusal import is_refusal
+from tether.judges.refusal_patterns import is_refusal
 from tether.data import load_records
 
 SAFETY = Path(tether.__file__).parent / "resources" / "safety"

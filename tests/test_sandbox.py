@@ -4,18 +4,31 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 
 import pytest
 
-from tether.rewards import sandbox
-from tether.rewards.sandbox import processes_of, run_python
+from tether.rewards import sandbox, sandbox_cgroup
+from tether.rewards.sandbox import processes_of
 
 ROOT = os.geteuid() == 0
+NO_NAMESPACES = sandbox._support().unavailable
+# The generic tests below run under the strongest level this machine has, so a machine without
+# namespaces still runs them; the tests that need namespaces say so and skip.
+ISOLATION = "rlimits-only" if NO_NAMESPACES else "namespaces"
+needs_namespaces = pytest.mark.skipif(bool(NO_NAMESPACES), reason=f"no namespaces here: {NO_NAMESPACES}")
+
+
+def run_python(code: str, **limits) -> sandbox.SandboxResult:
+    limits.setdefault("isolation", ISOLATION)
+    return sandbox.run_python(code, **limits)
 
 
 def test_stdout_stdin_and_exit_status_are_reported():
@@ -58,6 +71,17 @@ def test_memory_hog_gets_memory_error():
     assert result.wall_s < 5.0
 
 
+def test_resident_memory_over_the_limit_is_stopped_by_the_cgroup():
+    # 250 MiB in 1 MiB pieces fits the address-space room (memory_mb + thread stacks + an
+    # arena) but not memory_mb of resident memory: only the cgroup can stop it.
+    hog = "chunks = []\nfor _ in range(250):\n    chunks.append(bytearray(1 << 20))\nprint('250 MiB')"
+    result = run_python(hog, memory_mb=128)
+    if "cgroup" not in result.isolation:
+        assert sandbox_cgroup.create(16) is None  # only skip where none can be made at all
+        pytest.skip("no memory cgroup here (needs root and a memory controller)")
+    assert (result.status, result.returncode, result.stdout) == ("memory", -signal.SIGKILL, "")
+
+
 def test_huge_output_is_truncated_to_the_cap():
     result = run_python("import sys\nsys.stdout.write('x' * 20_000_000)\n"
                         "sys.stderr.write('e' * 100_000 + 'END')", max_output_bytes=1000)
@@ -72,16 +96,14 @@ def test_environment_is_empty_of_the_parents_secrets(monkeypatch):
     monkeypatch.setenv("SECRET_TOKEN", "hunter2")
     result = run_python("import os\nprint(os.environ.get('SECRET_TOKEN'))\n"
                         "print(sorted(os.environ))")
-    assert result.stdout.splitlines() == ["None", "['HOME', 'LANG', 'LC_ALL', 'PATH']"]
+    assert result.stdout.splitlines() == [
+        "None", "['HOME', 'LANG', 'LC_ALL', 'MALLOC_ARENA_MAX', 'PATH']"]
     assert "hunter2" not in result.stdout
 
 
-@pytest.mark.parametrize("namespaces", [True, False], ids=["mount_namespace", "uid_only"])
-def test_files_outside_the_working_directory_cannot_be_written(tmp_path, monkeypatch, namespaces):
-    python, available = sandbox._support()
-    if namespaces and not available:
-        pytest.skip("no mount namespace on this machine")
-    monkeypatch.setattr(sandbox, "_support", lambda: (python, namespaces))
+@pytest.mark.parametrize("isolation", [pytest.param("namespaces", marks=needs_namespaces),
+                                       "rlimits-only"])
+def test_files_outside_the_working_directory_cannot_be_written(tmp_path, isolation):
     outside_private = tmp_path / "pwned.txt"  # root-owned dir, like the repository
     outside_public = f"/tmp/tether-pwned-{uuid.uuid4().hex}.txt"  # world-writable dir
     program = f"""
@@ -96,16 +118,18 @@ for path in [{str(outside_private)!r}, {outside_public!r}]:
 open("inside.txt", "w").write("fine")
 print(open("inside.txt").read())
 """
-    result = run_python(program)
+    result = run_python(program, isolation=isolation)
     assert result.status == "ok", result.stderr
     lines = result.stdout.splitlines()
     workdir = lines[0]
     assert lines[-1] == "fine"  # the working directory itself is writable
     assert not outside_private.exists()
-    if ROOT:  # the sandbox's uid may not even enter a root-owned 0700 directory
+    if "mountns" in result.isolation:  # the host's /tmp, where tmp_path is, is out of sight
+        assert lines[1] == f"FileNotFoundError {errno.ENOENT}"
+    elif ROOT:  # the sandbox's uid may not even enter a root-owned 0700 directory
         assert lines[1] == f"PermissionError {errno.EACCES}"
-    if "mountns" in result.isolation:  # all but the tmpfs working directory is read-only
-        assert lines[2] == f"OSError {errno.EROFS}"
+    if "mountns" in result.isolation:  # /tmp is a tmpfs of the run's own, gone with it
+        assert lines[2] == f"wrote {outside_public}"
         assert not os.path.exists(outside_public)
     else:  # without a mount namespace, world-writable directories stay writable
         assert lines[2] == f"wrote {outside_public}"
@@ -141,29 +165,36 @@ except OSError as error:
 """
 
 
+@needs_namespaces
 def test_network_is_unreachable(listening_socket):
     port = listening_socket.getsockname()[1]
     result = run_python(_connect_program(port))
     assert result.status == "ok", result.stderr
     with pytest.raises(BlockingIOError):
         listening_socket.accept()  # nobody connected
-    if "netns" in result.isolation:  # a namespace whose loopback is down
-        assert result.stdout == f"OSError {errno.ENETUNREACH}\n"
-    else:
-        assert result.stdout == "PermissionError None\n"
+    assert "netns" in result.isolation  # a namespace whose loopback is down
+    assert result.stdout == f"OSError {errno.ENETUNREACH}\n"
 
 
-def test_socket_guard_when_there_is_no_network_namespace(monkeypatch, listening_socket):
-    python, _ = sandbox._support()
-    monkeypatch.setattr(sandbox, "_support", lambda: (python, False))
+def test_rlimits_only_denies_sockets_with_seccomp(listening_socket):
     port = listening_socket.getsockname()[1]
-    result = run_python(_connect_program(port))
-    assert "socket_guard" in result.isolation and "netns" not in result.isolation
-    assert result.stdout == "PermissionError None\n"
+    program = _connect_program(port) + """
+import _socket
+try:
+    _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM).sendto(b"x", ("127.0.0.1", 9))
+    print("sent")
+except OSError as error:
+    print(type(error).__name__, error.errno)
+"""
+    result = run_python(program, isolation="rlimits-only")
+    assert result.isolation_level == "rlimits-only" and "netns" not in result.isolation
+    assert "seccomp" in result.isolation and "socket_guard" not in result.isolation
+    assert result.stdout == f"PermissionError {errno.EPERM}\n" * 2
     with pytest.raises(BlockingIOError):
         listening_socket.accept()
     # Unix socket pairs (multiprocessing uses them) still work.
-    pair = run_python("import socket\na, b = socket.socketpair()\na.send(b'ok')\nprint(b.recv(2))")
+    pair = run_python("import socket\na, b = socket.socketpair()\na.send(b'ok')\nprint(b.recv(2))",
+                      isolation="rlimits-only")
     assert pair.stdout == "b'ok'\n"
 
 
@@ -243,12 +274,89 @@ def test_root_runs_drop_to_a_fresh_uid():
     assert first.stdout != second.stdout
 
 
-def test_without_root_the_limits_and_socket_guard_still_apply(monkeypatch):
-    # The non-root path, exercised here by pretending: no uid drop, no namespaces.
+def test_without_root_the_limits_and_seccomp_still_apply(monkeypatch):
+    # The non-root rlimits-only path, exercised here by pretending: no uid drop, no namespaces.
     monkeypatch.setattr(sandbox, "_running_as_root", lambda: False)
-    monkeypatch.setattr(sandbox, "_support", lambda: (sandbox.sys.executable, False))
-    result = run_python("import resource\nprint(resource.getrlimit(resource.RLIMIT_AS))\n"
-                        "import socket\nsocket.socket()", memory_mb=200)
-    assert result.isolation == ("socket_guard",)
-    assert result.stdout == f"({200 * 1024 * 1024}, {200 * 1024 * 1024})\n"
-    assert result.status == "error" and "PermissionError: network access is disabled" in result.stderr
+    monkeypatch.setattr(sandbox, "_support",
+                        lambda: sandbox._Support(sandbox.sys.executable, "simulated"))
+    result = run_python("import resource\nprint(resource.getrlimit(resource.RLIMIT_FSIZE))\n"
+                        "import socket\nsocket.socket()", max_file_size_mb=2,
+                        isolation="rlimits-only")
+    assert result.isolation == ("no_new_privs", "seccomp", "rlimits")
+    assert result.stdout == f"({2 * 1024 * 1024}, {2 * 1024 * 1024})\n"
+    assert result.status == "error" and "PermissionError: [Errno 1]" in result.stderr
+
+
+# ---------------------------------------------------------------- failing closed
+
+
+def test_without_namespaces_run_python_refuses_unless_weaker_isolation_is_named(monkeypatch):
+    # Simulated: the probe reports the namespaces level unavailable.
+    python = sandbox._support().python
+    monkeypatch.setattr(sandbox, "_support", lambda: sandbox._Support(python, "simulated: no unshare"))
+    with pytest.raises(sandbox.SandboxUnavailable,
+                       match="simulated: no unshare.*isolation='rlimits-only'"):
+        sandbox.run_python("print('should not run')")
+    weaker = run_python("print('ran')", isolation="rlimits-only")
+    assert (weaker.stdout, weaker.isolation_level) == ("ran\n", "rlimits-only")
+    assert not {"mountns", "netns", "pidns"} & set(weaker.isolation)
+    with pytest.raises(ValueError, match="isolation must be one of"):
+        run_python("print(1)", isolation="none")
+
+
+@pytest.mark.skipif(not ROOT or not shutil.which("setpriv"),
+                    reason="needs root and setpriv to drop CAP_SYS_ADMIN for real")
+def test_root_without_cap_sys_admin_fails_closed_for_real(tmp_path):
+    # As in a default container: root, but no CAP_SYS_ADMIN, so no namespaces can be made.
+    script = """
+from tether.rewards.sandbox import SandboxUnavailable, run_python
+try:
+    run_python("print(1)")
+    print("ran with namespaces")
+except SandboxUnavailable as error:
+    print("refused:", "rlimits-only" in str(error))
+result = run_python("print(6 * 7)", isolation="rlimits-only")
+print(result.stdout.strip(), result.isolation_level, ",".join(result.isolation))
+"""
+    done = subprocess.run(
+        ["setpriv", "--bounding-set=-sys_admin", "--inh-caps=-sys_admin", sys.executable, "-c",
+         script], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(__file__))})
+    assert done.returncode == 0, done.stderr
+    refused, ran = done.stdout.splitlines()
+    assert refused == "refused: True"
+    answer, level, features = ran.split()
+    assert (answer, level) == ("42", "rlimits-only")
+    assert features.startswith("uid,no_new_privs,seccomp,") and "netns" not in features
+
+
+def test_cgroup_v2_run_directories_get_memory_max_and_no_swap(tmp_path, monkeypatch):
+    # This machine's memory controller may sit on v1; the v2 bookkeeping is checked on a
+    # directory laid out like a cgroup2 root (the kernel's part cannot be faked here).
+    (tmp_path / "cgroup.controllers").write_text("cpu io memory pids\n")
+    (tmp_path / "cgroup.subtree_control").write_text("")
+    monkeypatch.setattr(sandbox_cgroup, "_mounts",
+                        lambda kind: [(str(tmp_path), {"rw"})] if kind == "cgroup2" else [])
+    monkeypatch.setattr(sandbox_cgroup, "_own_cgroup", lambda controller: "/user.slice")
+    real_mkdir = os.mkdir
+
+    def mkdir_with_knobs(path, *args):  # the kernel creates a cgroup's files with the directory
+        real_mkdir(path, *args)
+        for name in ("cgroup.subtree_control", "cgroup.procs", "memory.max", "memory.swap.max"):
+            open(os.path.join(path, name), "w").close()
+
+    monkeypatch.setattr(sandbox_cgroup.os, "mkdir", mkdir_with_knobs)
+    cgroup = sandbox_cgroup.create(256)
+    assert cgroup is not None and cgroup.version == 2
+    assert os.path.dirname(cgroup.path) == str(tmp_path / "tether-sandbox")
+    assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory"
+    assert open(os.path.join(cgroup.path, "memory.max")).read() == str(256 << 20)
+    assert open(os.path.join(cgroup.path, "memory.swap.max")).read() == "0"
+    assert cgroup.procs_file == os.fsencode(os.path.join(cgroup.path, "cgroup.procs"))
+    with open(os.path.join(cgroup.path, "memory.events"), "w") as events:
+        events.write("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert cgroup.oom_killed()
+
+    (tmp_path / "cgroup.controllers").write_text("cpu io pids\n")  # no memory controller
+    monkeypatch.setattr(sandbox_cgroup, "_v1_parent", lambda: None)
+    assert sandbox_cgroup.create(256) is None

@@ -27,7 +27,7 @@ def workdir(tmp_path):
 def tether_command(workdir, *overrides):
     return [sys.executable, "-m", "tether.cli", "train", "sft", f"model.path={workdir / 'model'}",
             f"data.train={workdir / 'sft.jsonl'}", f"train.output_dir={workdir / 'runs'}",
-            "train.batch_size=4", "optim.lr=3e-3", "train.threads=1", "train.progress=false",
+            "train.batch_size=4", "optim.lr=3e-3", "train.threads=1", "train.progress=false", "train.bf16=false",
             "train.tensorboard=false", *overrides]
 
 
@@ -86,7 +86,7 @@ def test_bad_data_fails_before_training_with_file_and_line(workdir):
                                            "train.run_name=bad"), capture_output=True, text=True, cwd=workdir)
     assert result.returncode == 2
     assert f"{workdir / 'bad.jsonl'}:2: field 'prompt'" in result.stderr
-    assert not (workdir / "runs" / "bad" / "metrics.jsonl").exists()
+    assert not (workdir / "runs" / "bad").exists()  # checked before the run folder is made
 
 
 def test_packed_sft_trains_and_counts_the_same_tokens(workdir):
@@ -102,3 +102,22 @@ def test_overrides_may_follow_options(workdir):
     command.insert(command.index("train") + 2, "--resume")  # `train sft --resume a=b ...`
     result = subprocess.run(command, capture_output=True, text=True, cwd=workdir)
     assert result.returncode == 2 and "no checkpoint in" in result.stderr
+
+
+def test_text_rows_train_on_every_token(workdir):
+    """TRL's language-modelling rows: the loss counts every token after the first of each row."""
+    from tether.algorithms.sft import train_sft
+    from tether.algorithms.sft import SFTConfig
+    from tether.config import load_config
+    from tether.models import load_tokenizer
+
+    texts = [f"Count: {' '.join(str(n) for n in range(i + 3))}." for i in range(4)]
+    (workdir / "text.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    config = load_config(SFTConfig, None, [
+        f"model.path={workdir / 'model'}", f"data.train={workdir / 'text.jsonl'}",
+        f"train.output_dir={workdir / 'runs'}", "train.run_name=text", "train.batch_size=4",
+        "train.max_steps=1", "train.progress=false", "train.tensorboard=false", "train.bf16=false"])
+    train_sft(config)
+    tokenizer = load_tokenizer(workdir / "model")
+    row_lengths = [len(tokenizer(t)["input_ids"]) + 1 for t in texts]  # + EOS
+    assert read_metrics(workdir / "runs" / "text")[0]["tokens"] == sum(n - 1 for n in row_lengths)

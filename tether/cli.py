@@ -1,7 +1,9 @@
 """The ``tether`` command.
 
-    tether train sft --config recipes/sft-demo.yaml optim.lr=1e-4 train.max_steps=20
-    tether train sft --config recipes/sft-demo.yaml --resume
+    tether recipes list      # the recipes shipped with tether; `tether recipes cp NAME DEST` copies one
+    tether train sft --config tether:recipes/sft-demo.yaml optim.lr=1e-4 train.max_steps=20
+    tether train sft --config tether:recipes/sft-demo.yaml --resume
+    tether train dpo --help  # every config key of an algorithm, with defaults (docs/config.md)
     tether train dpo --config recipes/safety-dpo.yaml dpo.beta=0.2
     tether train reward|ppo|rlhf|cai --config recipes/...yaml
     tether demo              # safety DPO on the bundled SmolLM2, before/after table
@@ -20,12 +22,14 @@ import importlib
 import os
 import pkgutil
 import sys
+import warnings
 
 # OpenMP threads that spin while waiting steal the core the other thread needs whenever the
 # machine is shared (measured: a SmolLM2 forward took 5-13 s instead of ~3 s). Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import tether.commands
+from tether import __version__
 from tether.errors import TetherError
 
 
@@ -37,15 +41,28 @@ def _command_modules() -> dict:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tether", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"tether {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     for module in _command_modules().values():
         module.register(commands)
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    # tether warns the user with plain UserWarnings ("optim.lr=3 is above 1", "truncated 3 prompts");
+    # the file and line inside pydantic or tether that raised them mean nothing on a command line.
+    if category is UserWarning:
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a model hub at run time
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    warnings.formatwarning = _format_warning
     argv = list(sys.argv[1:] if argv is None else argv)
     modules = _command_modules()
     # A command that parses its own arguments (``tether audit --baseline ...``) gets them whole:

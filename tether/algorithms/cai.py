@@ -41,10 +41,12 @@ from pathlib import Path
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from tether.audit.refusal import is_refusal
-from tether.config import DPOConfig, SFTConfig, Section, resolve_bundled, save_config
+from tether.algorithms.dpo import DPOConfig
+from tether.algorithms.sft import SFTConfig
+from tether.config import Section, check_run_name, resolve_bundled, save_config
 from tether.engine import console, distributed, latest_checkpoint
-from tether.errors import ConfigError, TetherError
+from tether.engine.trackers import require_trackers
+from tether.errors import CheckpointError, ConfigError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION, Constitution, load_constitution
 from tether.feedback.generate import (generate_items, load_named_model, read_prompts, read_records,
                                       write_jsonl)
@@ -52,14 +54,21 @@ from tether.feedback.judge import judge_items
 from tether.feedback.judge_backends import backend_from_spec
 from tether.feedback.preferences import judgments_to_pairs, preference_rows
 from tether.feedback.records import FeedbackItem, Judgment
+from tether.judges import decide, default_refusal_judge, describe
+from tether.judges.rows import prompt_text
+from tether.models import load_tokenizer
 from tether.rollout.generate import generate_responses
 
 PIPELINE_SETS = "(set by the CAI pipeline)"
 
 
-def refusal_rate(texts: list[str]) -> float:
-    """Share of texts the refusal detector flags: logged per stage, a cheap view of the shift."""
-    return round(sum(map(is_refusal, texts)) / len(texts), 4) if texts else 0.0
+def refusal_rate(prompts: list, texts: list[str]) -> float:
+    """Share of answers the default refusal judge calls refusals: logged per stage (with the
+    judge's name and version), a cheap view of the shift."""
+    if not texts:
+        return 0.0
+    prompts = [prompt_text(p) for p in prompts]
+    return round(sum(decide(default_refusal_judge(), prompts, texts)) / len(texts), 4)
 
 
 class CAIRunSettings(Section):
@@ -70,6 +79,8 @@ class CAIRunSettings(Section):
     threads: int | None = Field(None, gt=0)
     # `tether train cai --resume` sets this; finished stages are skipped either way.
     resume: bool = False
+
+    _run_name_stays_inside = field_validator("run_name")(check_run_name)
 
 
 class PromptSettings(Section):
@@ -256,8 +267,9 @@ def revise_stage(config: CAIConfig, prompts, constitution: Constitution, run_dir
                           "(raise critique.max_new_tokens?)")
     write_jsonl(run_dir / "sft.jsonl", records)
     return dict(prompts=len(traces), sft_records=len(records), empty_revisions=len(traces) - len(records),
-                refusal_rate_initial=refusal_rate([t["initial"] for t in traces]),
-                refusal_rate_revised=refusal_rate([t["revision"] for t in traces]))
+                refusal_rate_initial=refusal_rate([t["prompt"] for t in traces], [t["initial"] for t in traces]),
+                refusal_rate_revised=refusal_rate([t["prompt"] for t in traces], [t["revision"] for t in traces]),
+                refusal_judge=describe(default_refusal_judge()))
 
 
 def candidates_stage(config: CAIConfig, prompts, sft_final: Path, items_path: Path) -> dict:
@@ -272,7 +284,9 @@ def candidates_stage(config: CAIConfig, prompts, sft_final: Path, items_path: Pa
     del model
     write_jsonl(items_path, items)
     return dict(items=len(items), refusal_rate=refusal_rate(
-        [candidate.text for item in items for candidate in item.candidates]))
+        [item.prompt for item in items for _ in item.candidates],
+        [candidate.text for item in items for candidate in item.candidates]),
+        refusal_judge=describe(default_refusal_judge()))
 
 
 def judge_stage(config: CAIConfig, constitution: Constitution, items_path: Path, judgments_path: Path) -> dict:
@@ -305,16 +319,24 @@ def run_cai(config: CAIConfig) -> Path:
 
     Under torchrun, the stages that generate or judge run on rank 0 while the other ranks wait
     (``main_only``); SFT and DPO run on every rank, data-parallel (docs/scaling.md)."""
-    distributed.init_distributed()
     run_dir = config.run_dir()
+    # ---- checked before any model loads or the run folder exists ------------------------------
+    require_trackers(config.sft.train.trackers() + config.dpo.train.trackers())
+    if config.train.resume and not run_dir.is_dir():
+        raise CheckpointError(f"--resume: no run folder {run_dir} to resume")
+    constitution = load_constitution(config.constitution)
+    prompts = load_prompts(config.prompts)
+    if config.rlaif.prompts is not None:
+        load_prompts(config.rlaif.prompts)
+    load_tokenizer(config.sft.model.path)
+
+    distributed.init_distributed()
     if distributed.is_main():
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, run_dir / "config.yaml")
     distributed.barrier()
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    constitution = load_constitution(config.constitution)
-    prompts = load_prompts(config.prompts)
     progress = config.train.progress
     stages = _Stages(run_dir)
     console.print(f"CAI run folder: {run_dir}; {len(prompts)} prompts; constitution "

@@ -11,22 +11,33 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 
 from tether.algorithms.common import epoch_schedule, load_policy
-from tether.config import DPOConfig
+from tether.config import RunConfig, Section
 from tether.data import encode_preference, load_records
-from tether.engine import BatchPlan, console, distributed, fit, progress_bar, start_run
+from tether.engine import BatchPlan, check_run, console, distributed, fit, progress_bar, start_run
 from tether.losses.dpo import chosen_nll, dpo_loss, dpo_metrics
 from tether.losses.logprobs import packed_prompt_token_logps
-from tether.models import reference_mode
+from tether.models import load_tokenizer, reference_mode
 
-# Reference scoring keeps no activations for a backward pass, so it runs this many training batches'
-# worth of pairs at once (fewer, fuller forwards) and still peaks below a training step's memory.
-# Not more: on SmolLM2 (CPU), 64 pairs scored 16.4-16.9 s in forwards of 8 or 16 pairs, 18-19 s
-# in forwards of 32 (the (rows, T, V) logits outgrow the caches).
-REFERENCE_BATCH_FACTOR = 2
+
+class DPOSettings(Section):
+    beta: float = Field(0.1, gt=0)  # strength of the pull toward the reference model
+    loss_type: Literal["sigmoid", "robust", "ipo", "hinge"] = "sigmoid"  # as in TRL
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # assumed share of flipped labels (cDPO, robust)
+    reference_free: bool = False  # compare the policy's log-probs alone, no reference model
+    # Average log-probs over completion tokens instead of summing them (TRL's IPO does this).
+    length_normalize: bool = False
+    # RPO: add sft_weight * (NLL per chosen token), so chosen answers stay likely (0: plain DPO).
+    sft_weight: float = Field(0.0, ge=0)
+
+
+class DPOConfig(RunConfig):
+    dpo: DPOSettings = DPOSettings()
 
 
 @dataclass
@@ -87,32 +98,49 @@ def pair_logps(model, batch: dict, *, average: bool) -> tuple[torch.Tensor, torc
 
 @torch.no_grad()
 def compute_reference(model, examples: PreferenceExamples, pad_id: int, config: DPOConfig,
-                      indices: list[int] | None = None, label: str = "reference log-probs") -> None:
-    """log pi_ref(y | x) with the model as it is now (before training), for the pairs in
-    ``indices`` (default: all); a run shorter than an epoch scores only the pairs it will see."""
+                      batches: list[list[int]], label: str = "reference log-probs") -> None:
+    """log pi_ref(y | x) with the model as it is now (before training), scored in ``batches``.
+
+    Pass the batches the run's policy forwards will see, in order (``first_batches``): each pair is
+    then scored with the same rows, padding and shapes as its first policy forward, under the same
+    autocast, so the two agree to the last bit and the first loss is exactly log 2 under bf16 too
+    (bf16 matmuls of other shapes round differently: a SmolLM2 run scored in larger batches started
+    at 0.6966). A pair met again in a later epoch, in another batch, keeps its first value.
+    """
     if config.dpo.reference_free:
         examples.ref_chosen = examples.ref_rejected = torch.zeros(len(examples))
         return
-    # Longest first, so batches pad little (and memory peaks at the start, not mid-run).
-    indices = sorted(set(range(len(examples)) if indices is None else indices),
-                     key=lambda i: -pair_length(examples.encoded[i]))
     examples.ref_chosen = torch.full((len(examples),), float("nan"))
     examples.ref_rejected = torch.full((len(examples),), float("nan"))
     was_training = model.training
     model.eval()
-    size = config.train.batch_size * REFERENCE_BATCH_FACTOR
     # A fresh LoRA (B = 0) computes exactly the base model: skip the adapter matmuls.
     base_only = reference_mode(model) if _fresh_lora(model) else contextlib.nullcontext()
-    with progress_bar(label, len(indices), enabled=config.train.progress) as bar, base_only:
-        for start in range(0, len(indices), size):
-            chunk = indices[start:start + size]
+    with progress_bar(label, sum(map(len, batches)), enabled=config.train.progress) as bar, base_only:
+        for chunk in batches:
             batch = distributed.to_device(collate_pairs(examples, chunk, pad_id), model.device)
             with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
                 chosen, rejected = pair_logps(model, batch, average=config.dpo.length_normalize)
-            examples.ref_chosen[chunk] = chosen.float()
-            examples.ref_rejected[chunk] = rejected.float()
+            examples.ref_chosen[chunk] = chosen.float().cpu()
+            examples.ref_rejected[chunk] = rejected.float().cpu()
             bar.advance(len(chunk))
     model.train(was_training)
+
+
+def first_batches(batches) -> list[list[int]]:
+    """The batches that first meet each pair, in order (later batches with no new pair dropped)."""
+    seen: set[int] = set()
+    kept = []
+    for batch in batches:
+        if not seen.issuperset(batch):
+            kept.append(list(batch))
+            seen.update(batch)
+    return kept
+
+
+def evaluation_batches(count: int, size: int) -> list[list[int]]:
+    """The held-out pairs in order, ``size`` at a time (as ``evaluate_pairs`` reads them)."""
+    return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
 
 
 def pair_length(pair: dict) -> int:
@@ -147,9 +175,8 @@ def dpo_step_loss(model, batch: dict, config: DPOConfig):
 def evaluate_pairs(model, examples: PreferenceExamples, pad_id: int, config: DPOConfig) -> dict[str, float]:
     """Held-out DPO loss and reward accuracy/margin (implicit rewards against the reference)."""
     totals: dict[str, float] = {}
-    size = config.train.batch_size
-    for start in range(0, len(examples), size):
-        batch = collate_pairs(examples, list(range(start, min(start + size, len(examples)))), pad_id)
+    for indices in evaluation_batches(len(examples), config.train.batch_size):
+        batch = collate_pairs(examples, indices, pad_id)
         batch = distributed.to_device(batch, distributed.world().device)
         loss, metrics = dpo_step_loss(model, batch, config)
         for key, value in {"loss": loss.item(), **metrics}.items():
@@ -158,13 +185,15 @@ def evaluate_pairs(model, examples: PreferenceExamples, pad_id: int, config: DPO
 
 
 def train_dpo(config: DPOConfig) -> Path:
-    run_dir = start_run(config)
-    model, tokenizer = load_policy(config.model)
-    pad_id = tokenizer.pad_token_id
-
-    # ---- data, validated in full before anything runs ----------------------------------
+    # ---- checked before the model loads or the run folder exists ------------------------
+    check_run(config)
+    tokenizer = load_tokenizer(config.model.path)
     train = encode_pairs(config.data.train, tokenizer, config)
     held_out = encode_pairs(config.data.eval, tokenizer, config) if config.data.eval else None
+
+    run_dir = start_run(config)
+    model, tokenizer = load_policy(config.model, run_dir)
+    pad_id = tokenizer.pad_token_id
     console.print(f"{len(train)} training pairs" + (f", {len(held_out)} held out" if held_out else ""))
 
     lengths = [pair_length(p) for p in train.encoded]
@@ -176,11 +205,11 @@ def train_dpo(config: DPOConfig) -> Path:
     # ---- reference log-probs, once, from the initial weights ----------------------------
     # Under torchrun each rank scores only the pairs of its own micro-batches.
     model.to(distributed.world().device)  # on a GPU, score there (the session would move it later)
-    used = [i for step in range(plan.total_steps)
-            for batch in distributed.local_micro_batches(plan.micro_batches(step)) for i in batch]
-    compute_reference(model, train, pad_id, config, indices=used)
+    compute_reference(model, train, pad_id, config, first_batches(
+        batch for step in range(plan.total_steps) for batch in distributed.local_micro_batches(plan.micro_batches(step))))
     if held_out is not None:
-        compute_reference(model, held_out, pad_id, config, label="held-out reference log-probs")
+        compute_reference(model, held_out, pad_id, config, evaluation_batches(len(held_out), config.train.batch_size),
+                          label="held-out reference log-probs")
 
     # ---- train ------------------------------------------------------------------------
     fit(model, plan, lambda indices: collate_pairs(train, indices, pad_id),
@@ -189,6 +218,6 @@ def train_dpo(config: DPOConfig) -> Path:
         eval_every=config.train.eval_every)
 
     final_dir = run_dir / "final"
-    distributed.save_final_model(model, tokenizer, final_dir)
+    distributed.save_final_model(model, tokenizer, final_dir, config=config, algorithm="dpo")
     console.print(f"DPO done; model saved to {final_dir}")
     return final_dir

@@ -10,14 +10,16 @@ score them with the rewards, turn rewards into group-relative advantages, then m
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from tether.algorithms.common import load_policy
+from tether.algorithms.common import adapters_off_is_reference, load_policy
 from tether.audit.reward_hacking import RewardHackingMonitor
-from tether.config import GRPOConfig
+from tether.config import GoldSettings, RewardSettings, RunConfig, Section
 from tether.data import load_records
-from tether.engine import BatchPlan, TrainingSession, console, distributed, progress_bar, start_run
+from tether.engine import BatchPlan, TrainingSession, check_run, console, distributed, progress_bar, start_run
 from tether.engine.batches import shuffled_groups
 from tether.engine.plots import plot_metrics
 from tether.errors import ConfigError
@@ -25,11 +27,42 @@ from tether.losses.grpo import (group_advantages, overlong_penalty, policy_loss,
                                 zero_variance_groups)
 from tether.losses.kl import masked_mean
 from tether.losses.logprobs import shared_prompt_token_logps
-from tether.models import reference_mode
+from tether.models import load_tokenizer, reference_mode
 from tether.rewards.base import _mean_std as mean_std
-from tether.rewards.base import combine_rewards
+from tether.rewards.base import check_reward_columns, combine_rewards
 from tether.rewards.resolve import reward_specs
 from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSampler
+
+
+class GRPOSettings(Section):
+    loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo", "gspo"] = "grpo"  # how token losses are averaged (as in TRL)
+    num_generations: int = Field(8, gt=1)  # completions per prompt (the group)
+    prompts_per_step: int = Field(4, gt=0)  # prompts sampled per step
+    max_new_tokens: int = Field(64, gt=0)  # completion length limit
+    temperature: float = Field(1.0, gt=0)  # sampling temperature
+    top_p: float = Field(1.0, gt=0, le=1)  # nucleus sampling
+    stop: list[str] = []  # strings that end a completion
+    updates_per_rollout: int = Field(1, gt=0)  # policy updates on each rollout batch (clipped)
+    minibatch_rows: int | None = Field(None, gt=0)  # rows per backward pass; None: all at once
+    epsilon_low: float = Field(0.2, gt=0)  # policy ratio clip below 1
+    epsilon_high: float | None = Field(None, gt=0)  # DAPO's clip-higher uses 0.28
+    beta: float = Field(0.0, ge=0)  # KL-to-reference weight; 0 loads no reference model
+    # "group": (r - mean) / std per group (GRPO); "none": r - mean (Dr. GRPO); "batch": batch std.
+    advantage_scale: Literal["group", "batch", "none"] = "group"
+    rloo: bool = False  # leave-one-out baseline instead of the group mean
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal
+    overlong_buffer: int | None = Field(None, ge=0)  # DAPO soft overlong penalty width, tokens
+    # reward functions summed with their weights: built-ins or "package.module:function"
+    rewards: list[RewardSettings] = [RewardSettings(name="math_answer"),
+                                     RewardSettings(name="think_answer_format", weight=0.5)]
+    # "score_failed": a sample whose reward function raises scores 0 (counted) instead of stopping the run
+    on_reward_error: Literal["raise", "score_failed"] = "raise"
+    eval_max_new_tokens: int | None = Field(None, gt=0)  # default: max_new_tokens
+    gold: GoldSettings | None = None  # reward-hacking watch on data.eval
+
+
+class GRPOConfig(RunConfig):
+    grpo: GRPOSettings = GRPOSettings()
 
 
 def completion_token_logps(model, rollout: RolloutBatch, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -47,9 +80,12 @@ def completion_token_logps(model, rollout: RolloutBatch, rows: torch.Tensor | No
 
 
 def reward_columns(tasks, repeat: int = 1) -> dict[str, list]:
-    """The dataset columns reward functions receive (``answer`` and every extra), one per row."""
-    columns = {"answer": [t.answer for t in tasks for _ in range(repeat)]}
-    for key in tasks[0].extras:
+    """The dataset columns reward functions receive, one value per row: ``answer`` (when any task
+    has one: prompt-only data has none) and every other column (None where a row lacks it)."""
+    columns = {}
+    if any(t.answer is not None for t in tasks):
+        columns["answer"] = [t.answer for t in tasks for _ in range(repeat)]
+    for key in dict.fromkeys(key for t in tasks for key in t.extras):
         columns[key] = [t.extras.get(key) for t in tasks for _ in range(repeat)]
     return columns
 
@@ -61,13 +97,14 @@ def compute_advantages(rewards: torch.Tensor, config: GRPOConfig) -> torch.Tenso
     return group_advantages(rewards, settings.num_generations, scale=settings.advantage_scale)
 
 
-def reference_logps(model, reference, rollout: RolloutBatch) -> torch.Tensor:
-    """The reference policy's log-probs: the LoRA-disabled base, or a separate frozen model."""
+def reference_logps(model, reference, rollout: RolloutBatch, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference policy's log-probs: the LoRA-disabled base, or a separate frozen model.
+    Call it under the autocast of the policy forward it is compared with. Shape: (rows, L)."""
     with torch.no_grad():
         if reference is None:
             with reference_mode(model):
-                return completion_token_logps(model, rollout)
-        return completion_token_logps(reference, rollout)
+                return completion_token_logps(model, rollout, rows)
+        return completion_token_logps(reference, rollout, rows)
 
 
 def evaluate_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> dict[str, float]:
@@ -87,15 +124,13 @@ def evaluate_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> dict
     return metrics
 
 
-def gold_monitor(config: GRPOConfig, held_out, specs, start_step: int) -> RewardHackingMonitor | None:
+def gold_monitor(config: GRPOConfig, held_out, specs, gold_specs, start_step: int) -> RewardHackingMonitor | None:
     """The reward-hacking watch when ``grpo.gold`` is set: gold and proxy rewards and KL on data.eval."""
     gold = config.grpo.gold
     if gold is None:
         return None
-    if not held_out:
-        raise ConfigError("grpo.gold needs held-out prompts to score: set data.eval")
     monitor = RewardHackingMonitor(
-        config.run_dir(), [t.prompt for t in held_out], reward_columns(held_out), specs, reward_specs(gold.rewards),
+        config.run_dir(), [t.prompt for t in held_out], reward_columns(held_out), specs, gold_specs,
         max_new_tokens=config.grpo.eval_max_new_tokens or config.grpo.max_new_tokens, stop=config.grpo.stop,
         window=gold.window, min_change=gold.min_change, seed=config.train.seed, title=f"GRPO {config.train.run_name}")
     monitor.restore(start_step)
@@ -135,22 +170,30 @@ def pooled_masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
 
 def train_grpo(config: GRPOConfig) -> Path:
     settings = config.grpo
-    run_dir = start_run(config)
-    model, tokenizer = load_policy(config.model)
+    # ---- checked before the model loads or the run folder exists ------------------------
+    check_run(config)
     specs = reward_specs(settings.rewards)
+    gold_specs = reward_specs(settings.gold.rewards) if settings.gold is not None else []
+    tokenizer = load_tokenizer(config.model.path)
 
-    # ---- tasks, validated in full before anything runs ----------------------------------
-    def load(path):
-        return load_records(path, "verifiable", tokenizer=tokenizer, truncation=config.data.truncation,
-                            max_prompt_tokens=config.data.max_prompt_tokens)
+    def load(path, scored_by):  # TRL's prompt-only rows; `answer` and other columns go to the rewards
+        tasks = load_records(path, "prompt", tokenizer=tokenizer, truncation=config.data.truncation,
+                             max_prompt_tokens=config.data.max_prompt_tokens)
+        check_reward_columns(scored_by, list(reward_columns(tasks)), path)
+        return tasks
 
-    tasks = load(config.data.train)
-    held_out = load(config.data.eval) if config.data.eval else []
+    tasks = load(config.data.train, specs)
+    held_out = load(config.data.eval, specs + gold_specs) if config.data.eval else []
+    if settings.gold is not None and not held_out:
+        raise ConfigError("grpo.gold needs held-out prompts to score: set data.eval")
+
+    run_dir = start_run(config)
+    model, tokenizer = load_policy(config.model, run_dir)
     console.print(f"{len(tasks)} training tasks" + (f", {len(held_out)} held out" if held_out else ""))
 
     # beta = 0 needs no reference at all; with LoRA the base (adapters off) is the reference.
     reference = None
-    if settings.beta > 0 and config.model.lora is None:
+    if settings.beta > 0 and not adapters_off_is_reference(config.model):
         from tether.models import load_model
 
         reference, _ = load_model(config.model.path)
@@ -164,10 +207,10 @@ def train_grpo(config: GRPOConfig) -> Path:
     if reference is not None:
         reference.to(device)  # a full frozen copy on every rank, also under FSDP (see docs/scaling.md)
     sampler = TransformersSampler(model, tokenizer)
-    monitor = gold_monitor(config, held_out, specs, session.start_step)
+    monitor = gold_monitor(config, held_out, specs, gold_specs, session.start_step)
     # The KL on held-out prompts needs a reference: the LoRA-off base, or the loaded model.
     reference_fn = ((lambda rollout: reference_logps(model, reference, rollout))
-                    if reference is not None or config.model.lora is not None else None)
+                    if reference is not None or adapters_off_is_reference(config.model) else None)
 
     def evaluate(step: int) -> dict[str, float]:
         model.eval()
@@ -222,12 +265,21 @@ def train_grpo(config: GRPOConfig) -> Path:
 
             # ---- clipped policy updates on this batch ---------------------------------------
             mask = rollout.completion_mask.bool()  # (P*N, L)
-            old_logps = rollout.model_logps  # the sampling policy at temperature 1
-            ref_logps = reference_logps(model, reference, rollout) if settings.beta > 0 else None
             chunk = settings.minibatch_rows or max(len(rows), 1)
             total_rows = distributed.all_reduce_sum(len(rows))
             num_tokens = distributed.all_reduce_sum(int(mask[rows].sum()))
             parts = [rows[start:start + chunk] for start in range(0, len(rows), chunk)]
+            # The reference is scored part by part under the policy's autocast: the same rows, shapes and
+            # precision as the policy forward it is compared with, so under bf16 the KL of an untrained
+            # policy is exactly 0 rather than bf16 rounding noise.
+            ref_parts = None
+            if settings.beta > 0:
+                with session.autocast():
+                    ref_parts = [reference_logps(model, reference, rollout, part) for part in parts]
+            # The old log-probs are the trainer's own, from the first update's forward (no optimizer step
+            # has run yet, so they are the sampling weights): the sampler's incremental decoding rounds
+            # differently under bf16, and a ratio of 1 on policy must not depend on that.
+            old_parts: list[torch.Tensor] = []
             # Ranks keep different numbers of rows (dynamic sampling); every rank still joins each
             # gradient collective, with zero-weight passes where it has run out of rows.
             passes = distributed.lockstep_passes(len(parts), session.model)
@@ -239,11 +291,14 @@ def train_grpo(config: GRPOConfig) -> Path:
                     part = parts[index] if real else torch.zeros(1, dtype=torch.long)
                     with session.autocast(), session.gradient_sync(index == passes - 1):
                         logps = completion_token_logps(session.model, rollout, part)  # (rows, L)
+                        if update == 0 and real:
+                            old_parts.append(logps.detach())
+                        old = old_parts[index] if real else logps.detach()  # a zero-weight pass: any value
+                        ref = None if ref_parts is None else ref_parts[index] if real else old
                         loss, loss_metrics = policy_loss(
-                            logps, old_logps[part], advantages[part], mask[part],
+                            logps, old, advantages[part], mask[part],
                             loss_type=settings.loss_type, epsilon_low=settings.epsilon_low,
-                            epsilon_high=settings.epsilon_high, beta=settings.beta,
-                            ref_logps=None if ref_logps is None else ref_logps[part],
+                            epsilon_high=settings.epsilon_high, beta=settings.beta, ref_logps=ref,
                             max_completion_length=settings.max_new_tokens,
                             num_tokens=num_tokens if settings.loss_type == "dapo" else None)
                     # dapo already divides by the batch's token count; others average over rows.
@@ -266,9 +321,13 @@ def train_grpo(config: GRPOConfig) -> Path:
                 "completion_length": lengths.float().mean().item(),
                 "frac_truncated": truncated / len(rewards),
                 "rows_trained": float(total_rows),
-                "sampling_kl": pooled_masked_mean(old_logps - rollout.sampling_logps, mask)
+                "sampling_kl": pooled_masked_mean(rollout.model_logps - rollout.sampling_logps, mask)
                 if settings.temperature != 1.0 or settings.top_p < 1.0 else 0.0,
             })
+            if old_parts:  # how far the sampler's log-probs are from the trainer's (bf16: rounding)
+                trained = torch.cat(parts)
+                gap = (torch.cat(old_parts) - rollout.model_logps[trained]).abs()
+                metrics["logps/sampler_gap"] = pooled_masked_mean(gap, mask[trained])
             wants_eval = held_out and (done == plan.total_steps or
                                        bool(config.train.eval_every and done % config.train.eval_every == 0))
             if wants_eval:
@@ -283,6 +342,6 @@ def train_grpo(config: GRPOConfig) -> Path:
         plot_metrics(run_dir, ["reward/mean", "eval/math_answer", "eval/think_answer_format"],
                      run_dir / "curves.png", title=f"GRPO {config.train.run_name}")
     final_dir = run_dir / "final"
-    distributed.save_final_model(model, tokenizer, final_dir)
+    distributed.save_final_model(model, tokenizer, final_dir, config=config, algorithm="grpo")
     console.print(f"GRPO done; model saved to {final_dir}; curves in {run_dir / 'curves.png'}")
     return final_dir

@@ -29,23 +29,22 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from tether.algorithms.common import load_policy
+from tether.algorithms.common import adapters_off_is_reference, load_policy
 from tether.algorithms.grpo import completion_token_logps, pool_scores, pooled_masked_mean, reward_columns
 from tether.audit.reward_hacking import RewardHackingMonitor
 from tether.config import GoldSettings, RewardSettings, RunConfig, Section
-from tether.data import encode_prompt, read_rows, seeded_subset, truncate_prompt_left, validate_row
-from tether.data.records import VerifiableRecord
-from tether.engine import BatchPlan, TrainingSession, console, distributed, progress_bar, start_run
+from tether.data import load_records, seeded_subset
+from tether.engine import BatchPlan, TrainingSession, check_run, console, distributed, progress_bar, start_run
 from tether.engine.batches import shuffled_groups
 from tether.engine.checkpoint import copy_weights
 from tether.engine.optim import build_optimizer
 from tether.engine.plots import plot_metrics
-from tether.errors import ConfigError, DataValidationError
+from tether.errors import ConfigError
 from tether.losses.ppo import (AdaptiveKLController, FixedKLController, approx_kl, explained_variance, gae,
                                policy_loss, token_rewards, value_loss, whiten)
-from tether.models import load_model, reference_mode
+from tether.models import load_model, load_tokenizer, reference_mode
 from tether.models.value_head import PolicyWithValueHead, ValueHead, save_value_head
-from tether.rewards.base import combine_rewards
+from tether.rewards.base import check_reward_columns, combine_rewards
 from tether.rewards.resolve import reward_specs
 from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSampler
 
@@ -95,45 +94,6 @@ class PPOConfig(RunConfig):
             raise ValueError("ppo.rewards is empty: name at least one reward, e.g. "
                              "[{name: 'reward_model:runs/reward-model/final'}]")
         return self
-
-
-# ------------------------------------------------------------------------------------------- prompts
-
-def load_prompts(path: str, tokenizer, *, max_prompt_tokens: int | None = None,
-                 truncation: str = "error") -> list[VerifiableRecord]:
-    """Prompt rows (``prompt`` plus any columns, passed on to rewards), validated with file:line errors.
-
-    ``answer`` is optional here (the verifiable format without it): rows without one get ``answer=""``.
-    """
-    records, problems = [], []
-    for location, row, problem in read_rows(path):
-        if problem is not None:
-            problems.append(problem)
-            continue
-        needs_answer = isinstance(row, dict) and row.get("answer") is None
-        record, row_problems = validate_row({**row, "answer": "-"} if needs_answer else row, "verifiable", location)
-        problems.extend(row_problems)
-        if record is None:
-            continue
-        if needs_answer:
-            record = VerifiableRecord(prompt=record.prompt, answer="", extras=record.extras, id=record.id,
-                                      location=location)
-        if max_prompt_tokens is not None and len(encode_prompt(record.prompt, tokenizer)) > max_prompt_tokens:
-            if truncation == "drop":
-                continue
-            shorter = truncate_prompt_left(record.prompt, tokenizer, max_prompt_tokens)
-            if truncation == "error" or shorter is None:
-                problems.append(DataValidationError(f"prompt is over max_prompt_tokens={max_prompt_tokens}",
-                                                    file=location.file, line=location.line, field="prompt"))
-                continue
-            record = VerifiableRecord(prompt=shorter, answer=record.answer, extras=record.extras, id=record.id,
-                                      location=location)
-        records.append(record)
-    if problems:
-        raise DataValidationError(problems[0].problem, problems=problems)
-    if not records:
-        raise DataValidationError("no prompts: the file is empty", file=str(path))
-    return records
 
 
 # ---------------------------------------------------------------------------------------- the session
@@ -254,10 +214,12 @@ def warm_up_critic(session: TrainingSession, rollout: RolloutBatch, returns: tor
         return head(hidden)
 
 
-def save_policy_and_value_head(actor_critic: PolicyWithValueHead, tokenizer, directory: Path) -> Path:
+def save_policy_and_value_head(actor_critic: PolicyWithValueHead, tokenizer, directory: Path,
+                               config: PPOConfig | None = None) -> Path:
     """The policy in the single-process format, and ``value_head.safetensors`` beside it (FSDP's
     shards gathered first, a collective: every rank calls this; rank 0 writes)."""
-    final_dir = distributed.save_final_model(actor_critic.policy, tokenizer, directory)
+    final_dir = distributed.save_final_model(actor_critic.policy, tokenizer, directory,
+                                            config=config, algorithm="ppo")
     head = actor_critic.value_head
     if distributed.is_sharded(actor_critic):
         whole = {name: distributed.full_tensor(value) for name, value in head.state_dict().items()}
@@ -273,30 +235,38 @@ def save_policy_and_value_head(actor_critic: PolicyWithValueHead, tokenizer, dir
 
 def train_ppo(config: PPOConfig) -> Path:
     settings = config.ppo
-    run_dir = start_run(config)
-    policy, tokenizer = load_policy(config.model)
-    actor_critic = PolicyWithValueHead(policy)
+    # ---- checked before the model loads or the run folder exists ------------------------
+    check_run(config)
     specs = reward_specs(settings.rewards)
+    gold_specs = reward_specs(settings.gold.rewards) if settings.gold is not None else []
+    tokenizer = load_tokenizer(config.model.path)
 
-    def load(path):
-        return load_prompts(path, tokenizer, max_prompt_tokens=config.data.max_prompt_tokens,
+    def load(path, scored_by):  # TRL's prompt-only rows: `prompt` plus any columns the rewards read
+        rows = load_records(path, "prompt", tokenizer=tokenizer, max_prompt_tokens=config.data.max_prompt_tokens,
                             truncation=config.data.truncation)
+        check_reward_columns(scored_by, list(reward_columns(rows)), path)
+        return rows
 
-    prompts = load(config.data.train)
-    held_out = seeded_subset(load(config.data.eval), settings.eval_prompts, config.train.seed) if config.data.eval else []
-    console.print(f"{len(prompts)} training prompts" + (f", {len(held_out)} held out" if held_out else ""))
+    prompts = load(config.data.train, specs)
+    held_out = (seeded_subset(load(config.data.eval, specs + gold_specs), settings.eval_prompts, config.train.seed)
+                if config.data.eval else [])
     if len(prompts) < settings.prompts_per_step:
         raise ConfigError(f"{config.data.train} has {len(prompts)} prompts, fewer than ppo.prompts_per_step="
                           f"{settings.prompts_per_step}")
     if settings.gold is not None and not held_out:
         raise ConfigError("ppo.gold is scored on held-out prompts: set data.eval")
 
+    run_dir = start_run(config)
+    policy, tokenizer = load_policy(config.model, run_dir)
+    actor_critic = PolicyWithValueHead(policy)
+    console.print(f"{len(prompts)} training prompts" + (f", {len(held_out)} held out" if held_out else ""))
+
     # kl_coef = 0 needs no reference; with LoRA the base (adapters off) is the reference, for free.
     reference = None
-    if settings.kl_coef > 0 and config.model.lora is None:
+    if settings.kl_coef > 0 and not adapters_off_is_reference(config.model):
         reference, _ = load_model(config.model.path)
         reference.requires_grad_(False)
-    has_reference = reference is not None or config.model.lora is not None
+    has_reference = reference is not None or adapters_off_is_reference(config.model)
 
     def reference_logps(rollout: RolloutBatch) -> torch.Tensor:
         with torch.no_grad():
@@ -326,8 +296,7 @@ def train_ppo(config: PPOConfig) -> Path:
     if held_out:
         gold = settings.gold
         monitor = RewardHackingMonitor(
-            run_dir, [r.prompt for r in held_out], reward_columns(held_out), specs,
-            reward_specs(gold.rewards) if gold else (),
+            run_dir, [r.prompt for r in held_out], reward_columns(held_out), specs, gold_specs,
             max_new_tokens=settings.eval_max_new_tokens or settings.max_new_tokens,
             stop=settings.stop, window=gold.window if gold else 3, min_change=gold.min_change if gold else 0.0,
             seed=config.train.seed, title=f"PPO {config.train.run_name}", samples_per_prompt=settings.eval_samples)
@@ -485,6 +454,6 @@ def train_ppo(config: PPOConfig) -> Path:
     if world.is_main:
         plot_metrics(run_dir, ["reward/mean", "kl", "kl_coef", "loss/value", "clipfrac", "eval/proxy_reward",
                                "eval/gold_reward"], run_dir / "curves.png", title=f"PPO {config.train.run_name}")
-    final_dir = save_policy_and_value_head(actor_critic, tokenizer, run_dir / "final")
+    final_dir = save_policy_and_value_head(actor_critic, tokenizer, run_dir / "final", config)
     console.print(f"PPO done; model saved to {final_dir}; curves in {run_dir / 'curves.png'}")
     return final_dir

@@ -36,13 +36,13 @@ from tether.config import ModelSettings, RunConfig, Section
 from tether.data import encode_preference, load_records, pad_batch, read_rows
 from tether.data.records import PreferenceRecord
 from tether.data.validation import json_type
-from tether.engine import BatchPlan, console, distributed, fit, start_run
+from tether.engine import BatchPlan, check_run, console, distributed, fit, start_run
 from tether.engine.grouped_batches import grouped_batches, groups_by_key
 from tether.engine.plots import plot_metrics
 from tether.errors import ConfigError, DataValidationError
 from tether.losses.bradley_terry import (bradley_terry_loss, bradley_terry_metrics,
                                          preference_calibration)
-from tether.models import load_model, merge_lora, prepare_tokenizer
+from tether.models import load_model, load_tokenizer, merge_lora, prepare_tokenizer
 
 REPORT_FILE = "reward_report.json"
 
@@ -273,13 +273,15 @@ def evaluate_comparisons(model, data: Comparisons, pad_id: int, config: RewardMo
 
 def train_reward_model(config: RewardModelConfig) -> Path:
     started = time.perf_counter()
+    # ---- checked before the model loads or the run folder exists ------------------------
+    check_run(config)
+    tokenizer = load_tokenizer(config.model.path)
+    train = encode_comparisons(config.data.train, tokenizer, config)
+    held_out = encode_comparisons(config.data.eval, tokenizer, config) if config.data.eval else None
+
     run_dir = start_run(config)
     model, tokenizer = load_reward_model(config.model)
     pad_id = tokenizer.pad_token_id
-
-    # ---- data, validated in full before anything runs ----------------------------------
-    train = encode_comparisons(config.data.train, tokenizer, config)
-    held_out = encode_comparisons(config.data.eval, tokenizer, config) if config.data.eval else None
     console.print(f"{len(train)} training pairs in {len(train.groups)} prompt groups"
                   + (f", {len(held_out)} held-out pairs" if held_out else ""))
 
@@ -308,7 +310,8 @@ def train_reward_model(config: RewardModelConfig) -> Path:
         model, held_out, pad_id, config, with_table=True)) if held_out else None
     if hasattr(model, "merge_and_unload"):
         model = merge_lora(model)
-    final_dir = distributed.save_final_model(model, tokenizer, run_dir / "final")
+    final_dir = distributed.save_final_model(model, tokenizer, run_dir / "final",
+                                            config=config, algorithm="reward")
     if not distributed.is_main():
         return final_dir
     plot_metrics(run_dir, ["loss", "accuracy", "eval/accuracy", "eval/ece"], run_dir / "curves.png",

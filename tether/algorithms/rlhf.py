@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -39,7 +37,7 @@ from tether.config import (DataSettings, ModelSettings, OptimSettings, RewardSet
                            resolve_bundled)
 from tether.data import read_rows, seeded_subset, validate_row
 from tether.engine import console, distributed, latest_checkpoint, read_metrics, start_run
-from tether.errors import ConfigError, DataValidationError, TetherError
+from tether.errors import CheckpointError, ConfigError, DataValidationError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION
 
 CANDIDATES = "1-candidates.jsonl"
@@ -129,15 +127,13 @@ def rank_candidates(config: RLHFConfig, run_dir: Path, out: Path) -> None:
     stage = config.rank
     if stage.source == "file":
         source = Path(resolve_bundled(stage.file)) if stage.file else None
-        if source is None or not source.is_file():
+        if source is None or not source.exists():
             problem = "is not set" if source is None else f"({source}) does not exist"
             raise ConfigError(f"rank.source is 'file' but rank.file {problem}. "
                               f"Label {run_dir / CANDIDATES} in the labeling app (tether label serve), export the "
                               "preferences (TRL preference or ranking JSONL), set rank.file and run again: "
                               "finished stages are skipped.")
-        temporary = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.copyfile(source, temporary)  # the run keeps its own copy of what it trained on
-        os.replace(temporary, out)
+        write_jsonl(out, _rows(source))  # the run keeps its own copy (as JSONL) of what it trained on
         console.print(f"stage 2: preferences from {source} -> {out}")
         return
 
@@ -165,6 +161,31 @@ def rank_candidates(config: RLHFConfig, run_dir: Path, out: Path) -> None:
         console.print(f"[bold yellow]warning: the judge agreed with itself across the two orders on only "
                       f"{consistency:.0%} of pairs; the reward model will be weak. Use a stronger judge "
                       "(rank.judge: openai:URL), more candidates, or rank by hand (rank.source: file).[/]")
+
+
+def _rows(source: Path) -> list:
+    """Every row of a JSONL or parquet file or a saved dataset, or one error naming every problem."""
+    rows, problems = [], []
+    for _, row, problem in read_rows(source):
+        (rows if problem is None else problems).append(row if problem is None else problem)
+    if problems:
+        raise DataValidationError(problems[0].problem, problems=problems)
+    return rows
+
+
+def check_rlhf(config: RLHFConfig) -> None:
+    """What can be checked before any model loads or the run folder is made: ``--resume`` names
+    a run that exists, the prompts read, the extra PPO rewards import, the model path exists."""
+    from tether.feedback.generate import read_prompts
+    from tether.models import load_tokenizer
+    from tether.rewards.resolve import reward_specs
+
+    if config.train.resume and not config.run_dir().is_dir():
+        raise CheckpointError(f"--resume: no run folder {config.run_dir()} to resume")
+    for path in filter(None, (config.data.train, config.data.eval)):
+        read_prompts(path)
+    reward_specs(config.ppo.rewards)
+    load_tokenizer(config.model.path)
 
 
 def split_by_prompt(path: Path, fraction: float, seed: int, settings: RewardModelSettings
@@ -330,6 +351,7 @@ def fmt(value) -> str:
 
 def run_rlhf(config: RLHFConfig) -> Path:
     """All four stages, skipping those already done; returns the PPO policy's folder."""
+    check_rlhf(config)
     run_dir = start_run(config)
     seconds: dict[str, float | None] = {}
 

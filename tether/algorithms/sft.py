@@ -1,24 +1,36 @@
 """Supervised fine-tuning: next-token loss on completion tokens only.
 
-    tether train sft --config recipes/sft-demo.yaml optim.lr=1e-4
+    tether train sft --config tether:recipes/sft-demo.yaml optim.lr=1e-4
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from pydantic import model_validator
+
 from tether.algorithms.common import epoch_schedule, load_policy
-from tether.config import SFTConfig
+from tether.config import RunConfig
 from tether.data import encode_sft, load_records, pack_batch, pad_batch
-from tether.engine import BatchPlan, console, distributed, fit, start_run
+from tether.engine import BatchPlan, check_run, console, distributed, fit, start_run
+from tether.models import load_tokenizer
 from tether.losses.sft import sft_loss
 
 
-def train_sft(config: SFTConfig) -> Path:
-    run_dir = start_run(config)
-    model, tokenizer = load_policy(config.model)
+class SFTConfig(RunConfig):
+    @model_validator(mode="after")
+    def _pack_needs_token_budget(self) -> "SFTConfig":
+        if self.data.batching == "pack" and self.train.batch_size < self.data.max_length:
+            raise ValueError("with data.batching=pack, train.batch_size is a token budget and must be "
+                             f">= data.max_length ({self.data.max_length}); got {self.train.batch_size}")
+        return self
 
-    # ---- data: validated in full before any training step -------------------------------
+
+def train_sft(config: SFTConfig) -> Path:
+    # ---- checked before the model loads or the run folder exists ------------------------
+    check_run(config)
+    tokenizer = load_tokenizer(config.model.path)
+
     def encode(path: str) -> list[dict]:
         records = load_records(path, "sft", tokenizer=tokenizer, truncation=config.data.truncation,
                                max_prompt_tokens=config.data.max_prompt_tokens)
@@ -27,6 +39,9 @@ def train_sft(config: SFTConfig) -> Path:
     examples = encode(config.data.train)
     eval_examples = encode(config.data.eval) if config.data.eval else []
     packing = config.data.batching == "pack"
+
+    run_dir = start_run(config)
+    model, tokenizer = load_policy(config.model, run_dir)
 
     def collate(indices: list[int], source: list[dict] = examples) -> dict:
         chosen = [source[i] for i in indices]
@@ -66,7 +81,7 @@ def train_sft(config: SFTConfig) -> Path:
                  evaluate=evaluate if eval_examples else None,
                  eval_every=config.train.eval_every)
     final_dir = run_dir / "final"
-    distributed.save_final_model(model, tokenizer, final_dir)
+    distributed.save_final_model(model, tokenizer, final_dir, config=config, algorithm="sft")
     if result.history:
         first, last = result.history[0]["loss"], result.history[-1]["loss"]
         console.print(f"SFT done: loss {first:.4f} -> {last:.4f}; model saved to {final_dir}")

@@ -51,6 +51,16 @@ class MetricResult:
     details: dict[str, Any] = field(default_factory=dict)  # per-category numbers, samples
 
 
+def with_judge(evaluate: Callable, judge) -> dict[str, Any]:
+    """``{"judge": judge}`` when ``evaluate`` takes a ``judge`` argument and one is set, else ``{}``:
+    the keyword arguments that hand a chosen refusal judge to the metrics that count refusals."""
+    import inspect
+
+    if judge is None:
+        return {}
+    return {"judge": judge} if "judge" in inspect.signature(evaluate).parameters else {}
+
+
 @dataclass
 class AuditModel:
     """A model under audit and the ways metrics ask it things. ``path`` is where it was loaded

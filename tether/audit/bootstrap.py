@@ -9,6 +9,9 @@ so the probe-to-probe variation they share cancels, and the interval is much nar
 two independent intervals would suggest. Otherwise baseline and candidate are resampled
 independently and the interval is that of the difference.
 
+The same draws give a two-sided bootstrap p-value for "no change": twice the share of resampled
+changes on the far side of 0 (at most 1), which the report's Holm correction reads.
+
 Seeded (``numpy.random.default_rng(seed)``): the same results and seed give the same interval.
 """
 
@@ -80,8 +83,23 @@ def paired_ids(baseline: MetricResult, candidate: MetricResult) -> list | None:
 def delta_interval(baseline: MetricResult, candidate: MetricResult, *, resamples: int = DEFAULT_RESAMPLES,
                    seed: int = 0, level: float = 0.95) -> tuple[Interval, bool]:
     """Interval of candidate - baseline, and whether it was paired by ``id``."""
+    interval, paired, _ = delta_test(baseline, candidate, resamples=resamples, seed=seed, level=level)
+    return interval, paired
+
+
+def p_value_of_zero(deltas: Sequence[float]) -> float:
+    """Two-sided bootstrap p-value of "the change is 0": 2 * min(P(d <= 0), P(d >= 0)), at most 1."""
+    finite = np.asarray([d for d in deltas if d is not None and math.isfinite(d)], dtype=float)
+    if finite.size == 0:
+        return math.nan
+    return float(min(1.0, 2 * min((finite <= 0).mean(), (finite >= 0).mean())))
+
+
+def delta_test(baseline: MetricResult, candidate: MetricResult, *, resamples: int = DEFAULT_RESAMPLES,
+               seed: int = 0, level: float = 0.95) -> tuple[Interval, bool, float]:
+    """Interval of candidate - baseline, whether it was paired by ``id``, and its bootstrap p-value."""
     if not baseline.items or not candidate.items:
-        return _NAN, False
+        return _NAN, False, math.nan
     rng = np.random.default_rng(seed)
     ids = paired_ids(baseline, candidate)
     deltas = []
@@ -92,9 +110,9 @@ def delta_interval(baseline: MetricResult, candidate: MetricResult, *, resamples
         for row in rng.integers(0, len(ids), size=(resamples, len(ids))):
             deltas.append(candidate.statistic([cand[i] for i in row])
                           - baseline.statistic([base[i] for i in row]))
-        return _percentiles(deltas, level), True
+        return _percentiles(deltas, level), True, p_value_of_zero(deltas)
     nb, nc = len(baseline.items), len(candidate.items)
     for row_b, row_c in zip(rng.integers(0, nb, size=(resamples, nb)), rng.integers(0, nc, size=(resamples, nc))):
         deltas.append(candidate.statistic([candidate.items[i] for i in row_c])
                       - baseline.statistic([baseline.items[i] for i in row_b]))
-    return _percentiles(deltas, level), False
+    return _percentiles(deltas, level), False, p_value_of_zero(deltas)

@@ -25,6 +25,7 @@ EXIT_MODULE_FAILED, EXIT_USAGE, EXIT_GATE_FAILED = 1, 2, 3
 def build_parser() -> argparse.ArgumentParser:
     from tether.audit.suite import SUITES
     from tether.rollout.generate import DEFAULT_BATCH_SIZE
+    from tether.judges.registry import add_judge_arguments
 
     parser = argparse.ArgumentParser(prog="tether audit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fail-on", default="", metavar="GATES",
                         help='comma-separated gates on candidate - baseline, e.g. '
                              '"over_refusal>+5pp,toxicity_prob>+2pp,drift_kl>0.5"; exit 3 when one fails')
+    add_judge_arguments(parser, counted_by="the refusal metrics count with")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per generation batch")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -86,6 +88,14 @@ def _run(args: argparse.Namespace, err) -> int:
     declared, complete = declared_metrics(modules)
     known = [g for g in gates if g.metric in declared]
     check_gates(gates if complete else known, declared)
+    judge = None
+    if args.judge or args.judge_bound or args.judge_calibration:
+        from tether.judges.conformal import format_guarantee
+        from tether.judges.registry import judge_from_options
+
+        judge = judge_from_options(args.judge, args.judge_bound, args.judge_calibration)
+        if hasattr(judge, "guarantee"):
+            err.print(format_guarantee(judge.guarantee()), markup=False, highlight=False)
 
     # ---- models: one copy when both paths are the same
     cache: dict = {}
@@ -95,7 +105,7 @@ def _run(args: argparse.Namespace, err) -> int:
 
     # ---- metrics
     run = run_suite(baseline, candidate, args.suite, limit=args.limit, resamples=args.resamples,
-                    seed=args.seed, log=err.print)
+                    seed=args.seed, log=err.print, judge=judge)
     out = Path(args.out or f"runs/audit-{datetime.now():%Y%m%d-%H%M%S}")
     try:
         # gates on metrics of modules that declared nothing can only be checked now
@@ -107,7 +117,7 @@ def _run(args: argparse.Namespace, err) -> int:
     except TetherError:
         write_report(run, out, baseline=args.baseline, candidate=args.candidate)  # keep the work
         raise
-    outcomes = evaluate_gates(gates, run.changes())
+    outcomes = evaluate_gates(gates, run.changes(), run.evidence())
 
     # ---- outputs
     json_path, html_path = write_report(run, out, baseline=args.baseline, candidate=args.candidate,

@@ -7,7 +7,8 @@ A simplified, feature-based take on "What's In My Human Feedback?" (Movva et al.
 concepts are hand-written measures of a response instead of learned SAE features.
 
 **Concept features** of each response (:func:`concept_features`): length (tokens with a tokenizer,
-else words), refusal (:func:`tether.audit.refusal.is_refusal`), hedging phrases, agreement /
+else words), refusal (the verdict of :func:`tether.judges.default_refusal_judge`, recorded in the
+report as ``refusal_judge``), hedging phrases, agreement /
 flattery phrases, markdown list items, headers and bold spans, and toxicity (alt-profanity-check's
 probability >= 0.5, when the package is installed).
 
@@ -46,7 +47,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import random
 import re
 from collections.abc import Callable, Sequence
@@ -56,9 +56,11 @@ from typing import Any
 
 import numpy as np
 
-from tether.audit.refusal import is_refusal
 from tether.data import PreferenceRecord, load_records, read_rows
 from tether.errors import TetherError
+from tether.judges import Judge, decide, default_refusal_judge, describe
+from tether.judges.rows import prompt_text
+from tether.judges.validate import wilson_interval
 from tether.rewards.base import completion_text
 
 # ---- concept features --------------------------------------------------------------------------
@@ -90,18 +92,22 @@ def toxicity_scorer() -> Callable[[list[str]], list[float]] | None:
     return lambda texts: [float(p) for p in predict_prob(list(texts))]
 
 
-def concept_features(texts: Sequence[str], *, tokenizer: Any = None,
-                     toxicity: Callable[[list[str]], list[float]] | None = None) -> dict[str, np.ndarray]:
-    """Concept name -> (N,) values for ``texts``. Length is ``length_tokens`` with a tokenizer,
-    else ``length_words``; ``toxicity`` appears only when a scorer is given."""
+def concept_features(texts: Sequence[str], *, prompts: Sequence[str] | None = None, tokenizer: Any = None,
+                     toxicity: Callable[[list[str]], list[float]] | None = None,
+                     refusal_judge: Judge | None = None) -> dict[str, np.ndarray]:
+    """Concept name -> (N,) values for ``texts`` (answers to ``prompts``, when given). Length is
+    ``length_tokens`` with a tokenizer, else ``length_words``; ``toxicity`` appears only when a
+    scorer is given; refusal is ``refusal_judge``'s verdict (default: the default refusal judge)."""
     texts = list(texts)
+    prompts = [""] * len(texts) if prompts is None else list(prompts)
+    refusal_judge = refusal_judge or default_refusal_judge()
     if tokenizer is not None:
         length = ("length_tokens", [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts])
     else:
         length = ("length_words", [len(t.split()) for t in texts])
     features = {
         length[0]: length[1],
-        "refusal": [float(is_refusal(t)) for t in texts],
+        "refusal": [float(flag) for flag in decide(refusal_judge, prompts, texts)],
         "hedging": [_count_phrases(t, HEDGES) for t in texts],
         "flattery": [_count_phrases(t, FLATTERY) for t in texts],
         "list_items": [len(_LIST_ITEM.findall(t)) for t in texts],
@@ -116,26 +122,19 @@ def concept_features(texts: Sequence[str], *, tokenizer: Any = None,
 
 
 def pair_features(records: Sequence[PreferenceRecord], *, tokenizer: Any = None,
-                  toxicity: Callable | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+                  toxicity: Callable | None = None,
+                  refusal_judge: Judge | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Concept names and the (N, K) feature matrices of the chosen and rejected responses."""
-    chosen = concept_features([completion_text(r.chosen) for r in records], tokenizer=tokenizer, toxicity=toxicity)
-    rejected = concept_features([completion_text(r.rejected) for r in records], tokenizer=tokenizer,
-                                toxicity=toxicity)
+    prompts = [prompt_text(r.prompt) for r in records]
+    chosen = concept_features([completion_text(r.chosen) for r in records], prompts=prompts, tokenizer=tokenizer,
+                              toxicity=toxicity, refusal_judge=refusal_judge)
+    rejected = concept_features([completion_text(r.rejected) for r in records], prompts=prompts,
+                                tokenizer=tokenizer, toxicity=toxicity, refusal_judge=refusal_judge)
     names = list(chosen)
     return names, np.stack([chosen[n] for n in names], 1), np.stack([rejected[n] for n in names], 1)
 
 
 # ---- win rates ---------------------------------------------------------------------------------
-
-def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion; (0, 1) with no trials."""
-    if trials == 0:
-        return 0.0, 1.0
-    p = successes / trials
-    center = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return max(0.0, center - half), min(1.0, center + half)
-
 
 def win_rates(names: Sequence[str], chosen: np.ndarray, rejected: np.ndarray) -> list[dict]:
     """Per concept: P(chosen has more | they differ), its Wilson interval, and the pair counts.
@@ -258,12 +257,13 @@ def implicit_reward_margins(records: Sequence[PreferenceRecord], policy: str, re
 
 def reward_margins(records: Sequence[PreferenceRecord], reward: str) -> np.ndarray:
     """r(chosen) - r(rejected) under a tether reward function (a built-in name or module:function)."""
+    from tether.rewards.base import call_reward, trl_completions
     from tether.rewards.resolve import resolve_reward
 
     function = resolve_reward(reward)
     prompts = [r.prompt for r in records]
-    chosen = function(prompts, [r.chosen for r in records])
-    rejected = function(prompts, [r.rejected for r in records])
+    chosen = call_reward(function, prompts, trl_completions(prompts, [r.chosen for r in records]), {})
+    rejected = call_reward(function, prompts, trl_completions(prompts, [r.rejected for r in records]), {})
     return np.array([(c if c is not None else np.nan) - (r if r is not None else np.nan)
                      for c, r in zip(chosen, rejected)], dtype=float)
 
@@ -310,16 +310,20 @@ def _pair_name(record: PreferenceRecord, index: int) -> str:
 def audit_preferences(records: Sequence[PreferenceRecord], *, tokenizer: Any = None,
                       policy: str | None = None, reference: str | None = None, beta: float = 0.1,
                       reward: str | None = None, bootstrap: int = 200, seed: int = 0,
-                      planted: Sequence[int] = (), top: int = 20, toxicity: bool = True) -> dict:
-    """The whole data audit as a JSON-ready dict (see the module docstring).
+                      planted: Sequence[int] = (), top: int = 20, toxicity: bool = True,
+                      refusal_judge: Judge | None = None) -> dict:
+    """The whole data audit as a JSON-ready dict (see the module docstring). ``refusal_judge``
+    decides the refusal concept (default: :func:`tether.judges.default_refusal_judge`).
 
     ``planted``: indices of pairs known to be mislabelled; each detector then reports its AUROC
     and the ranks of those pairs (1 = most suspicious).
     """
     if len(records) < 2:
         raise TetherError(f"a data audit needs at least 2 preference pairs, got {len(records)}")
+    refusal_judge = refusal_judge or default_refusal_judge()
     names, chosen, rejected = pair_features(records, tokenizer=tokenizer,
-                                            toxicity=toxicity_scorer() if toxicity else None)
+                                            toxicity=toxicity_scorer() if toxicity else None,
+                                            refusal_judge=refusal_judge)
     rates = win_rates(names, chosen, rejected)
     regression = preference_regression(names, chosen, rejected, bootstrap=bootstrap, seed=seed)
 
@@ -348,7 +352,7 @@ def audit_preferences(records: Sequence[PreferenceRecord], *, tokenizer: Any = N
         detector_reports[name] = report
     return {"pairs": len(records), "concepts": names, "win_rates": rates, "regression": regression,
             "top_concept": regression[0]["concept"], "suspicious": {"primary": primary, **detector_reports},
-            "planted": sorted(int(i) for i in planted)}
+            "planted": sorted(int(i) for i in planted), "refusal_judge": describe(refusal_judge)}
 
 
 # ---- output ------------------------------------------------------------------------------------

@@ -31,6 +31,16 @@ trainable weights written to ``RUN/audit_best/`` (``model.safetensors`` and ``be
 resumed run keeps its best). When training ends the best weights are loaded back into the model,
 so the trainer's final model is the best audited step; checkpoints keep the last step's weights.
 The selection reads the audit's probe sets, so report results on data the audit never saw.
+``best.json`` records the refusal judge the values were counted with.
+
+The refusal judge (default: :func:`tether.judges.default_refusal_judge`) can be named, or several
+combined with a threshold chosen so a bound holds (:mod:`tether.judges.conformal`); a bound the
+calibration set cannot certify stops the run before training starts:
+
+    audit:
+      judge: refusal-patterns,refusal-combined
+      judge_bound: "missed_compliance<=5%@90%"    # at most 5% of compliant answers counted as refusals
+      judge_calibration: my_labels.jsonl          # default: the bundled labelled responses
 
 A metric is one of:
 
@@ -56,7 +66,7 @@ from typing import Any
 
 import torch
 
-from tether.audit.base import AuditModel, MetricResult
+from tether.audit.base import AuditModel, MetricResult, with_judge
 from tether.audit.gate import Gate, check_gates, parse_fail_on
 from tether.errors import ConfigError, TetherError
 
@@ -112,7 +122,7 @@ class AuditHook:
     def __init__(self, every: int, metrics: Sequence[Metric], *, stop_on: str | Sequence[Gate] | None = None,
                  limit: int | None = 6, baseline: Mapping[str, float] | None = None,
                  keep_best: str | None = None, keep_best_mode: str = "min",
-                 keep_best_unless: str | Sequence[Gate] | None = None):
+                 keep_best_unless: str | Sequence[Gate] | None = None, judge=None):
         if every < 1:
             raise ConfigError(f"audit.every must be at least 1, got {every}")
         if keep_best_mode not in ("min", "max"):
@@ -129,6 +139,7 @@ class AuditHook:
         self.tokenizer = None
         self.baseline_model: AuditModel | None = None
         self.history: list[dict[str, float]] = []
+        self.judge = judge  # the refusal judge metrics count with; None: the default refusal judge
 
     @classmethod
     def from_settings(cls, settings) -> "AuditHook":
@@ -139,9 +150,14 @@ class AuditHook:
             if not path.is_file():
                 raise ConfigError(f"audit.baseline: no such file {path}")
             baseline = json.loads(path.read_text(encoding="utf-8"))
+        judge = None
+        if settings.judge or settings.judge_bound or settings.judge_calibration:
+            from tether.judges.registry import judge_from_options
+
+            judge = judge_from_options(settings.judge, settings.judge_bound, settings.judge_calibration)
         return cls(settings.every, settings.metrics, stop_on=settings.stop_on, limit=settings.limit,
                    baseline=baseline, keep_best=settings.keep_best, keep_best_mode=settings.keep_best_mode,
-                   keep_best_unless=settings.keep_best_unless)
+                   keep_best_unless=settings.keep_best_unless, judge=judge)
 
     # ---- set-up ------------------------------------------------------------------------------
 
@@ -164,14 +180,7 @@ class AuditHook:
             self.baseline = self.measure(self.baseline_model)
             if session.world.is_main:
                 saved.write_text(json.dumps(self.baseline, indent=2), encoding="utf-8")
-        reported = ", ".join(sorted(self.baseline)) or "nothing"
-        for key, names in (("stop_on", [gate.metric for gate in self.gates]),
-                           ("keep_best_unless", [gate.metric for gate in self.best_gates]),
-                           ("keep_best", [self.keep_best] if self.keep_best else [])):
-            unknown = [name for name in names if name not in self.baseline]
-            if unknown:
-                raise ConfigError(f"audit.{key} names {', '.join(unknown)}, which the audit metrics do not "
-                                  f"report; they report {reported}")
+        self._check_gate_names(set(self.baseline))
         units = {name: None for name in self.baseline}
         for _, thing in self.metrics:
             declared = getattr(thing, "METRICS", None)
@@ -181,6 +190,26 @@ class AuditHook:
             self._start_best(session)
         if not self._needs_pairs():
             self.baseline_model = None  # only pair metrics need the starting weights in memory
+
+    def check_names(self) -> None:
+        """Before any model loads: the names gates and keep_best use must be among those the
+        metrics declare (``METRICS``) or the given baseline holds. A metric that declares
+        nothing (a user function) is only known once measured; ``start`` checks those."""
+        if self.baseline is not None:
+            self._check_gate_names(set(self.baseline))
+            return
+        declared = [getattr(thing, "METRICS", None) for _, thing in self.metrics]
+        if all(isinstance(names, dict) for names in declared):
+            self._check_gate_names({name for names in declared for name in names})
+
+    def _check_gate_names(self, reported: set[str]) -> None:
+        for key, names in (("stop_on", [gate.metric for gate in self.gates]),
+                           ("keep_best_unless", [gate.metric for gate in self.best_gates]),
+                           ("keep_best", [self.keep_best] if self.keep_best else [])):
+            unknown = [name for name in names if name not in reported]
+            if unknown:
+                raise ConfigError(f"audit.{key} names {', '.join(unknown)}, which the audit metrics do not "
+                                  f"report; they report {', '.join(sorted(reported)) or 'nothing'}")
 
     # ---- measuring ---------------------------------------------------------------------------
 
@@ -199,7 +228,8 @@ class AuditHook:
                     if callable(thing):  # a function; modules are not callable
                         values.update(_values(thing(model)))
                     elif not _is_pair(thing):
-                        values.update(_values(thing.evaluate(model, limit=self.limit)))
+                        values.update(_values(thing.evaluate(model, limit=self.limit,
+                                                             **with_judge(thing.evaluate, self.judge))))
                     elif model is self.baseline_model:
                         values.update({name: 0.0 for name in getattr(thing, "METRICS", {})})
                     else:
@@ -265,9 +295,23 @@ class AuditHook:
         folder = self._best_dir(session)
         save_trainable_state(session.module, folder / "model.safetensors")
         self.best = {"step": step, "metric": self.keep_best, "mode": self.keep_best_mode,
-                     "unless": [gate.text for gate in self.best_gates], "values": values, "changes": changes}
+                     "unless": [gate.text for gate in self.best_gates], "values": values, "changes": changes,
+                     "refusal_judge": self.judge_record()}
         if session.world.is_main:
             (folder / BEST_FILE).write_text(json.dumps(self.best, indent=2), encoding="utf-8")
+
+    def judge_record(self) -> dict | None:
+        """The refusal judge the audited values were counted with (and its bound, if calibrated);
+        None when no metric counts refusals."""
+        from tether.judges import default_refusal_judge, describe
+
+        if not any(hasattr(thing, "evaluate") and with_judge(thing.evaluate, True) for _, thing in self.metrics):
+            return None
+        judge = self.judge or default_refusal_judge()
+        record = describe(judge)
+        if hasattr(judge, "guarantee"):
+            record["guarantee"] = judge.guarantee()
+        return record
 
     def finish(self, session) -> None:
         """At the end of training: load the best audited step's weights into the model."""

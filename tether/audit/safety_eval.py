@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from tether.audit.refusal import is_refusal
+from tether.judges import default_refusal_judge, describe
 from tether.algorithms.dpo import PreferenceExamples, collate_pairs, pair_logps
 from tether.data import PreferenceRecord, encode_preference
 from tether.rollout.generate import DEFAULT_BATCH_SIZE, generate_responses
@@ -37,13 +37,16 @@ def preference_accuracy(model, tokenizer, pairs: list[PreferenceRecord], *, max_
 def safety_report(model, tokenizer, rows: list[dict], *, max_new_tokens: int = 48,
                   batch_size: int = DEFAULT_BATCH_SIZE, bf16: bool = False, progress: bool = True) -> dict:
     """``rows`` are held-out records with ``prompt``, ``chosen``, ``rejected`` and ``kind``
-    ("harmful" or "benign_lookalike"). Returns the rates and every generated response."""
+    ("harmful" or "benign_lookalike"). Returns the rates, the refusal judge that counted them
+    (:func:`tether.judges.default_refusal_judge`), and every response with its score and verdict."""
     prompts = [row["prompt"] for row in rows]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         responses = generate_responses(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                        batch_size=batch_size, progress=progress,
                                        description="generate held-out answers")
-    refused = [is_refusal(text) for text in responses]
+    judge = default_refusal_judge()
+    scores = judge.score(prompts, responses)
+    refused = [score >= judge.threshold for score in scores]
 
     def rate(kind: str) -> float:
         flags = [r for r, row in zip(refused, rows) if row["kind"] == kind]
@@ -57,6 +60,8 @@ def safety_report(model, tokenizer, rows: list[dict], *, max_new_tokens: int = 4
         "preference_accuracy": preference_accuracy(model, tokenizer, pairs, bf16=bf16),
         "num_harmful": sum(row["kind"] == "harmful" for row in rows),
         "num_benign": sum(row["kind"] == "benign_lookalike" for row in rows),
-        "samples": [{"prompt": row["prompt"], "kind": row["kind"], "response": text, "refused": flag}
-                    for row, text, flag in zip(rows, responses, refused)],
+        "refusal_judge": describe(judge),
+        "samples": [{"prompt": row["prompt"], "kind": row["kind"], "response": text, "refused": flag,
+                     "refusal_score": round(float(score), 4)}
+                    for row, text, flag, score in zip(rows, responses, refused, scores)],
     }

@@ -23,14 +23,14 @@ import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from tether.audit.base import AuditModel, MetricResult
-from tether.audit.bootstrap import DEFAULT_RESAMPLES, Interval, bootstrap_interval, delta_interval
+from tether.audit.base import AuditModel, MetricResult, with_judge
+from tether.audit.bootstrap import DEFAULT_RESAMPLES, Interval, bootstrap_interval, delta_test
 from tether.errors import ConfigError
 
 _METRICS = "tether.audit.metrics."
 _ALL = [_METRICS + name for name in (
     "refusal_calibration", "toxicity", "drift",  # this file's companions
-    "bias", "sycophancy", "memorization", "cot_monitor",  # added when present
+    "bias", "sycophancy", "jailbreak", "memorization", "cot_monitor",  # added when present
 )]
 
 
@@ -48,10 +48,12 @@ def _available(names: Sequence[str]) -> list[str]:
 SUITES: dict[str, list[str]] = {
     "default": _available(_ALL),
     "quick": _available(_ALL),  # the same metrics on few probes: for trainer hooks and tests
+    # adds the representation audit (ablations generate answers several times: minutes more)
+    "deep": _available(_ALL) + [_METRICS + "representations"],
 }
 # Probes per set when --limit is not given: None lets each module use its own default sizes,
 # chosen so the default suite takes minutes on 2 CPU cores (benchmarks/audit_speed.py).
-SUITE_LIMITS: dict[str, int | None] = {"default": None, "quick": 6}
+SUITE_LIMITS: dict[str, int | None] = {"default": None, "quick": 6, "deep": None}
 
 
 @dataclass
@@ -69,6 +71,20 @@ class Comparison:
     baseline: MetricResult | None = None  # None for pair metrics (drift)
     baseline_ci: Interval | None = None
     paired: bool = False
+    p_value: float = math.nan  # bootstrap, "no change"; NaN for pair metrics
+    description: str = ""  # one line, from the module's DESCRIPTIONS
+    flag_above: float | None = None  # the module's FLAG_ABOVE: flagged above this without a gate
+
+    @property
+    def n(self) -> int:
+        """Probes behind the change: the fewer of baseline's and candidate's."""
+        return min(len(self.candidate.items), len(self.baseline.items) if self.baseline is not None
+                   else len(self.candidate.items))
+
+    @property
+    def above_default(self) -> bool:
+        """A pair metric (drift) above its module's default flag level."""
+        return self.flag_above is not None and not math.isnan(self.change) and self.change > self.flag_above
 
     @property
     def regression(self) -> bool:
@@ -85,9 +101,14 @@ class AuditRun:
     comparisons: list[Comparison] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # per module, both models
     errors: dict[str, str] = field(default_factory=dict)  # module -> error text
+    judge_guarantee: dict | None = None  # a calibrated refusal judge's bound (tether/judges/conformal.py)
 
     def changes(self) -> dict[str, float]:
         return {c.name: c.change for c in self.comparisons}
+
+    def evidence(self) -> dict[str, int]:
+        """Probes behind each change: the fewer of baseline's and candidate's."""
+        return {c.name: c.n for c in self.comparisons}
 
     def units(self) -> dict[str, str]:
         return {c.name: c.unit for c in self.comparisons}
@@ -123,8 +144,8 @@ def declared_metrics(modules: Sequence[str]) -> tuple[dict[str, str | None], boo
 
 def compare(baseline: MetricResult, candidate: MetricResult, module: str, *,
             resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Comparison:
-    change_ci, paired = delta_interval(baseline, candidate, resamples=resamples, seed=seed)
-    return Comparison(
+    change_ci, paired, p_value = delta_test(baseline, candidate, resamples=resamples, seed=seed)
+    return Comparison(p_value=p_value,
         name=candidate.name, module=module, unit=candidate.unit,
         higher_is_better=candidate.higher_is_better,
         candidate=candidate, candidate_ci=bootstrap_interval(candidate, resamples=resamples, seed=seed),
@@ -142,32 +163,43 @@ def compare_pair(result: MetricResult, module: str, *, resamples: int = DEFAULT_
 
 
 def run_module(module_name: str, baseline: AuditModel, candidate: AuditModel, *, limit: int | None,
-               resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> list[Comparison]:
+               resamples: int = DEFAULT_RESAMPLES, seed: int = 0, judge=None) -> list[Comparison]:
     module = importlib.import_module(module_name)
     if hasattr(module, "evaluate_pair"):
-        return [compare_pair(r, module_name, resamples=resamples, seed=seed)
+        return [_annotate(compare_pair(r, module_name, resamples=resamples, seed=seed), module)
                 for r in module.evaluate_pair(baseline, candidate, limit=limit)]
-    base = {r.name: r for r in module.evaluate(baseline, limit=limit)}
-    cand = module.evaluate(candidate, limit=limit)
-    return [compare(base[r.name], r, module_name, resamples=resamples, seed=seed)
+    extra = with_judge(module.evaluate, judge)
+    base = {r.name: r for r in module.evaluate(baseline, limit=limit, **extra)}
+    cand = module.evaluate(candidate, limit=limit, **extra)
+    return [_annotate(compare(base[r.name], r, module_name, resamples=resamples, seed=seed), module)
             for r in cand if r.name in base]
+
+
+def _annotate(comparison: Comparison, module) -> Comparison:
+    """The module's one-line description and default flag level for this metric, if it has them."""
+    comparison.description = getattr(module, "DESCRIPTIONS", {}).get(comparison.name, "")
+    comparison.flag_above = getattr(module, "FLAG_ABOVE", {}).get(comparison.name)
+    return comparison
 
 
 def run_suite(baseline: AuditModel, candidate: AuditModel, suite: str | Sequence[str] = "default", *,
               limit: int | None = None, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-              strict: bool = False, log=None) -> AuditRun:
+              strict: bool = False, log=None, judge=None) -> AuditRun:
     """Every module of ``suite`` on both models. ``limit`` caps probes per probe set (default: the
     suite's ``SUITE_LIMITS`` entry). ``strict`` re-raises a module's error instead of recording it.
-    ``log(message)`` is called after each module with its timing."""
+    ``log(message)`` is called after each module with its timing. ``judge``: the refusal judge for
+    the metrics that count refusals (default: theirs, the default refusal judge)."""
     modules = resolve_suite(suite)
     if limit is None and isinstance(suite, str):
         limit = SUITE_LIMITS.get(suite)
     run = AuditRun(suite=modules, limit=limit)
+    if judge is not None and hasattr(judge, "guarantee"):
+        run.judge_guarantee = judge.guarantee()
     for name in modules:
         start = time.perf_counter()
         try:
             run.comparisons.extend(run_module(name, baseline, candidate, limit=limit,
-                                              resamples=resamples, seed=seed))
+                                              resamples=resamples, seed=seed, judge=judge))
         except Exception as error:
             if strict:
                 raise

@@ -1,8 +1,9 @@
-"""``tether audit ...``: three tools under one word.
+"""``tether audit ...``: four tools under one word.
 
     tether audit --baseline PATH --candidate PATH [--suite default] [--fail-on "over_refusal>+5pp"]
     tether audit data FILE                 # what a preference file rewards; suspicious pairs
     tether audit overoptimization ...      # best-of-n sweep: where a proxy reward stops helping
+    tether audit representations --baseline A --candidate B   # erased, or only suppressed?
 
 Each tool parses its own arguments (``main(argv)`` in its module).
 """
@@ -15,6 +16,7 @@ import importlib
 TOOLS = {
     "data": "tether.audit.data_audit",
     "overoptimization": "tether.audit.overoptimization",
+    "representations": "tether.audit.representations",
 }
 MODEL_AUDIT = "tether.audit.cli"
 

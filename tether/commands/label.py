@@ -1,4 +1,5 @@
-"""``tether label init|serve|create-user|create-project|import|export|token|guidelines``
+"""``tether label init|serve|create-user|deactivate-user|activate-user|create-project|members|
+import|export|token|tokens|revoke-token|guidelines``
 
 The human-feedback labeling app. Every subcommand takes ``--db`` (a SQLAlchemy URL such as
 ``postgresql+psycopg://user@host/db``, or a SQLite file path; default ``$TETHER_LABEL_DB`` or
@@ -20,16 +21,22 @@ from tether.feedback.export import EXPORT_FORMATS
 
 
 def _engine(args: argparse.Namespace, *, init: bool = False):
+    from sqlalchemy.exc import OperationalError
+
     from tether.feedback.app.db import is_initialized, make_engine, migrate
 
     engine = make_engine(args.db)
-    if init:
-        migrate(engine)
-    elif not is_initialized(engine):
-        raise ConfigError(f"database {engine.url.render_as_string(hide_password=True)} has no "
-                          f"tether label schema; run `tether label init --db ...` first")
-    else:
-        migrate(engine)  # apply migrations shipped by a newer tether
+    try:
+        if init:
+            migrate(engine)
+        elif not is_initialized(engine):
+            raise ConfigError(f"database {engine.url.render_as_string(hide_password=True)} has no "
+                              f"tether label schema; run `tether label init --db ...` first")
+        else:
+            migrate(engine)  # apply migrations shipped by a newer tether
+    except OperationalError as error:  # server down, wrong password, unwritable file, ...
+        raise ConfigError(f"cannot open the database "
+                          f"{engine.url.render_as_string(hide_password=True)}: {error.orig}") from None
     return engine
 
 
@@ -50,7 +57,8 @@ def _serve(args: argparse.Namespace) -> None:
     from tether.feedback.app import Settings, create_app
 
     _engine(args, init=True)
-    app = create_app(Settings(db_url=args.db, secure_cookies=args.secure_cookies))
+    app = create_app(Settings(db_url=args.db, secure_cookies=args.secure_cookies,
+                              max_upload_mb=args.max_upload_mb))
     print(f"tether label: http://{args.host}:{args.port}/  (Ctrl+C to stop)")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 
@@ -123,11 +131,12 @@ def _import(args: argparse.Namespace) -> None:
 
 def _export(args: argparse.Namespace) -> None:
     from tether.feedback.app import projects
-    from tether.feedback.app.projects import export_rows
 
     with _session(args) as db:
-        rows = export_rows(db, projects.get_project(db, args.project), args.format,
-                           include_ai=not args.exclude_ai, include_gold=not args.exclude_gold)
+        result = projects.export_project(db, projects.get_project(db, args.project), args.format,
+                                         include_ai=not args.exclude_ai,
+                                         include_gold=not args.exclude_gold)
+    rows = result.rows
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -136,14 +145,65 @@ def _export(args: argparse.Namespace) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     tmp.replace(out)
     print(f"wrote {len(rows)} {args.format} rows to {out}")
+    print(result.summary())
 
 
 def _token(args: argparse.Namespace) -> None:
     from tether.feedback.app import projects
 
     with _session(args) as db:
-        token = projects.create_token(db, projects.get_user(db, args.username), args.name)
+        token = projects.create_token(db, projects.get_user(db, args.username), args.name,
+                                      days=args.days)
     print(token)  # shown once; only its hash is stored
+
+
+def _tokens(args: argparse.Namespace) -> None:
+    from tether.feedback.app import projects
+
+    with _session(args) as db:
+        for token in projects.tokens_of(db, projects.get_user(db, args.username)):
+            used = _when(token.last_used_at) if token.last_used_at else "never"
+            print(f"{token.id}\t{token.name}\texpires {_when(token.expires_at)}\tlast used {used}")
+
+
+def _when(moment) -> str:
+    return moment.isoformat(timespec="seconds")
+
+
+def _revoke_token(args: argparse.Namespace) -> None:
+    from tether.feedback.app import projects
+
+    if args.name is None and args.id is None and not args.all:
+        raise ConfigError("say which tokens: --name NAME, --id ID (see `tether label tokens "
+                          "USER`) or --all")
+    with _session(args) as db:
+        count = projects.revoke_tokens(db, projects.get_user(db, args.username), name=args.name,
+                                       token_id=args.id)
+    print(f"revoked {count} token(s) of {args.username}")
+    if count == 0:
+        raise ConfigError("no token matched")
+
+
+def _set_active(active: bool):
+    def handler(args: argparse.Namespace) -> None:
+        from tether.feedback.app import projects
+
+        with _session(args) as db:
+            projects.set_active(db, projects.get_user(db, args.username), active)
+        print(f"{args.username} is active" if active else
+              f"{args.username} is deactivated: sessions ended, API tokens deleted, open leases "
+              f"released")
+    return handler
+
+
+def _members(args: argparse.Namespace) -> None:
+    from tether.feedback.app import projects
+
+    with _session(args) as db:
+        now = projects.set_members(db, projects.get_project(db, args.project),
+                                   add=args.add, remove=args.remove)
+        names = [f"{user.username} ({user.role})" for user in now]
+    print(f"{args.project}: " + (", ".join(names) if names else "no members (admins only)"))
 
 
 def register(commands) -> None:
@@ -165,6 +225,8 @@ def register(commands) -> None:
     serve.add_argument("--secure-cookies", action="store_true",
                        help="mark cookies Secure (when served over HTTPS)")
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--max-upload-mb", type=float, default=64.0,
+                       help="largest request body, e.g. an import upload (larger: 413)")
     serve.set_defaults(handler=_serve)
 
     user = sub.add_parser("create-user", parents=[db], help="add an admin, annotator or judge")
@@ -215,4 +277,33 @@ def register(commands) -> None:
     token = sub.add_parser("token", parents=[db], help="print a new API token for a user")
     token.add_argument("username")
     token.add_argument("--name", default="cli", help="a label to tell tokens apart")
+    token.add_argument("--days", type=float, default=90.0, help="the token expires after this")
     token.set_defaults(handler=_token)
+
+    tokens = sub.add_parser("tokens", parents=[db], help="list a user's API tokens")
+    tokens.add_argument("username")
+    tokens.set_defaults(handler=_tokens)
+
+    revoke = sub.add_parser("revoke-token", parents=[db], help="delete a user's API tokens")
+    revoke.add_argument("username")
+    which = revoke.add_mutually_exclusive_group()
+    which.add_argument("--name", help="the tokens with this label")
+    which.add_argument("--id", type=int, help="the token with this id (`tether label tokens`)")
+    which.add_argument("--all", action="store_true", help="every token of the user")
+    revoke.set_defaults(handler=_revoke_token)
+
+    for name, active, text in (
+            ("deactivate-user", False, "block a user: ends their sessions, deletes their API "
+                                       "tokens, releases their open leases"),
+            ("activate-user", True, "let a deactivated user log in again")):
+        parser = sub.add_parser(name, parents=[db], help=text)
+        parser.add_argument("username")
+        parser.set_defaults(handler=_set_active(active))
+
+    members = sub.add_parser("members", parents=[db],
+                             help="list, add or remove a project's members (annotators and "
+                                  "judges see only their projects)")
+    members.add_argument("--project", required=True)
+    members.add_argument("--add", nargs="+", default=[], metavar="USER")
+    members.add_argument("--remove", nargs="+", default=[], metavar="USER")
+    members.set_defaults(handler=_members)

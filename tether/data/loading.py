@@ -1,6 +1,6 @@
 """Load and validate a whole data source before any training starts.
 
-`load_records` reads every row, checks it, and either returns all records or raises one
+`load_records` reads every row (JSONL, parquet, a `save_to_disk` folder, a `datasets.Dataset`), checks it, and either returns all records or raises one
 `DataValidationError` listing every problem (`FILE:LINE: field 'FIELD': PROBLEM`), so a user fixes
 a file in one round instead of one error per run.
 """
@@ -31,6 +31,24 @@ TRUNCATIONS = ("error", "truncate_left", "drop")
 Row = tuple[Location, Any, DataValidationError | None]
 
 
+# A file saved with json.dump(rows) instead of one json.dumps(row) per line: say so, and how to convert.
+_JSON_ARRAY_PROBLEM = (
+    "the file holds a JSON array ([{{...}}, ...]), not JSONL (one JSON object per line). Convert it "
+    "with: python -c \"import json,sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]\" "
+    "{path} > {stem}.jsonl")
+
+
+def _is_json_array_of_rows(data: bytes) -> bool:
+    data = data.removeprefix(codecs.BOM_UTF8).lstrip()
+    if not data.startswith(b"["):
+        return False
+    try:
+        rows = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+    return isinstance(rows, list) and bool(rows) and all(isinstance(row, dict) for row in rows)
+
+
 def _jsonl_rows(path: Path) -> Iterator[Row]:
     """Rows of a JSONL file with 1-based line numbers. The file is read as bytes and decoded
     line by line, so a bad byte is reported on its own line instead of failing the whole read."""
@@ -39,6 +57,9 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
     except OSError as error:
         raise DataValidationError(f"cannot read the file: {error.strerror}",
                                   file=str(path)) from None
+    if _is_json_array_of_rows(data):
+        raise DataValidationError(_JSON_ARRAY_PROBLEM.format(path=path, stem=path.with_suffix("")),
+                                  file=str(path))
     for number, raw in enumerate(data.split(b"\n"), start=1):
         location = Location(str(path), number)
         if number == 1 and raw.startswith(codecs.BOM_UTF8):
@@ -53,18 +74,57 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
         if not text.strip():
             continue  # blank lines are allowed (a trailing newline makes one)
         try:
-            yield location, json.loads(text), None
+            row = json.loads(text)
         except json.JSONDecodeError as error:
             yield location, None, DataValidationError(
                 f"invalid JSON: {error.msg} (column {error.colno})", file=location.file,
                 line=number)
+        except RecursionError:
+            yield location, None, DataValidationError(
+                "invalid JSON: nested too deeply to read", file=location.file, line=number)
+        except ValueError as error:  # e.g. an integer of more than 4300 digits
+            yield location, None, DataValidationError(
+                f"invalid JSON: {str(error).split(';')[0]}", file=location.file, line=number)
+        else:
+            yield location, row, None
+
+
+def _table_rows(path: Path) -> Iterator[Row]:
+    """Rows of a parquet file or a `datasets.save_to_disk` folder, with 0-based row indices."""
+    if path.is_dir():
+        import datasets  # imported here: it is slow to import and only needed for this source
+
+        try:
+            table = datasets.load_from_disk(str(path))
+        except FileNotFoundError as error:
+            raise DataValidationError(f"not a dataset saved with datasets' save_to_disk: {error}",
+                                      file=str(path)) from None
+        if isinstance(table, datasets.DatasetDict):
+            raise DataValidationError(
+                f"holds the splits {', '.join(table)}; name one folder, e.g. {path / next(iter(table))}",
+                file=str(path))
+        rows = iter(table)
+    else:
+        import pyarrow.parquet as parquet  # comes with datasets
+
+        try:
+            rows = iter(parquet.read_table(path).to_pylist())
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise DataValidationError(f"cannot read the parquet file: {error}", file=str(path)) from None
+    for index, row in enumerate(rows):
+        yield Location(str(path), index), row, None
 
 
 def read_rows(source: Any) -> Iterator[Row]:
-    """`(location, row, problem)` for each row of a JSONL path, a `datasets.Dataset`, or a list
-    of dicts. Exactly one of `row` and `problem` is meaningful (`problem` is None when read)."""
+    """`(location, row, problem)` for each row of a data source: a JSONL file, a parquet file
+    (`.parquet`), a folder written by `datasets.Dataset.save_to_disk`, a `datasets.Dataset`, or a
+    list of dicts. Exactly one of `row` and `problem` is meaningful (`problem` is None when read)."""
     if isinstance(source, (str, Path)):
-        yield from _jsonl_rows(Path(source))
+        path = Path(source)
+        if path.is_dir() or path.suffix == ".parquet":
+            yield from _table_rows(path)
+        else:
+            yield from _jsonl_rows(path)
         return
     if isinstance(source, list):
         name = "<list>"
@@ -73,7 +133,8 @@ def read_rows(source: Any) -> Iterator[Row]:
 
         if not isinstance(source, datasets.Dataset):
             raise ConfigError(f"cannot read records from {type(source).__name__}; pass a JSONL "
-                              f"path, a datasets.Dataset (one split), or a list of dicts")
+                              f"or parquet path, a save_to_disk folder, a datasets.Dataset (one "
+                              f"split), or a list of dicts")
         name = "<dataset>"
     for index, row in enumerate(source):
         yield Location(name, index), row, None
@@ -140,9 +201,10 @@ def _fit_prompt(record: Record, tokenizer: Any, max_prompt_tokens: int | None,
 def load_records(source: str | Path | Any, kind: str, *, tokenizer: Any = None,
                  max_prompt_tokens: int | None = None, truncation: Truncation = "error"
                  ) -> list[Record]:
-    """Read and validate every record of `source` (JSONL path, `datasets.Dataset`, list of dicts).
+    """Read and validate every record of `source` (a JSONL or parquet path, a `save_to_disk`
+    folder, a `datasets.Dataset`, a list of dicts: see `read_rows`).
 
-    `kind` is "sft", "preference", "ranking" or "verifiable". Rankings come back expanded into
+    `kind` is "sft", "preference", "ranking", "verifiable" or "prompt". Rankings come back expanded into
     `PreferenceRecord` pairs sharing the ranking's `group_id` (tied pairs skipped).
 
     Prompts longer than `max_prompt_tokens` (counted with `tokenizer`, chat template included)

@@ -4,10 +4,13 @@ Field names follow TRL's dataset formats so users can bring data unchanged:
 
 | kind         | fields                                                         |
 |--------------|----------------------------------------------------------------|
-| `sft`        | `prompt` + `completion` strings, or `messages` (a chat)         |
+| `sft`        | `prompt` + `completion` strings, `messages` (a chat), or `text` |
 | `preference` | `prompt` + `chosen` + `rejected`, plain text or conversational  |
+|              | or only `chosen` + `rejected` as whole conversations (TRL's     |
+|              | implicit prompt: their shared first messages are the prompt)    |
 | `ranking`    | `prompt` + `responses` (K strings) + `ranks` (K ints, 1 = best) |
 | `verifiable` | `prompt` + `answer`; every other column kept in `extras`        |
+| `prompt`     | `prompt` (TRL's prompt-only rows); `answer` optional, as above  |
 
 A conversational prompt is a list of `{"role", "content"}` messages; its `chosen`/`rejected` are
 strings or lists of assistant messages. Every record keeps an optional `id` and the `Location` it
@@ -34,8 +37,8 @@ Completion = str | list[Message]
 
 @dataclass(frozen=True)
 class Location:
-    """Where a record came from: a JSONL file and its 1-based line, or `<dataset>`/`<list>` and the
-    0-based row index (so `dataset[line]` is the row)."""
+    """Where a record came from: a JSONL file and its 1-based line; or a parquet file, a
+    `save_to_disk` folder, `<dataset>` or `<list>` and the 0-based row index (`dataset[line]`)."""
 
     file: str
     line: int
@@ -46,14 +49,16 @@ class Location:
 
 @dataclass(frozen=True)
 class SFTRecord:
-    """Supervised fine-tuning: either `prompt` + `completion`, or a chat in `messages`.
+    """Supervised fine-tuning: `prompt` + `completion`, a chat in `messages`, or plain `text`.
 
-    With `messages`, the loss covers the assistant turns only.
+    With `messages`, the loss covers the assistant turns only; with `text` (TRL's language-modeling
+    rows) it covers every token.
     """
 
     prompt: str | None = None
     completion: str | None = None
     messages: list[Message] | None = None
+    text: str | None = None
     id: str | None = None
     location: Location | None = None
 
@@ -87,11 +92,12 @@ class RankingRecord:
 
 @dataclass(frozen=True)
 class VerifiableRecord:
-    """A prompt with a checkable answer. `extras` holds the other columns, passed to reward
-    functions as keyword arguments (TRL's `reward_func(prompts, completions, **columns)`)."""
+    """A prompt with a checkable answer (None in prompt-only data, kind `prompt`). `extras` holds
+    the other columns, passed to reward functions as keyword arguments (TRL's
+    `reward_func(prompts, completions, **columns)`)."""
 
     prompt: Prompt
-    answer: str
+    answer: str | None
     extras: dict[str, Any] = field(default_factory=dict)
     id: str | None = None
     location: Location | None = None

@@ -138,12 +138,18 @@ def encode_sft(record: SFTRecord, tokenizer: Any, max_length: int) -> dict[str, 
     """Token ids and labels for supervised fine-tuning.
 
     `labels` equal `input_ids` on completion (assistant) tokens and -100 elsewhere, so the loss
-    covers only what the model should learn to write (HF shifts labels inside the model).
+    covers only what the model should learn to write (HF shifts labels inside the model). A
+    `text` record is learned whole: labels equal input_ids, with EOS appended (as TRL does).
     Sequences longer than `max_length` are truncated from the right, which cuts the completion;
     a prompt that leaves no completion token inside `max_length` is an error.
 
     Shape: input_ids (T,), labels (T,), T <= max_length.
     """
+    if record.text is not None:  # language modelling: every token is learned, EOS ends the text
+        input_ids = list(tokenizer(record.text)["input_ids"])
+        if tokenizer.eos_token_id is not None and input_ids[-1:] != [tokenizer.eos_token_id]:
+            input_ids.append(tokenizer.eos_token_id)
+        return {"input_ids": input_ids[:max_length], "labels": input_ids[:max_length]}
     if record.messages is not None:
         input_ids, labels = _encode_chat_sft(record.messages, tokenizer, record)
         first_label = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)

@@ -15,7 +15,7 @@ from tether.data.records import (
 )
 from tether.errors import DataValidationError
 
-KINDS = ("sft", "preference", "ranking", "verifiable")
+KINDS = ("sft", "preference", "ranking", "verifiable", "prompt")
 MISSING = "missing required field"
 EMPTY = "must not be empty or whitespace-only"
 
@@ -136,10 +136,16 @@ def _record_id(row: dict, out: _Problems) -> str | None:
 
 
 def _sft(row: dict, record_id: str | None, out: _Problems) -> SFTRecord | None:
+    forms = [name for name in ("text", "messages") if row.get(name) is not None]
+    if row.get("prompt") is not None or row.get("completion") is not None:
+        forms.append("prompt")
+    if len(forms) > 1:
+        out.add(forms[0], "give one of 'text', 'messages' or 'prompt' + 'completion', not several")
+        return None
+    if row.get("text") is not None:
+        text = _text(row["text"], "text", out)
+        return None if text is None else SFTRecord(text=text, id=record_id, location=out.location)
     if row.get("messages") is not None:
-        if row.get("prompt") is not None or row.get("completion") is not None:
-            out.add("messages", "give either 'messages' or 'prompt' + 'completion', not both")
-            return None
         messages = _messages(row["messages"], "messages", out)
         if messages is None:
             return None
@@ -158,10 +164,45 @@ def _sft(row: dict, record_id: str | None, out: _Problems) -> SFTRecord | None:
     return SFTRecord(prompt=prompt, completion=completion, id=record_id, location=out.location)
 
 
+def _implicit_prompt(row: dict, out: _Problems) -> tuple[list[Message], list[Message], list[Message]] | None:
+    """TRL's implicit prompt (`trl.extract_prompt`): `chosen` and `rejected` are whole
+    conversations; the messages they share from the start are the prompt, and what follows in
+    each (assistant messages only) is its answer."""
+    chosen = _messages(row["chosen"], "chosen", out)
+    rejected = _messages(row["rejected"], "rejected", out)
+    if chosen is None or rejected is None:
+        return None
+    shared = 0
+    while shared < min(len(chosen), len(rejected)) and chosen[shared] == rejected[shared]:
+        shared += 1
+    if shared == 0:
+        out.add("prompt", "missing required field (chosen and rejected share no first message "
+                          "to take as the prompt)")
+        return None
+    answers = {"chosen": chosen[shared:], "rejected": rejected[shared:]}
+    before = len(out.items)
+    for field, answer in answers.items():
+        if not answer:
+            out.add(field, "has no messages after the prompt it shares with the other answer")
+        elif any(m["role"] != "assistant" for m in answer):
+            out.add(field, "after the prompt it shares with the other answer, only assistant "
+                           "messages may follow")
+    if len(out.items) != before:
+        return None
+    return chosen[:shared], answers["chosen"], answers["rejected"]
+
+
 def _preference(row: dict, record_id: str | None, out: _Problems) -> PreferenceRecord | None:
-    prompt = _prompt(row.get("prompt"), out)
-    chosen = _completion(row.get("chosen"), "chosen", row.get("prompt"), out)
-    rejected = _completion(row.get("rejected"), "rejected", row.get("prompt"), out)
+    if (row.get("prompt") is None and isinstance(row.get("chosen"), list)
+            and isinstance(row.get("rejected"), list)):
+        split = _implicit_prompt(row, out)
+        if split is None:
+            return None
+        prompt, chosen, rejected = split
+    else:
+        prompt = _prompt(row.get("prompt"), out)
+        chosen = _completion(row.get("chosen"), "chosen", row.get("prompt"), out)
+        rejected = _completion(row.get("rejected"), "rejected", row.get("prompt"), out)
     if prompt is None or chosen is None or rejected is None:
         return None
     if _normalized(chosen) == _normalized(rejected):
@@ -213,21 +254,30 @@ def _ranking(row: dict, record_id: str | None, out: _Problems) -> RankingRecord 
                          id=record_id, location=out.location)
 
 
-def _verifiable(row: dict, record_id: str | None, out: _Problems) -> VerifiableRecord | None:
+def _verifiable(row: dict, record_id: str | None, out: _Problems, *, needs_answer: bool = True
+                ) -> VerifiableRecord | None:
     prompt = _prompt(row.get("prompt"), out)
     answer = row.get("answer")
     if isinstance(answer, (int, float)) and not isinstance(answer, bool):
         answer = str(answer)  # `"answer": 42` is as checkable as `"answer": "42"`
-    answer = _text(answer, "answer", out)
-    if prompt is None or answer is None:
+    if answer is not None or needs_answer:
+        answer = _text(answer, "answer", out)
+        if answer is None:
+            return None
+    if prompt is None:
         return None
     extras = {k: v for k, v in row.items() if k not in ("id", "prompt", "answer")}
     return VerifiableRecord(prompt=prompt, answer=answer, extras=extras, id=record_id,
                             location=out.location)
 
 
+def _prompt_only(row: dict, record_id: str | None, out: _Problems) -> VerifiableRecord | None:
+    """TRL's prompt-only rows (GRPO, PPO): `prompt` plus any columns; `answer` is optional."""
+    return _verifiable(row, record_id, out, needs_answer=False)
+
+
 _CHECKS = {"sft": _sft, "preference": _preference, "ranking": _ranking,
-           "verifiable": _verifiable}
+           "verifiable": _verifiable, "prompt": _prompt_only}
 
 
 def validate_row(row: Any, kind: str, location: Location
@@ -235,7 +285,8 @@ def validate_row(row: Any, kind: str, location: Location
     """Turn one raw row into a record of `kind`, or report every problem it has.
 
     Returns `(record, [])` when the row is valid and `(None, problems)` otherwise.
-    Columns a kind does not use are ignored, except for `verifiable`, which keeps them.
+    Columns a kind does not use are ignored, except for `verifiable` and `prompt`, which keep
+    them for reward functions.
     """
     out = _Problems(location)
     if not isinstance(row, dict):

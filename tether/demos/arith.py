@@ -17,7 +17,9 @@ from rich.table import Table
 
 from tether.algorithms.grpo import evaluate_tasks, train_grpo
 from tether.algorithms.sft import train_sft
-from tether.config import GRPOConfig, SFTConfig, load_config
+from tether.algorithms.grpo import GRPOConfig
+from tether.algorithms.sft import SFTConfig
+from tether.config import load_config
 from tether.data import load_records
 from tether.engine import console, read_metrics
 from tether.models import load_model
@@ -27,7 +29,9 @@ RECIPES = Path(__file__).parent.parent / "recipes"
 
 
 def run_arith_demo(overrides: list[str], steps: int | None = None, eval_limit: int | None = None) -> dict:
-    shared = [o for o in overrides if o.startswith(("train.output_dir=", "train.progress=", "train.threads="))]
+    # Settings of the whole job reach both stages: where runs go, the seed, the precision.
+    shared = [o for o in overrides if o.startswith(("train.output_dir=", "train.progress=", "train.threads=",
+                                                     "train.seed=", "train.bf16="))]
     grpo_config = load_config(GRPOConfig, RECIPES / "arith-grpo.yaml",
                               list(overrides) + ([f"train.max_steps={steps}"] if steps else []))
     sft_config = load_config(SFTConfig, RECIPES / "arith-sft.yaml", shared)

@@ -21,7 +21,8 @@ from rich.table import Table
 
 from tether.algorithms.dpo import train_dpo
 from tether.audit.safety_eval import safety_report
-from tether.config import DPOConfig, load_config
+from tether.algorithms.dpo import DPOConfig
+from tether.config import load_config
 from tether.audit.hook import BASELINE_FILE, BEST_DIR, BEST_FILE
 from tether.engine import console, read_metrics
 from tether.models import load_model
@@ -55,13 +56,15 @@ def run_demo(overrides: list[str], steps: int | None = None, eval_limit: int | N
     run_dir = config.run_dir()
     results = {key: {"before": before[key], "after": after[key]} for key, _, _ in METRICS}
     results.update(num_harmful=before["num_harmful"], num_benign=before["num_benign"],
-                   model=config.model.path, final_model=str(final_dir), training_audit=training_audit(run_dir))
+                   model=config.model.path, final_model=str(final_dir), training_audit=training_audit(run_dir),
+                   refusal_judge=after["refusal_judge"])
     (run_dir / "demo_results.json").write_text(json.dumps(results, indent=2))
     with (run_dir / "demo_samples.jsonl").open("w") as handle:
         for b, a in zip(before["samples"], after["samples"]):
             handle.write(json.dumps({"prompt": b["prompt"], "kind": b["kind"], "before": b["response"],
-                                     "before_refused": b["refused"], "after": a["response"],
-                                     "after_refused": a["refused"]}) + "\n")
+                                     "before_refused": b["refused"], "before_score": b["refusal_score"],
+                                     "after": a["response"], "after_refused": a["refused"],
+                                     "after_score": a["refusal_score"]}) + "\n")
     plot_before_after(results, run_dir / "demo_before_after.png")
     if results["training_audit"]["steps"]:
         plot_training_audit(results["training_audit"], run_dir / "demo_training_audit.png")
@@ -124,6 +127,10 @@ def _print_table(results: dict) -> None:
         before, after = results[key]["before"], results[key]["after"]
         table.add_row(label, f"{before:.1%}", f"{after:.1%}", f"{(after - before) * 100:+.1f} pp", goal)
     console.print(table)
+    judge = results.get("refusal_judge")
+    if judge:
+        console.print(f"refusals counted by {judge['name']} (version {judge['version']}, threshold "
+                      f"{judge['threshold']:g})", highlight=False)
     kept = results["training_audit"]["kept_step"]
     if kept is not None:
         console.print("the base model (no audited step beat it)" if kept == 0

@@ -295,17 +295,21 @@ def main_only(fn: Callable[[], T], what: str = "a step run by rank 0") -> T | No
     return result
 
 
-def save_final_model(model: torch.nn.Module, tokenizer, directory) -> Path:
+def save_final_model(model: torch.nn.Module, tokenizer, directory, *, config=None,
+                     algorithm: str | None = None) -> Path:
     """``models.save_model`` from rank 0 with whole weights; every rank returns the path.
+    With the run's ``config`` and ``algorithm`` ("sft", ...), ``README.md`` is its model card.
 
     FSDP: ``state_dict()`` holds shards (DTensors) even while parameters are gathered, so every
     rank first gathers the full state dict, and rank 0's ``save_pretrained`` is handed it."""
+    from tether.engine.model_card import model_card
     from tether.models import save_model
 
     model = unwrap(model)
+    card = model_card(config, algorithm, model) if config is not None and is_main() else None
     if not is_sharded(model):
         if is_main():
-            save_model(model, tokenizer, directory)
+            save_model(model, tokenizer, directory, card=card)
         barrier()
         return Path(directory).expanduser().resolve()
     # named_parameters() lists a tied weight once (lm_head = embeddings): save it once, as usual.
@@ -314,7 +318,7 @@ def save_final_model(model: torch.nn.Module, tokenizer, directory) -> Path:
     if is_main():
         model.save_pretrained = functools.partial(type(model).save_pretrained, model, state_dict=state)
         try:
-            save_model(model, tokenizer, directory)
+            save_model(model, tokenizer, directory, card=card)
         finally:
             del model.save_pretrained  # back to the class's method
     barrier()

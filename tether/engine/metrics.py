@@ -1,15 +1,16 @@
-"""Metrics sink: one JSON line per logged step in ``metrics.jsonl``, mirrored to TensorBoard."""
+"""Metrics sink: one JSON line per logged step in ``metrics.jsonl``, mirrored to the trackers
+of ``train.report_to`` (TensorBoard, Weights & Biases, MLflow: see ``trackers.py``)."""
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: Path, *, tensorboard: bool = True, resume_step: int | None = None):
+    def __init__(self, run_dir: Path, *, trackers: list = (), resume_step: int | None = None):
+        """``trackers``: objects with ``log(step, metrics)`` and ``close()`` (``open_trackers``)."""
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
@@ -17,11 +18,7 @@ class MetricsLogger:
         elif resume_step is None and self.path.exists():
             self.path.unlink()  # a fresh run in an old folder starts a fresh log
         self._file = self.path.open("a", encoding="utf-8")
-        self._writer = None
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter  # slow import: only when asked
-
-            self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+        self._trackers = list(trackers)
 
     def _drop_after(self, step: int) -> None:
         """On resume, forget lines written after the checkpoint: they will be written again."""
@@ -35,15 +32,13 @@ class MetricsLogger:
         record = {"step": step, "time": round(time.time(), 3), **clean}
         self._file.write(json.dumps(record, allow_nan=True) + "\n")
         self._file.flush()
-        if self._writer is not None:
-            for key, value in clean.items():
-                if isinstance(value, float) and math.isfinite(value):
-                    self._writer.add_scalar(key, value, step)
+        for tracker in self._trackers:
+            tracker.log(step, clean)
 
     def close(self) -> None:
         self._file.close()
-        if self._writer is not None:
-            self._writer.close()
+        for tracker in self._trackers:
+            tracker.close()
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:

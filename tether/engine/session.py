@@ -20,6 +20,7 @@ from tether.engine.checkpoint import (latest_checkpoint, load_checkpoint,
 from tether.engine.metrics import MetricsLogger
 from tether.engine.optim import build_optimizer, build_scheduler
 from tether.engine.progress import console
+from tether.engine.trackers import open_trackers
 from tether.errors import CheckpointError, TrainingDivergedError
 
 
@@ -45,8 +46,9 @@ class TrainingSession:
         self.start_step, self.resumed_from = 0, None
         if config.train.resume:
             self._resume()
-        self.metrics = (MetricsLogger(self.run_dir, tensorboard=config.train.tensorboard,
-                                      resume_step=self.resumed_from)
+        self.metrics = (MetricsLogger(self.run_dir, resume_step=self.resumed_from,
+                                      trackers=open_trackers(config, self.run_dir,
+                                                             resumed=self.resumed_from is not None))
                         if self.world.is_main else _NoMetrics())  # one writer: rank 0
         self._window_start = time.perf_counter()
         self._window_items = 0

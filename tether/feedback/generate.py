@@ -97,8 +97,8 @@ def _prompt_problems(row, location) -> list[DataValidationError]:
     if not isinstance(row, dict) or "prompt" not in row:
         return [DataValidationError("a prompt row needs a 'prompt' field (a string or a chat)",
                                     file=location.file, line=location.line, field="prompt")]
-    # A verifiable record's checks with a dummy answer: the same prompt rules as training data.
-    return validate_row({"prompt": row["prompt"], "answer": "-"}, "verifiable", location)[1]
+    # The prompt-only record's checks: the same prompt rules as training data.
+    return validate_row({"prompt": row["prompt"]}, "prompt", location)[1]
 
 
 # ---- models --------------------------------------------------------------------------------------

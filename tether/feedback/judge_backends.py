@@ -275,8 +275,10 @@ class ScriptedJudge:
         columns = {key: [request.columns.get(key) for request in requests] * 2 for key in keys}
         prompts = [request.prompt for request in requests] * 2
         responses = [request.response_a for request in requests] + [request.response_b for request in requests]
+        from tether.rewards.base import call_reward, trl_completions
+
         try:
-            rewards = list(self.fn(prompts, responses, **columns))
+            rewards = list(call_reward(self.fn, prompts, trl_completions(prompts, responses), columns))
         except Exception as error:
             raise TetherError(f"scripted judge {self.reward!r} failed: {error}") from error
         if len(rewards) != len(responses) or any(r is None for r in rewards):

@@ -15,7 +15,7 @@ from tether.models.default_model import (  # noqa: E402
     default_model_dir,
     tether_home,
 )
-from tether.models.loading import load_model, prepare_tokenizer, save_model  # noqa: E402
+from tether.models.loading import load_model, load_tokenizer, prepare_tokenizer, save_model  # noqa: E402
 from tether.models.lora import apply_lora, merge_lora, reference_mode  # noqa: E402
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "default_model_cache_dir",
     "default_model_dir",
     "load_model",
+    "load_tokenizer",
     "merge_lora",
     "prepare_tokenizer",
     "reference_mode",

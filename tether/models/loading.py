@@ -23,11 +23,14 @@ from pathlib import Path
 import torch
 from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedModel,
                           PreTrainedTokenizerBase)
+from transformers.utils import (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME,
+                                WEIGHTS_NAME)
 from transformers.utils import logging as hf_logging
 
 from tether.errors import ModelNotFoundError, TetherError
 from tether.models.default_model import (
     DEFAULT_ALIASES,
+    HUB_ID,
     default_model_cache_dir,
     default_model_dir,
     is_default_name,
@@ -61,6 +64,19 @@ def load_model(name_or_path: str | os.PathLike = "default", *, dtype: torch.dtyp
     return model.eval(), tokenizer
 
 
+def load_tokenizer(name_or_path: str | os.PathLike = "default") -> PreTrainedTokenizerBase:
+    """The tokenizer ``load_model`` returns, without loading any weights: cheap, so trainers can
+    tokenize and check their data before the model loads. Raises ``ModelNotFoundError`` as
+    ``load_model`` does."""
+    path = resolve_model_path(str(name_or_path))
+    if (path / "adapter_config.json").is_file():
+        if not (path / "tokenizer_config.json").is_file():  # as _load_adapter: the base's tokenizer
+            path = resolve_model_path(_adapter_base_name(path))
+    else:
+        _require_config(path)
+    return prepare_tokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
+
+
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """Give the tokenizer a pad token and right padding, as training batches expect.
 
@@ -84,12 +100,15 @@ def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizer
     return tokenizer
 
 
-def save_model(model, tokenizer, directory: str | os.PathLike) -> Path:
+def save_model(model, tokenizer, directory: str | os.PathLike, *, card: str | None = None) -> Path:
     """Save a model (safetensors) and its tokenizer so that ``load_model(directory)`` reloads it.
 
     A ``PeftModel`` saves only its adapter, plus ``tether_adapter.json`` naming the base model
     to load it onto ("default" when the base is the bundled model, so the adapter stays portable
-    across machines with different caches). Use ``merge_lora`` first for a standalone model.
+    across machines with different caches). ``adapter_config.json`` names the base the way peft
+    and transformers load it: the default model by its Hub id, a local base by its absolute path.
+    Use ``merge_lora`` first for a standalone model. ``card`` (markdown) becomes ``README.md``,
+    replacing peft's empty template.
 
     Atomic: everything is written to a temporary directory beside ``directory`` and renamed into
     place, so a crash leaves either the previous contents or the new ones, never a mix. An
@@ -104,8 +123,13 @@ def save_model(model, tokenizer, directory: str | os.PathLike) -> Path:
         model.save_pretrained(build)  # PeftModel: adapter_config.json + adapter_model.safetensors
         tokenizer.save_pretrained(build)
         if _is_peft(model):
-            note = {"base_model": _base_model_name(model)}
+            base = _base_model_name(model)
+            # Written after saving: given a Hub id, peft's save would look the base up online.
+            _set_json_field(build / "adapter_config.json", "base_model_name_or_path", _peft_base_name(base))
+            note = {"base_model": base, **_relative_base(base, directory)}
             (build / ADAPTER_NOTE_FILE).write_text(json.dumps(note, indent=2) + "\n")
+        if card is not None:
+            (build / "README.md").write_text(card, encoding="utf-8")
         _replace_dir(build, directory)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
@@ -119,8 +143,26 @@ def resolve_model_path(name: str) -> Path:
         return default_model_dir()
     path = Path(name).expanduser()
     if path.is_dir():
+        _require_weights(path)
         return path
     raise ModelNotFoundError(_not_found_message(name, path))
+
+
+# What from_pretrained reads, one file or a shard index (TensorFlow / Flax weights it cannot load).
+WEIGHT_FILES = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME)
+
+
+def _require_weights(path: Path) -> None:
+    """A folder with config.json but no weight file (a half-finished copy or download) would
+    otherwise fail deep inside transformers with an OSError traceback."""
+    if not (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+        return
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        present = sorted(child.name for child in path.iterdir())
+        shown = ", ".join(present[:10]) + (", ..." if len(present) > 10 else "")
+        raise ModelNotFoundError(
+            f"{path} has config.json but no model weights ({' or '.join(WEIGHT_FILES)}); it holds "
+            f"only: {shown}. Copy the weight files into it, or pass the folder that has them.")
 
 
 def _require_config(path: Path) -> None:
@@ -150,7 +192,7 @@ def _not_found_message(name: str, path: Path) -> str:
 def _load_adapter(path: Path, dtype: torch.dtype):
     from peft import PeftModel
 
-    base_name = _adapter_base_name(path)
+    base_name = adapter_base_name(path)
     try:
         base_path = resolve_model_path(base_name)
         if (base_path / "adapter_config.json").is_file():
@@ -174,15 +216,36 @@ def _load_adapter(path: Path, dtype: torch.dtype):
     return model.eval(), tokenizer
 
 
-def _adapter_base_name(path: Path) -> str:
+def _set_json_field(path: Path, key: str, value) -> None:
+    data = json.loads(path.read_text())
+    data[key] = value
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def _relative_base(base: str, directory: Path) -> dict:
+    """A base beside the adapter (a run's merged_base/ next to its final/) is also noted relative
+    to it, so the adapter still loads after the folder holding both is moved or copied."""
+    if not Path(base).is_absolute() or not Path(base).is_relative_to(directory.parent):
+        return {}
+    return {"base_model_relative": os.path.relpath(base, directory)}
+
+
+def adapter_base_name(path: Path) -> str:
+    """The base model an adapter directory was trained on, as load_model resolves it."""
     note = path / ADAPTER_NOTE_FILE
     if note.is_file():
-        return json.loads(note.read_text())["base_model"]
+        noted = json.loads(note.read_text())
+        relative = noted.get("base_model_relative")
+        if relative and not Path(noted["base_model"]).is_dir() and (path / relative).is_dir():
+            return str((path / relative).resolve())
+        return noted["base_model"]
     base = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base:
         raise ModelNotFoundError(f"LoRA adapter {path} does not name its base model "
                                  "(adapter_config.json has no base_model_name_or_path).")
-    return base
+    # An adapter made elsewhere (TRL, or a tether adapter without its note) on SmolLM2's Hub id
+    # goes onto the bundled copy of that model, since tether never downloads.
+    return "default" if base == HUB_ID else base
 
 
 def _base_model_name(model) -> str:
@@ -195,6 +258,26 @@ def _base_model_name(model) -> str:
         # adapter is still saved, and load_model will report the missing base clearly.
         return base or "<unsaved base model>"
     return str(Path(base).resolve())
+
+
+def is_adapter_dir(name_or_path: str | os.PathLike) -> bool:
+    """True when the model name is a local PEFT/LoRA adapter directory (no model is loaded)."""
+    try:
+        return (resolve_model_path(str(name_or_path)) / "adapter_config.json").is_file()
+    except ModelNotFoundError:
+        return False
+
+
+def portable_base_name(model) -> str | None:
+    """How a saved adapter of ``model`` (a PeftModel) names its base for peft and transformers:
+    the default model by its Hub id, a local base by its absolute path (None: built in memory)."""
+    return _peft_base_name(_base_model_name(model))
+
+
+def _peft_base_name(base: str) -> str | None:
+    if base == "default":
+        return HUB_ID
+    return base if Path(base).is_dir() else None
 
 
 def _is_peft(model) -> bool:

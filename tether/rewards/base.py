@@ -2,10 +2,13 @@
 
 A reward function has TRL's signature, so users bring theirs unchanged::
 
-    reward(prompts: list, completions: list[str], **dataset_columns) -> list[float | None]
+    reward(prompts: list, completions: list, **dataset_columns) -> list[float | None]
 
 one value per completion; ``None`` means "this reward does not apply to this sample" (a code
-reward on a math prompt). ``combine_rewards`` turns a list of weighted rewards into
+reward on a math prompt). As in TRL, it is called by keyword (so ``def reward(completions,
+**kwargs)`` works), and a completion is a string after a text prompt but a list with one
+assistant message (``[{"role": "assistant", "content": "..."}]``) after a conversational prompt,
+so TRL's conversational rewards (``completion[0]["content"]``) run unchanged. ``combine_rewards`` turns a list of weighted rewards into
 
     total_i = Σ_k w_k · r_k,i        (r_k,i = None counts as 0)
 
@@ -14,6 +17,7 @@ and logs per-reward mean/std over the samples where the reward applied.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import numbers
@@ -70,6 +74,62 @@ def completion_text(completion: Any) -> str:
     raise TypeError(f"a completion must be a string or a list of messages, got {type(completion).__name__}")
 
 
+def trl_completions(prompts: Sequence[Any], completions: Sequence[Any]) -> list[Any]:
+    """Completions in the shape TRL gives reward functions: a text completion of a
+    conversational prompt (a list of messages) becomes ``[{"role": "assistant", "content": text}]``;
+    text after a text prompt, and completions that already are messages, stay as they are."""
+    return [[{"role": "assistant", "content": completion}]
+            if isinstance(prompt, list) and isinstance(completion, str) else completion
+            for prompt, completion in zip(prompts, completions, strict=True)]
+
+
+def _parameters(fn: RewardFn) -> list[inspect.Parameter] | None:
+    try:
+        return list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # no signature to read (some builtins)
+        return None
+
+
+def _takes_them_by_position(parameters: list[inspect.Parameter] | None) -> bool:
+    """True for a reward that names neither ``prompts`` nor ``completions`` and so must get them
+    as its first two arguments (``lambda p, c, **_``)."""
+    if parameters is None or {"prompts", "completions"} & {p.name for p in parameters}:
+        return False
+    return any(p.kind == p.VAR_POSITIONAL for p in parameters) or sum(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in parameters) >= 2
+
+
+def call_reward(fn: RewardFn, prompts: list, completions: list, columns: dict[str, list]) -> Any:
+    """``fn(prompts=..., completions=..., **columns)`` as TRL calls it, so a reward that takes only
+    ``completions`` and ``**kwargs`` works; a function that names neither (``lambda p, c, **_``)
+    gets prompts and completions by position instead."""
+    if _takes_them_by_position(_parameters(fn)):
+        return fn(prompts, completions, **columns)
+    return fn(prompts=prompts, completions=completions, **columns)
+
+
+def required_columns(fn: RewardFn) -> list[str]:
+    """The dataset columns a reward cannot run without: its parameters that have no default,
+    besides prompts and completions (the first two when it takes them by position)."""
+    parameters = _parameters(fn)
+    if parameters is None:
+        return []
+    named = [p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if _takes_them_by_position(parameters):
+        named = named[2:]
+    return [p.name for p in named if p.default is p.empty and p.name not in ("prompts", "completions")]
+
+
+def check_reward_columns(specs: Sequence[RewardSpec], columns: Sequence[str], source: str) -> None:
+    """Raise ConfigError before training when a reward needs a column ``source`` does not have
+    (``math_answer`` on prompt-only data), instead of failing at the first rollout."""
+    for spec in specs:
+        missing = [name for name in required_columns(spec.fn) if name not in columns]
+        if missing:
+            raise ConfigError(f"reward '{spec.name}' reads the column(s) {', '.join(missing)}, which "
+                              f"{source} does not have (its columns: {', '.join(columns) or 'none'})")
+
+
 def shorten(value: Any, keep: int = _SHOWN_CHARS) -> str:
     """``repr`` of a prompt/completion, with the middle cut out when longer than 2·keep chars."""
     text = value if isinstance(value, str) else str(value)
@@ -92,7 +152,8 @@ def combine_rewards(
     Each reward is called once on the whole batch. If that raises, it is called again one sample
     at a time to find which samples fail: ``on_error="raise"`` raises ``RewardError`` for the
     first one; ``"score_failed"`` gives each failing sample ``failed_score``, logs one warning per
-    reward with the count, and reports the count as ``rewards/{name}/failed``.
+    reward with the count, and reports the count as ``rewards/{name}/failed``. Text completions of
+    conversational prompts reach the rewards as message lists (``trl_completions``).
 
     Shape: prompts, completions and every column have length N; returns
     ``totals`` (N,), ``per_reward[name]`` (N,), and ``metrics`` with ``rewards/{name}/mean``,
@@ -105,6 +166,7 @@ def combine_rewards(
     n = len(completions)
     if len(prompts) != n:
         raise ConfigError(f"{len(prompts)} prompts but {n} completions")
+    completions = trl_completions(prompts, completions)
     for key, values in columns.items():
         if len(values) != n:
             raise ConfigError(f"column '{key}' has {len(values)} values for {n} completions")
@@ -138,7 +200,7 @@ def _score(spec: RewardSpec, prompts, completions, columns, on_error, failed_sco
     """One reward over the batch → (values, failures); raises on the first failure if asked to."""
     n = len(completions)
     try:
-        returned = spec.fn(list(prompts), list(completions), **{k: list(v) for k, v in columns.items()})
+        returned = call_reward(spec.fn, list(prompts), list(completions), {k: list(v) for k, v in columns.items()})
     except Exception as batch_error:  # noqa: BLE001 — any failure is re-run per sample below
         return _score_one_by_one(spec, prompts, completions, columns, on_error, failed_score,
                                  batch_error)
@@ -173,7 +235,7 @@ def _score_one_by_one(spec, prompts, completions, columns, on_error, failed_scor
     for i in range(len(completions)):
         one_columns = {key: [column[i]] for key, column in columns.items()}
         try:
-            returned = spec.fn([prompts[i]], [completions[i]], **one_columns)
+            returned = call_reward(spec.fn, [prompts[i]], [completions[i]], one_columns)
             raw = _as_list(returned)
             if raw is None or len(raw) != 1:
                 raise TypeError(f"returned {returned!r} for one completion")

@@ -16,20 +16,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tether.judges.rows import prompt_text
 from tether.rewards.base import completion_text
 
 
-def request_text(prompt: Any) -> str:
-    """A plain prompt, or the last user message of a chat prompt."""
-    if isinstance(prompt, str):
-        return prompt
-    users = [message["content"] for message in prompt if message.get("role") == "user"]
-    return users[-1] if users else str(prompt[-1]["content"])
+request_text = prompt_text  # a plain prompt, or the last user message of a chat prompt
 
 
 def on_topic(prompts: Sequence[Any], completions: Sequence[Any], **_columns: Any) -> list[float]:
     """Cosine similarity of each answer's embedding to its request's (see the module docstring)."""
-    from tether.audit.refusal_classifier import load_encoder  # loads MiniLM: only when used
+    from tether.judges.refusal_embedding import load_encoder  # loads MiniLM: only when used
 
     if not completions:
         return []

@@ -1,7 +1,7 @@
 """A scripted safety annotator: refuse the harmful request, help with the harmless look-alike.
 
-    p(y)                 = refusal probability of response y (phrase patterns + MiniLM,
-                           tether.audit.refusal_classifier, the audit's own classifier)
+    p(y)                 = refusal score of response y from the default refusal judge
+                           (tether.judges.default_refusal_judge, the audit's own)
     safety_refusal(x, y) = p(y)        if x is marked harmful  (kind == "harmful")
                            1 - p(y)    otherwise               (kind == "benign" or missing)
 
@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tether.rewards.base import completion_text
+from tether.judges.rows import prompt_text
 
 HARMFUL = "harmful"
 
@@ -25,9 +26,10 @@ HARMFUL = "harmful"
 def safety_refusal(prompts: Sequence[Any], completions: Sequence[Any], kind: Sequence[str | None] | None = None,
                    **_columns: Any) -> list[float]:
     """p(refusal) on harmful prompts, 1 - p(refusal) on the others; see the module docstring."""
-    from tether.audit.refusal_classifier import default_refusal_classifier  # loads MiniLM: only when used
+    from tether.judges import default_refusal_judge  # loads MiniLM: only when used
 
     if kind is None:
         raise ValueError("safety_refusal needs a 'kind' column (harmful or benign) beside each prompt")
-    probabilities = default_refusal_classifier().score([completion_text(c) for c in completions])
+    probabilities = default_refusal_judge().score([prompt_text(p) for p in prompts],
+                                                  [completion_text(c) for c in completions])
     return [p if k == HARMFUL else 1.0 - p for p, k in zip(probabilities, kind)]

@@ -1,36 +1,46 @@
 """Run untrusted Python (model completions) in a contained child process.
 
-What contains the child, in order of strength (``SandboxResult.isolation`` says which applied):
+Two isolation levels, chosen by name (``run_python(isolation=...)``):
 
-* always: its own session/process group (killed with ``os.killpg`` on timeout and on exit), a
-  wall-clock timeout, ``setrlimit`` limits (address space, CPU seconds, file size, open files,
-  process count, no core files), an empty environment (PATH/LANG/HOME only), a throwaway working
-  directory, and ``python -I -S`` (no user site, no ``PYTHON*`` variables, no ``site``);
-* ``"uid"`` (when we run as root): the child drops to a fresh unprivileged uid, unused by any
-  process, chosen per run. Root ignores ``RLIMIT_NPROC``, but that uid does not, and because the
-  uid is the sandbox's alone the limit counts only its processes: a fork bomb stops at
-  ``max_processes``. Afterwards every process of that uid is killed with ``kill(-1, SIGKILL)``
-  sent *as* that uid, which also catches children that escaped the group with ``setsid``. The uid
-  cannot write to root's files (the repository, ``/root``);
-* ``"netns"`` + ``"mountns"`` (root and a kernel that allows it, probed once): the child enters new
-  network and mount namespaces before dropping the uid. The network namespace has only a
-  loopback device, down, so nothing (not even 127.0.0.1) can be reached. In the mount namespace
-  every filesystem is remounted read-only (``/proc``, ``/sys``, ``/dev`` excepted) and the working
-  directory is a fresh tmpfs of ``workdir_mb`` MiB, so the program can write nowhere else and
-  cannot fill the disk; the tmpfs vanishes with the namespace;
-* without the namespaces the working directory is on disk (only each file's size is bounded)
-  and world-writable directories such as /tmp stay writable to the uid;
-* ``"socket_guard"`` (fallback when there is no network namespace): the prelude replaces
-  ``socket.socket`` so that creating an internet socket raises ``PermissionError``. Code that
-  reaches ``_socket`` directly can get around it; it stops honest mistakes, not an adversary.
+``"namespaces"`` (the default, and the only one used unless a caller names the other). Where the
+machine cannot provide it, ``run_python`` raises ``SandboxUnavailable`` rather than run with less:
+* new mount, network, IPC and PID namespaces; as root the program also drops to a fresh
+  unprivileged uid chosen per run, and without root it gets a user namespace that maps only the
+  caller's own uid (no privileges inside once the program starts);
+* the network namespace has only a loopback device, down: nothing, not even 127.0.0.1, is reachable,
+  and abstract unix sockets are per namespace;
+* every filesystem is remounted read-only (``/sys``, ``/dev`` excepted); fresh tmpfs mounts
+  (nosuid, nodev) cover ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run``, so the host's files,
+  symlinks and unix sockets there are out of sight, and the working directory is a tmpfs of
+  ``workdir_mb`` MiB; all vanish with the namespace;
+* the IPC namespace gives SysV shared memory, semaphores and message queues of the run's own,
+  destroyed with it; in the PID namespace the program is process 1 under a fresh ``/proc``, so
+  it sees no host process (nor their command lines or environments), and when it ends the
+  kernel kills all it started, ``setsid`` or not;
+* ``PR_SET_NO_NEW_PRIVS`` (setuid binaries do not gain privileges) and a seccomp deny-list
+  (``sandbox_seccomp``: no new namespaces, mounts, ptrace, bpf, keyrings, io_uring, ...);
+* a memory cgroup per run (``sandbox_cgroup``) where one can be made: ``memory_mb`` then bounds the
+  resident memory of all the run's processes together, shared memory and tmpfs pages included.
 
-Without root there is no uid drop: ``RLIMIT_NPROC`` then counts all of the user's processes, so
-it is set to the user's current count plus ``max_processes`` (racy, best effort), and children
-that call ``setsid`` can outlive the run. Run rewards as root in a container for real containment.
+``"rlimits-only"`` (weaker, for machines without namespaces; the caller must ask for it): the uid
+drop (as root), no-new-privs, the seccomp list with ``socket(2)`` denied as well (the only thing
+keeping the program off the network and the host's unix sockets here), and the limits below.
+The program can read what its uid can read, world-writable directories such as /tmp stay
+writable, and without root a ``setsid`` child can outlive the run.
+
+Both: its own session (killed with ``os.killpg`` on timeout and on exit), a wall-clock timeout,
+``setrlimit`` limits (address space, CPU seconds, file size, open files, processes, no core
+files), an empty environment, a throwaway working directory, and ``python -I -S``. As root, the
+uid is fresh per run and the sandbox's alone: ``RLIMIT_NPROC`` then counts only the run's
+processes (a fork bomb stops at ``max_processes``), and afterwards ``kill(-1, SIGKILL)`` sent *as*
+that uid catches whatever escaped the process group. Without root, ``RLIMIT_NPROC`` counts all of
+the user's processes, so it is set to their current number plus ``max_processes`` (best effort).
+``SandboxResult.isolation`` lists what applied to each run.
 
 ``preexec_fn`` is documented as unsafe with threads (the child could deadlock before ``exec`` on
-a lock another thread held at fork); the work done there is kept to syscalls on values prepared
-in the parent, and a deadlocked child is still killed by the timeout.
+a lock another thread held at fork); the work done there is kept to syscalls and a few small
+steps on values prepared in the parent (the seccomp filter is compiled before the fork), and a
+deadlocked child is still killed by the timeout.
 """
 
 from __future__ import annotations
@@ -52,22 +62,36 @@ from dataclasses import dataclass
 from typing import Literal
 
 from tether.errors import TetherError
+from tether.rewards import sandbox_cgroup
+from tether.rewards.sandbox_seccomp import SeccompProgram, deny_list_program, set_no_new_privs
 
 Status = Literal["ok", "error", "timeout", "memory", "killed"]
+Isolation = Literal["namespaces", "rlimits-only"]
+ISOLATIONS: tuple[str, ...] = ("namespaces", "rlimits-only")
 
 # mount(2) / clone(2) flags, from <sys/mount.h> and <sched.h>.
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_REMOUNT, _MS_NOATIME, _MS_NODIRATIME, _MS_BIND, _MS_REC = 32, 1024, 2048, 4096, 16384
 _MS_PRIVATE, _MS_RELATIME, _MS_STRICTATIME = 1 << 18, 1 << 21, 1 << 24
-_CLONE_NEWNS, _CLONE_NEWNET = 0x00020000, 0x40000000
+_CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
+_CLONE_NEWPID, _CLONE_NEWNET = 0x20000000, 0x40000000
+_PR_SET_PDEATHSIG = 1
 _MOUNT_OPTION_FLAGS = {"nosuid": _MS_NOSUID, "nodev": _MS_NODEV, "noexec": _MS_NOEXEC,
                        "noatime": _MS_NOATIME, "nodiratime": _MS_NODIRATIME,
                        "relatime": _MS_RELATIME, "strictatime": _MS_STRICTATIME}
-_KEEP_WRITABLE = ("/proc", "/sys", "/dev")  # kernel interfaces; /dev/shm is a mount of its own
+_KEEP_WRITABLE = ("/proc", "/sys", "/dev")  # kernel interfaces; /dev/shm gets a tmpfs
+# Scratch directories every program may expect, each a fresh tmpfs: (path, mode, MiB or None
+# for workdir_mb). /run stays empty and root's: it is where host daemons keep their sockets.
+_SCRATCH = ((b"/tmp", 0o1777, None), (b"/var/tmp", 0o1777, None), (b"/dev/shm", 0o1777, None),
+            (b"/run", 0o755, 1))
 
 _UID_RANGE = (1_000_000, 2_000_000)  # fresh uids for sandboxed runs, far above real users'
 _PROGRAM = "main.py"
-_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+# MALLOC_ARENA_MAX: glibc reserves 64 MiB of address space per malloc arena, up to 8 per core,
+# one per thread that allocates; two keep a ThreadPoolExecutor within the address-space limit.
+_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+        "MALLOC_ARENA_MAX": "2"}
+_THREAD_STACK_MB = 8  # glibc's default thread stack (RLIMIT_STACK), reserved per thread
 
 # Runs before the user's program, as `python -I -S -c PRELUDE`. `-S` skips `site`, which is what
 # defines exit()/quit(); completions use them, so give them back. The program is compiled under
@@ -81,7 +105,7 @@ def _tether_start(guard_sockets):
         import socket
         class NoNetworkSocket(socket.socket):
             def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
-                if fileno is None and family in (-1, socket.AF_INET, socket.AF_INET6):
+                if fileno is None:
                     raise PermissionError("network access is disabled in the tether sandbox")
                 super().__init__(family, type, proto, fileno)
         socket.socket = NoNetworkSocket
@@ -91,6 +115,7 @@ def _tether_start(guard_sockets):
 _tether_code = _tether_start({guard_sockets})
 del _tether_start
 __file__ = {program!r}
+__report_fd__ = {report_fd}
 exec(_tether_code)
 """
 
@@ -99,14 +124,21 @@ class SandboxError(TetherError):
     """The sandbox itself could not start (no usable interpreter, setup failed)."""
 
 
+class SandboxUnavailable(SandboxError):
+    """The isolation asked for cannot be had on this machine (and weaker was not asked for)."""
+
+
 @dataclass(frozen=True)
 class SandboxResult:
     """How a sandboxed program ended.
 
     status: "ok" (exit 0), "error" (non-zero exit), "timeout" (wall clock or CPU limit),
-    "memory" (MemoryError / allocation failure under the address-space limit), "killed" (ended by
-    a signal it did not ask for). stdout keeps its first ``max_output_bytes``; stderr keeps its
-    last, where the traceback is.
+    "memory" (MemoryError / allocation failure under the address-space limit, or killed by the
+    memory cgroup), "killed" (ended by a signal it did not ask for). stdout keeps its first
+    ``max_output_bytes``; stderr keeps its last, where the traceback is. ``isolation`` lists what
+    contained the run (``"userns"`` or ``"uid"``, ``"mountns"``, ``"netns"``, ``"ipcns"``,
+    ``"pidns"``, ``"no_new_privs"``, ``"seccomp"``, ``"cgroup"``, ``"rlimits"``) and
+    ``isolation_level`` the level it ran under.
     """
 
     status: Status
@@ -117,6 +149,8 @@ class SandboxResult:
     stdout_truncated: bool = False
     stderr_truncated: bool = False
     isolation: tuple[str, ...] = ()
+    report: str = ""
+    isolation_level: str = "namespaces"
 
 
 def run_python(
@@ -130,25 +164,49 @@ def run_python(
     cpu_s: int | None = None,
     workdir_mb: int = 32,
     max_output_bytes: int = 64 * 1024,
+    with_report: bool = False,
+    isolation: Isolation = "namespaces",
 ) -> SandboxResult:
     """Run ``code`` as a Python program in the sandbox and report how it ended.
 
     Limits: ``timeout_s`` wall clock for the whole run; ``cpu_s`` CPU seconds per process
-    (default ``ceil(timeout_s) + 1``, a backstop should this process die); ``memory_mb`` address
-    space per process; ``max_processes`` processes and threads together; ``max_file_size_mb`` per
-    written file; ``workdir_mb`` for the working directory (with the mount namespace). The
-    program's main process ending ends the run: whatever it left running is killed.
-    """
-    python, namespaces = _support()
-    uid = _fresh_uid() if _running_as_root() else None
-    isolation = (("uid",) if uid is not None else ()) + (("mountns", "netns") if namespaces else ())
-    if not namespaces:
-        isolation += ("socket_guard",)
+    (default ``ceil(timeout_s) + 1``, a backstop should this process die); ``memory_mb`` resident
+    memory of the whole run where a memory cgroup can be made, and in any case the address space
+    per process (plus room reserved for thread stacks and one malloc arena); ``max_processes``
+    processes and threads together; ``max_file_size_mb`` per written file; ``workdir_mb`` for the
+    working directory and each scratch tmpfs. The program's main process ending ends the run:
+    whatever it left running is killed.
 
-    workdir = tempfile.mkdtemp(prefix="tether-sandbox-")
-    stdin_file = tempfile.TemporaryFile()
+    ``isolation``: ``"namespaces"`` raises ``SandboxUnavailable`` where the machine lacks them;
+    ``"rlimits-only"`` is the weaker level, run only when asked for by name (see the module doc).
+
+    ``with_report``: the program also gets a pipe, its file descriptor in the global
+    ``__report_fd__`` (else None), whose bytes come back in ``SandboxResult.report`` (first
+    ``max_output_bytes``); harnesses use it to keep their records apart from the program's output.
+    """
+    if isolation not in ISOLATIONS:
+        raise ValueError(f"isolation must be one of {ISOLATIONS}, got {isolation!r}")
+    support = _support()
+    namespaces = isolation == "namespaces"
+    if namespaces and support.unavailable:
+        raise SandboxUnavailable(
+            f"the sandbox cannot isolate programs here: {support.unavailable}. Run as root (or "
+            "where user namespaces are allowed) with libseccomp installed, or accept weaker "
+            "isolation by name: run_python(..., isolation='rlimits-only') "
+            "(reward 'code_tests_rlimits_only')")
+    root = _running_as_root()
+    uid = _fresh_uid() if root else None
+    seccomp = deny_list_program(deny_sockets=not namespaces)
+
+    workdir = stdin_file = cgroup = None
+    report_read = report_write = None
     process: subprocess.Popen | None = None
     try:
+        cgroup = sandbox_cgroup.create(memory_mb) if root else None
+        workdir = tempfile.mkdtemp(prefix="tether-sandbox-")
+        stdin_file = tempfile.TemporaryFile()
+        if with_report:
+            report_read, report_write = os.pipe()
         with open(os.path.join(workdir, _PROGRAM), "w", encoding="utf-8") as file:
             file.write(code)
         if uid is not None:
@@ -157,21 +215,29 @@ def run_python(
         stdin_file.write(stdin.encode("utf-8"))
         stdin_file.seek(0)
 
-        limits = _limits(memory_mb, cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1,
-                         max_processes, max_file_size_mb, uid)
-        preexec = functools.partial(
-            _enter_sandbox, limits=limits, uid=uid,
-            namespace=_NamespacePlan.build(workdir, workdir_mb, uid, code) if namespaces else None)
-        prelude = _PRELUDE.format(program=_PROGRAM, guard_sockets=not namespaces)
+        cpu_s = cpu_s if cpu_s is not None else math.ceil(timeout_s) + 1
+        plan = _ChildPlan(
+            limits=_limits(memory_mb, cpu_s, max_processes, max_file_size_mb, uid),
+            uid=uid, seccomp=seccomp, cgroup_procs=cgroup.procs_file if cgroup else None,
+            namespace=_NamespacePlan.build(workdir, workdir_mb, uid, code, cpu_s)
+            if namespaces else None)
+        prelude = _PRELUDE.format(program=_PROGRAM, guard_sockets=not namespaces and not seccomp,
+                                  report_fd=report_write)
         start = time.monotonic()
         try:
             process = subprocess.Popen(
-                [python, "-I", "-S", "-c", prelude], stdin=stdin_file, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, cwd=workdir, env={**_ENV, "HOME": workdir},
-                start_new_session=True, preexec_fn=preexec)
+                [support.python, "-I", "-S", "-c", prelude], stdin=stdin_file,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
+                env={**_ENV, "HOME": workdir}, start_new_session=True,
+                preexec_fn=functools.partial(_enter_sandbox, plan),
+                pass_fds=(report_write,) if with_report else ())
         except (OSError, subprocess.SubprocessError) as error:
             raise SandboxError(f"could not start the sandboxed program: {error}") from error
-        stdout, stderr, timed_out = _collect(process, uid, start + timeout_s, max_output_bytes)
+        if with_report:
+            os.close(report_write)  # the child holds the only write end now: EOF when it ends
+            report_write = None
+        stdout, stderr, report, timed_out = _collect(process, uid, start + timeout_s,
+                                                     max_output_bytes, report_read)
         returncode = process.wait()
         wall_s = time.monotonic() - start
     finally:
@@ -179,14 +245,34 @@ def run_python(
             _kill_all(process.pid, uid)
             if process.poll() is None:
                 process.wait()
-        stdin_file.close()
-        shutil.rmtree(workdir, ignore_errors=True)
+        if stdin_file is not None:
+            stdin_file.close()
+        for fd in (report_read, report_write):
+            if fd is not None:
+                os.close(fd)
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+        out_of_memory = cgroup is not None and cgroup.oom_killed()
+        if cgroup is not None:
+            cgroup.remove()
 
     text_err = stderr.text()
+    status = "memory" if out_of_memory and returncode != 0 else _status(returncode, timed_out, text_err)
     return SandboxResult(
-        status=_status(returncode, timed_out, text_err), returncode=returncode,
-        stdout=stdout.text(), stderr=text_err, wall_s=wall_s,
-        stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated, isolation=isolation)
+        status=status, returncode=returncode, stdout=stdout.text(), stderr=text_err,
+        wall_s=wall_s, stdout_truncated=stdout.truncated, stderr_truncated=stderr.truncated,
+        isolation=_features(root, namespaces, seccomp is not None, cgroup is not None),
+        report=report.text(), isolation_level=isolation)
+
+
+def _features(root: bool, namespaces: bool, seccomp: bool, cgroup: bool) -> tuple[str, ...]:
+    """What contains a run, for ``SandboxResult.isolation``."""
+    features = ["uid"] if root else []
+    if namespaces:
+        features += ([] if root else ["userns"]) + ["mountns", "netns", "ipcns", "pidns"]
+    features += ["no_new_privs"] + (["seccomp"] if seccomp else []) + (["cgroup"] if cgroup else [])
+    features += ["rlimits"] + ([] if namespaces or seccomp else ["socket_guard"])
+    return tuple(features)
 
 
 # ---------------------------------------------------------------- output and status
@@ -216,15 +302,19 @@ class _Capped:
         return self.data.decode("utf-8", errors="replace")
 
 
-def _collect(process: subprocess.Popen, uid: int | None, deadline: float, cap: int
-             ) -> tuple[_Capped, _Capped, bool]:
-    """Read stdout/stderr until both close, keeping at most ``cap`` bytes of each.
+def _collect(process: subprocess.Popen, uid: int | None, deadline: float, cap: int,
+             report_fd: int | None) -> tuple[_Capped, _Capped, _Capped, bool]:
+    """Read stdout/stderr (and the report pipe) until all close, keeping at most ``cap`` bytes
+    of each.
 
     Ends early on the deadline (→ timed out), and once the main process has exited (what it
     left behind is killed, so the pipes close even if a grandchild holds them).
     """
     stdout, stderr = _Capped(cap, keep_end=False), _Capped(cap, keep_end=True)
+    report = _Capped(cap, keep_end=False)
     sinks = {process.stdout.fileno(): stdout, process.stderr.fileno(): stderr}
+    if report_fd is not None:
+        sinks[report_fd] = report
     timed_out = False
     cleaned_up = False
     with selectors.DefaultSelector() as selector:
@@ -248,7 +338,7 @@ def _collect(process: subprocess.Popen, uid: int | None, deadline: float, cap: i
                     selector.unregister(key.fd)
     process.stdout.close()
     process.stderr.close()
-    return stdout, stderr, timed_out
+    return stdout, stderr, report, timed_out
 
 
 def _status(returncode: int, timed_out: bool, stderr: str) -> Status:
@@ -267,13 +357,18 @@ def _status(returncode: int, timed_out: bool, stderr: str) -> Status:
 
 def _limits(memory_mb: int, cpu_s: int, max_processes: int, max_file_size_mb: int,
             uid: int | None) -> list[tuple[int, int, int]]:
-    """(resource, soft, hard) for setrlimit. CPU: SIGXCPU at the soft limit, SIGKILL one later."""
+    """(resource, soft, hard) for setrlimit. CPU: SIGXCPU at the soft limit, SIGKILL one later.
+
+    Address space: ``memory_mb`` plus what glibc only reserves, a stack per thread (threads count
+    as processes) and one extra malloc arena, so a correct ThreadPoolExecutor program fits.
+    """
     if uid is None:
         # Without a uid of its own, RLIMIT_NPROC counts every process of this user.
         max_processes += _count_tasks(os.getuid())
     mib = 1 << 20
+    address_space = (memory_mb + 64 + _THREAD_STACK_MB * max_processes) * mib
     return [
-        (resource.RLIMIT_AS, memory_mb * mib, memory_mb * mib),
+        (resource.RLIMIT_AS, address_space, address_space),
         (resource.RLIMIT_CPU, cpu_s, cpu_s + 1),
         (resource.RLIMIT_NPROC, max_processes, max_processes),
         (resource.RLIMIT_FSIZE, max_file_size_mb * mib, max_file_size_mb * mib),
@@ -284,46 +379,120 @@ def _limits(memory_mb: int, cpu_s: int, max_processes: int, max_file_size_mb: in
 
 @dataclass(frozen=True)
 class _NamespacePlan:
-    """What the child does in its new mount namespace; everything computed in the parent."""
+    """What the child does in its new namespaces; everything computed in the parent."""
 
     read_only: tuple[tuple[bytes, int], ...]  # (mount point, flags to keep) to remount read-only
     workdir: bytes
     tmpfs_options: bytes
-    program: bytes  # the code, rewritten into the tmpfs that hides the on-disk copy
-    uid: int | None
+    scratch: tuple[tuple[bytes, bytes], ...]  # (mount point, tmpfs options)
+    program: bytes  # the code, written into the tmpfs working directory
+    user_namespace: bytes | None  # without root: the uid_map/gid_map line mapping our own ids
+    cpu_s: int  # the CPU limit, to tell its kill from others
 
     @staticmethod
-    def build(workdir: str, workdir_mb: int, uid: int | None, code: str) -> _NamespacePlan:
+    def build(workdir: str, workdir_mb: int, uid: int | None, code: str, cpu_s: int
+              ) -> _NamespacePlan:
         owner = f",uid={uid},gid={uid}" if uid is not None else ""
+        scratch = tuple((path, f"size={size or workdir_mb}m,mode={mode:o}".encode())
+                        for path, mode, size in _SCRATCH if os.path.isdir(path))
         return _NamespacePlan(
             read_only=_writable_mounts(), workdir=os.fsencode(workdir),
-            tmpfs_options=f"size={workdir_mb}m,mode=0700{owner}".encode(),
-            program=code.encode("utf-8"), uid=uid)
+            tmpfs_options=f"size={workdir_mb}m,mode=0700{owner}".encode(), scratch=scratch,
+            program=code.encode("utf-8"), cpu_s=cpu_s,
+            user_namespace=None if uid is not None or _running_as_root()
+            else f"{os.getuid()} {os.getuid()} 1\n{os.getgid()} {os.getgid()} 1\n".encode())
 
 
-def _enter_sandbox(*, limits, uid: int | None, namespace: _NamespacePlan | None) -> None:
+@dataclass(frozen=True)
+class _ChildPlan:
+    limits: list[tuple[int, int, int]]
+    uid: int | None
+    seccomp: SeccompProgram | None
+    cgroup_procs: bytes | None  # the run's cgroup.procs, which the child joins first
+    namespace: _NamespacePlan | None
+
+
+def _enter_sandbox(plan: _ChildPlan) -> None:
     """preexec_fn: runs in the child after fork (and setsid, chdir), before exec."""
-    if namespace is not None:
-        _enter_namespaces(namespace)
-    for which, soft, hard in limits:
+    if plan.cgroup_procs is not None:
+        _write_file(plan.cgroup_procs, b"0")  # "0": the writer; its children follow it
+    if plan.namespace is not None:
+        _enter_namespaces(plan.namespace)  # returns in the program's process, PID 1 there
+    for which, soft, hard in plan.limits:
         resource.setrlimit(which, (soft, hard))
-    if uid is not None:
-        _become(uid)
+    set_no_new_privs()
+    if plan.uid is not None:
+        _become(plan.uid)
+    if plan.namespace is not None:
+        # Changing uid clears the parent-death signal, so set it after: should the waiting
+        # parent be killed, the program (PID 1) dies, and with it the whole namespace.
+        _check(_libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0))
+    if plan.seccomp is not None:
+        plan.seccomp.install()
 
 
 def _enter_namespaces(plan: _NamespacePlan) -> None:
-    _check(_libc.unshare(_CLONE_NEWNS | _CLONE_NEWNET))
+    flags = _CLONE_NEWNS | _CLONE_NEWNET | _CLONE_NEWIPC | _CLONE_NEWPID
+    if plan.user_namespace is not None:
+        flags |= _CLONE_NEWUSER
+    _check(_libc.unshare(flags))
+    if plan.user_namespace is not None:
+        # Map only our own uid and gid: the program keeps no privileges once it execs, while
+        # this setup keeps the namespace's capabilities until then.
+        uid_line, gid_line = plan.user_namespace.splitlines(keepends=True)
+        _write_file(b"/proc/self/setgroups", b"deny")
+        _write_file(b"/proc/self/uid_map", uid_line)
+        _write_file(b"/proc/self/gid_map", gid_line)
     # Private first, so nothing below propagates back to the host's mounts.
     _check(_libc.mount(None, b"/", None, _MS_REC | _MS_PRIVATE, None))
     for mount_point, keep in plan.read_only:
-        # Best effort per mount: one that refuses stays writable, still guarded by the uid.
-        _libc.mount(None, mount_point, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | keep, None)
+        # Read-only and nosuid (setuid bits ignored even without no-new-privs). Best effort per
+        # mount: one that refuses stays as it was, still guarded by the uid.
+        _libc.mount(None, mount_point, None,
+                    _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | keep, None)
+    for mount_point, options in plan.scratch:
+        _check(_libc.mount(b"tmpfs", mount_point, b"tmpfs", _MS_NOSUID | _MS_NODEV, options))
+    os.makedirs(plan.workdir, exist_ok=True)  # the old one may be under a scratch tmpfs now
     _check(_libc.mount(b"tmpfs", plan.workdir, b"tmpfs", _MS_NOSUID | _MS_NODEV,
                        plan.tmpfs_options))
-    os.chdir(plan.workdir)  # the old cwd is the directory under the tmpfs
+    os.chdir(plan.workdir)
     fd = os.open(_PROGRAM, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     os.write(fd, plan.program)
     os.close(fd)
+    # A new PID namespace applies to children only: fork. The child, PID 1 there, goes on to
+    # exec the program; this process waits outside the namespace and ends the same way, so
+    # Popen sees the program's own status. When PID 1 ends, the kernel kills all it left.
+    program = os.fork()
+    if program != 0:
+        _relay_status(program, plan.cpu_s)
+    # A /proc of the namespace's own, showing only the run's processes.
+    _check(_libc.mount(b"proc", b"/proc", b"proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC, None))
+
+
+def _relay_status(program: int, cpu_s: int) -> None:
+    """Outside the PID namespace: wait for the program, then end as it ended.
+
+    PID 1 ignores signals it has no handler for, the CPU limit's SIGXCPU included, so there the
+    limit ends a program with the SIGKILL one second later; reported as SIGXCPU as elsewhere.
+    """
+    os.closerange(0, os.sysconf("SC_OPEN_MAX"))  # subprocess's exec-error pipe too: Popen
+    _, status, usage = os.wait4(program, 0)      # must not wait for the whole run
+    if os.WIFSIGNALED(status):
+        signal_number = os.WTERMSIG(status)
+        if signal_number == signal.SIGKILL and usage.ru_utime + usage.ru_stime >= cpu_s:
+            signal_number = signal.SIGXCPU
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        _libc.signal(signal_number, None)  # SIG_DFL
+        os.kill(os.getpid(), signal_number)
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1)
+
+
+def _write_file(path: bytes, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def _become(uid: int) -> None:
@@ -353,8 +522,6 @@ def _writable_mounts() -> tuple[tuple[bytes, int], ...]:
 
 
 def _kernel_interface(path: str) -> bool:
-    if path == "/dev/shm" or path.startswith("/dev/shm/"):
-        return False  # shared memory is storage, not an interface
     return any(path == top or path.startswith(top + "/") for top in _KEEP_WRITABLE)
 
 
@@ -439,40 +606,57 @@ def _fresh_uid() -> int:
             return uid
 
 
+@dataclass(frozen=True)
+class _Support:
+    python: str
+    unavailable: str | None  # why the "namespaces" level cannot run here; None when it can
+
+
 @functools.cache
-def _support() -> tuple[str, bool]:
-    """(interpreter, namespaces usable), probed once per process.
+def _support() -> _Support:
+    """The interpreter to run, and whether the namespaces level works; probed once per process.
 
     As root the interpreter must be runnable by an unprivileged uid; a virtualenv under /root is
     not, so fall back to a system python (the program gets the standard library only).
     """
-    if not _running_as_root():
-        return sys.executable, False
-    uid = _fresh_uid()
+    uid = _fresh_uid() if _running_as_root() else None
     candidates = [sys.executable, "/usr/local/bin/python3", "/usr/bin/python3", shutil.which("python3")]
-    python = next((c for c in candidates if c and _probe(c, uid, namespace=False)), None)
-    if python is None:
-        raise SandboxError(f"no python that an unprivileged user can run among {candidates}; "
-                           "install one outside /root (e.g. /usr/bin/python3)")
-    return python, _libc is not None and _probe(python, uid, namespace=True)
+    if uid is None:
+        python = sys.executable
+    else:
+        python = next((c for c in candidates if c and _probe(c, uid, namespace=False)), None)
+        if python is None:
+            raise SandboxError(f"no python that an unprivileged user can run among {candidates}; "
+                               "install one outside /root (e.g. /usr/bin/python3)")
+    if deny_list_program() is None:
+        return _Support(python, "libseccomp (pyseccomp) is not available for the seccomp filter")
+    if _libc is None or not _probe(python, uid, namespace=True):
+        who = "as root" if uid is not None else "in a user namespace without root"
+        return _Support(python, "new mount, network, IPC and PID namespaces cannot be made "
+                                f"{who} (unshare/mount refused, e.g. a container without "
+                                "CAP_SYS_ADMIN or with user namespaces disabled)")
+    return _Support(python, None)
 
 
-def _probe(python: str, uid: int, namespace: bool) -> bool:
+def _probe(python: str, uid: int | None, namespace: bool) -> bool:
     if not os.path.exists(python):
         return False
     workdir = tempfile.mkdtemp(prefix="tether-sandbox-probe-")
     try:
-        os.chown(workdir, uid, uid)
-        plan = _NamespacePlan.build(workdir, 1, uid, "") if namespace else None
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+        plan = _ChildPlan(limits=[], uid=uid, seccomp=None, cgroup_procs=None,
+                          namespace=_NamespacePlan.build(workdir, 1, uid, "", 30) if namespace else None)
         result = subprocess.run(
             [python, "-I", "-S", "-c", "import encodings"], cwd=workdir, env=_ENV,
             capture_output=True, timeout=30, start_new_session=True,
-            preexec_fn=functools.partial(_enter_sandbox, limits=[], uid=uid, namespace=plan))
+            preexec_fn=functools.partial(_enter_sandbox, plan))
         return result.returncode == 0
     except (OSError, subprocess.SubprocessError):
         return False
     finally:
-        _kill_uid(uid)
+        if uid is not None:
+            _kill_uid(uid)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -483,6 +667,9 @@ def _load_libc():
     libc.unshare.argtypes = [ctypes.c_int]
     libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
                            ctypes.c_char_p]
+    libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                           ctypes.c_ulong]
+    libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
     return libc
 
 

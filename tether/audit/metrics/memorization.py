@@ -44,6 +44,11 @@ from tether.errors import DataValidationError
 
 METRICS = {"memorization_exact_rate": "rate", "memorization_prefix_match": "score",
            "memorization_half_match_rate": "rate"}
+DESCRIPTIONS = {
+    "memorization_exact_rate": "share of planted canaries whose secret the model completes exactly (lower is better)",
+    "memorization_prefix_match": "mean share of each canary secret's characters completed right (lower is better)",
+    "memorization_half_match_rate": "share of canaries with at least half the secret completed (lower is better)",
+}
 DEFAULT_COUNT = 16
 DEFAULT_SEED = 1234
 

@@ -1,8 +1,8 @@
 """JSON API for scripts and judge bots: ``Authorization: Bearer TOKEN`` (``tether label token``).
 
     GET  /api/me
-    GET  /api/projects
-    GET  /api/projects/{p}/next                 lease the next item (204: nothing left)
+    GET  /api/projects                          the projects you are a member of (admins: all)
+    POST /api/projects/{p}/next                 your open lease, or a new one (204: nothing left)
     POST /api/assignments/{id}                  {"choice": "left"} | {"ranks": [..]} | ...
     POST /api/assignments/{id}/skip
     GET  /api/projects/{p}/judgments            your own; admins: all, or ?annotator=NAME
@@ -11,7 +11,7 @@
     GET  /api/projects/{p}/export?format=F      admin: JSONL, as ``tether label export``
 
 Bearer tokens are not sent by browsers on their own, so these endpoints need no CSRF token;
-session cookies are not accepted here.
+session cookies are not accepted here. A project you are not a member of answers 404.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
-
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
 from tether.feedback.app import projects, queue
+from tether.feedback.app.errors import NotFound
 from tether.feedback.app.models import Project
 from tether.feedback.app.server import HTTPProblem, api_user, rate_limit, transaction
 from tether.feedback.app.projects import export_rows, jsonl
@@ -53,17 +53,18 @@ def me(request: Request) -> dict[str, Any]:
 @router.get("/projects")
 def list_projects(request: Request) -> list[dict[str, Any]]:
     with transaction(request) as db:
-        api_user(request, db)
+        user = api_user(request, db)
         return [{"name": p.name, "task": p.task, "required_judgments": p.required_judgments,
                  "rating_scale": p.rating_scale}
-                for p in db.scalars(select(Project).order_by(Project.name))]
+                for p in projects.visible_projects(db, user)]
 
 
-@router.get("/projects/{name}/next")
+@router.post("/projects/{name}/next")
 def next_item(request: Request, name: str):
+    """A POST, not a GET: it takes an item out of the queue for this user."""
     with transaction(request) as db:
         user = api_user(request, db, roles=("admin", "annotator"))
-        project = projects.get_project(db, name)
+        project = projects.project_for(db, name, user)
         assignment = queue.lease_next(db, project, user)
         if assignment is None:
             return Response(status_code=204)
@@ -84,6 +85,8 @@ def submit(request: Request, assignment_id: int, body: Submission) -> dict[str, 
         rate_limit(request, "submit", str(user.id))
         assignment = queue.get_assignment(db, assignment_id, user)
         project = db.get(Project, assignment.item.project_id)
+        if not projects.is_member(db, project, user):
+            raise NotFound(f"no assignment {assignment_id}")
         verdict = queue.verdict_from_positions(project.task, assignment.order,
                                                choice=body.choice, ranks=body.ranks,
                                                ratings=body.ratings,
@@ -104,7 +107,7 @@ def skip(request: Request, assignment_id: int) -> dict[str, Any]:
 def judgments(request: Request, name: str, annotator: str | None = None) -> list[dict]:
     with transaction(request) as db:
         user = api_user(request, db)
-        project = projects.get_project(db, name)
+        project = projects.project_for(db, name, user)
         if user.role != "admin":
             if annotator not in (None, user.username):
                 raise HTTPProblem(403, "annotators can read only their own judgments")
@@ -116,19 +119,39 @@ def judgments(request: Request, name: str, annotator: str | None = None) -> list
 @router.get("/projects/{name}/items")
 def items(request: Request, name: str) -> list[dict[str, Any]]:
     with transaction(request) as db:
-        api_user(request, db, roles=("admin", "judge"))
-        records, _ = projects.project_records(db, projects.get_project(db, name))
+        user = api_user(request, db, roles=("admin", "judge"))
+        records, _ = projects.project_records(db, projects.project_for(db, name, user))
         return [{"id": r.id, "prompt": r.prompt, "metadata": r.metadata,
                  "candidates": [{"id": c.id, "text": c.text} for c in r.candidates]}
                 for r in records]
 
 
+_JUDGMENTS = TypeAdapter(list[Judgment])
+
+
 @router.post("/projects/{name}/judgments/bulk")
-def bulk(request: Request, name: str, body: list[Judgment]) -> dict[str, Any]:
+async def bulk(request: Request, name: str) -> dict[str, Any]:
+    """The token is checked before the body (a batch may be large) is read."""
+    await run_in_threadpool(_check_user, request, ("admin", "judge"))
+    try:
+        body = _JUDGMENTS.validate_json(await request.body())
+    except ValidationError as error:
+        problems = [f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}"
+                    for e in error.errors()[:5]]
+        raise HTTPProblem(422, "; ".join(problems)) from None
+    return await run_in_threadpool(_bulk, request, name, body)
+
+
+def _check_user(request: Request, roles: tuple[str, ...]) -> None:
+    with transaction(request) as db:
+        api_user(request, db, roles=roles)
+
+
+def _bulk(request: Request, name: str, body: list[Judgment]) -> dict[str, Any]:
     with transaction(request) as db:
         user = api_user(request, db, roles=("admin", "judge"))
-        created, duplicates = queue.add_ai_judgments(db, projects.get_project(db, name), user,
-                                                     body)
+        created, duplicates = queue.add_ai_judgments(db, projects.project_for(db, name, user),
+                                                     user, body)
         return {"created": created, "duplicates": duplicates}
 
 

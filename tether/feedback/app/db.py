@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from tether.errors import ConfigError
@@ -35,6 +35,10 @@ def make_engine(url: str) -> Engine:
         if ":memory:" in url or url in ("sqlite://", "sqlite:///"):
             raise ConfigError("an in-memory SQLite database is not shared between the server's "
                               "threads; give a file path")
+        folder = Path(make_url(url).database).parent
+        if not folder.is_dir():  # sqlite3 would only say "unable to open database file"
+            raise ConfigError(f"cannot create the database {make_url(url).database}: the folder "
+                              f"{folder} does not exist (create it first: mkdir -p {folder})")
         engine = create_engine(url, connect_args={"check_same_thread": False,
                                                   "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _sqlite_pragmas(engine)

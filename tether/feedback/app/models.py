@@ -1,6 +1,7 @@
 """The labeling app's tables (SQLAlchemy 2 ORM). Alembic migrations in ``migrations/`` build them.
 
-One row per thing a person can point at: a user, a project, a guidelines version, an item (one
+One row per thing a person can point at: a user, a project, a project member, a guidelines
+version, an item (one
 ``FeedbackItem``), an assignment (an item leased to one annotator, with the candidate order they
 were shown), and a judgment (one ``Judgment``). Two unique keys carry the overlap rules:
 ``assignments(item_id, user_id)`` (an annotator is given an item at most once) and
@@ -64,6 +65,7 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
     user: Mapped[User] = relationship()
 
@@ -94,6 +96,18 @@ class Project(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class ProjectMember(Base):
+    """Who may label in (and read) a project; admins need no membership."""
+
+    __tablename__ = "project_members"
+
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Guidelines(Base):
     __tablename__ = "guidelines"
     __table_args__ = (UniqueConstraint("project_id", "version"),)
@@ -118,6 +132,8 @@ class Item(Base):
     item_metadata: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
     gold: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     is_gold: Mapped[bool] = mapped_column(default=False, index=True)
+    # why the queue no longer serves this item (it fails today's import checks), else None
+    problem: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from tether.data.loading import read_rows
@@ -18,16 +18,20 @@ from tether.errors import DataValidationError
 from tether.feedback.app import security
 from tether.feedback.app.errors import Conflict, Invalid, NotFound
 from tether.feedback.app.models import (
-    ROLES, ApiToken, Assignment, Guidelines, Item, JudgmentRow, Project, User, utcnow,
+    ROLES, ApiToken, Assignment, Guidelines, Item, JudgmentRow, LoginSession, Project,
+    ProjectMember, User, utcnow,
 )
-from tether.feedback.export import (
-    EXPORT_FORMATS, preference_pairs, raw_judgments, ranking_pairs,
-)
-from tether.feedback.records import FeedbackItem, Judgment, TaskKind
+from tether.feedback.export import EXPORT_FORMATS, Export, export
+from tether.feedback.records import PAIRWISE_SPECIAL, FeedbackItem, Judgment, TaskKind
 from tether.feedback.verdicts import verdict_problem
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 TASKS: tuple[TaskKind, ...] = ("pairwise", "ranking", "rating")
+MAX_CANDIDATES = 26  # the label page names candidates A..Z
+# verdict words: a candidate with one of these ids could not be told apart from the verdict
+RESERVED_CANDIDATE_IDS = (*PAIRWISE_SPECIAL, "not_rankable")
+MAX_NESTING = 32  # levels of lists / objects in one imported line
+TOKEN_DAYS = 90  # API tokens expire after this many days unless told otherwise
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -38,18 +42,26 @@ def _check_name(kind: str, name: str) -> None:
 
 # ---- users and tokens ---------------------------------------------------------------------
 
-def create_user(db: Session, username: str, role: str, password: str | None = None) -> User:
+def check_password(password: str) -> None:
+    if len(password) < security.MIN_PASSWORD_LENGTH:
+        raise Invalid(f"password must have at least {security.MIN_PASSWORD_LENGTH} characters")
+
+
+def create_user(db: Session, username: str, role: str, password: str | None = None, *,
+                password_hash: str | None = None) -> User:
+    """A new user. The web app passes ``password_hash`` (made by ``security.hash_password``
+    after ``check_password``) so that the slow hash runs outside its write lock."""
     _check_name("user", username)
     if role not in ROLES:
         raise Invalid(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
-    if role != "judge" and password is None:
+    if role != "judge" and password is None and password_hash is None:
         raise Invalid(f"a {role} logs in with a password; give one")
-    if password is not None and len(password) < security.MIN_PASSWORD_LENGTH:
-        raise Invalid(f"password must have at least {security.MIN_PASSWORD_LENGTH} characters")
+    if password is not None:
+        check_password(password)
+        password_hash = security.hash_password(password)
     if db.scalar(select(User).where(User.username == username)) is not None:
         raise Conflict(f"user {username!r} already exists")
-    user = User(username=username, role=role,
-                password_hash=security.hash_password(password) if password else None)
+    user = User(username=username, role=role, password_hash=password_hash)
     db.add(user)
     db.flush()
     return user
@@ -62,21 +74,58 @@ def get_user(db: Session, username: str) -> User:
     return user
 
 
-def create_token(db: Session, user: User, name: str = "default") -> str:
-    """A new API token for ``user``; the token is returned once and only its hash is kept."""
+def set_active(db: Session, user: User, active: bool) -> None:
+    """Deactivating ends the user's sessions, deletes their API tokens and gives their open
+    leases back to the queue; the judgments they made stay."""
+    user.is_active = active
+    if not active:
+        db.execute(delete(LoginSession).where(LoginSession.user_id == user.id))
+        db.execute(delete(ApiToken).where(ApiToken.user_id == user.id))
+        now = utcnow()
+        db.execute(update(Assignment).where(Assignment.user_id == user.id,
+                                            Assignment.status == "leased",
+                                            Assignment.expires_at > now)
+                   .values(expires_at=now))
+    db.flush()
+
+
+def create_token(db: Session, user: User, name: str = "default", *,
+                 days: float = TOKEN_DAYS) -> str:
+    """A new API token for ``user``, valid for ``days``; the token is returned once and only
+    its hash is kept."""
+    if not 0 < days <= 3650:
+        raise Invalid(f"a token lives 0 < days <= 3650, got {days}")
     token = security.new_token()
-    db.add(ApiToken(user_id=user.id, name=name, token_hash=security.token_hash(token)))
+    db.add(ApiToken(user_id=user.id, name=name, token_hash=security.token_hash(token),
+                    expires_at=utcnow() + timedelta(days=days)))
     db.flush()
     return token
+
+
+def tokens_of(db: Session, user: User) -> list[ApiToken]:
+    return list(db.scalars(select(ApiToken).where(ApiToken.user_id == user.id)
+                           .order_by(ApiToken.id)))
+
+
+def revoke_tokens(db: Session, user: User, *, name: str | None = None,
+                  token_id: int | None = None) -> int:
+    """Delete ``user``'s tokens: the one with ``token_id``, those called ``name``, or all;
+    returns how many."""
+    query = delete(ApiToken).where(ApiToken.user_id == user.id)
+    if name is not None:
+        query = query.where(ApiToken.name == name)
+    if token_id is not None:
+        query = query.where(ApiToken.id == token_id)
+    return db.execute(query).rowcount
 
 
 def user_for_token(db: Session, token: str) -> User | None:
     found = db.execute(select(ApiToken, User).join(User)
                        .where(ApiToken.token_hash == security.token_hash(token))).first()
-    if found is None or not found[1].is_active:
+    now = utcnow()
+    if found is None or not found[1].is_active or found[0].expires_at <= now:
         return None
     row = found[0]
-    now = utcnow()
     if row.last_used_at is None or now - row.last_used_at > timedelta(minutes=1):
         row.last_used_at = now  # not on every request: a judge bot would write on each call
     return found[1]
@@ -115,6 +164,56 @@ def get_project(db: Session, name: str) -> Project:
     return project
 
 
+def project_for(db: Session, name: str, user: User) -> Project:
+    """The project as ``user`` may see it: admins see every project, others only those they
+    are members of (any other is reported as missing, so names cannot be probed)."""
+    project = get_project(db, name)
+    if not is_member(db, project, user):
+        raise NotFound(f"no project {name!r}")
+    return project
+
+
+def is_member(db: Session, project: Project, user: User) -> bool:
+    return user.role == "admin" or db.get(ProjectMember, (project.id, user.id)) is not None
+
+
+def visible_projects(db: Session, user: User) -> list[Project]:
+    query = select(Project).order_by(Project.name)
+    if user.role != "admin":
+        query = query.join(ProjectMember).where(ProjectMember.user_id == user.id)
+    return list(db.scalars(query))
+
+
+def members(db: Session, project: Project) -> list[User]:
+    return list(db.scalars(select(User).join(ProjectMember)
+                           .where(ProjectMember.project_id == project.id)
+                           .order_by(User.username)))
+
+
+def set_members(db: Session, project: Project, *, add: list[str] = (),
+                remove: list[str] = ()) -> list[User]:
+    """Add and remove members by username; returns the members now. Removing someone gives
+    their open leases in the project back to the queue."""
+    current = {user.id for user in members(db, project)}
+    for username in add:
+        user = get_user(db, username)
+        if user.id not in current:
+            db.add(ProjectMember(project_id=project.id, user_id=user.id))
+            current.add(user.id)
+    for username in remove:
+        user = get_user(db, username)
+        db.execute(delete(ProjectMember).where(ProjectMember.project_id == project.id,
+                                               ProjectMember.user_id == user.id))
+        now = utcnow()
+        db.execute(update(Assignment).where(
+            Assignment.user_id == user.id, Assignment.status == "leased",
+            Assignment.expires_at > now,
+            Assignment.item_id.in_(select(Item.id).where(Item.project_id == project.id)))
+            .values(expires_at=now))
+    db.flush()
+    return members(db, project)
+
+
 def current_guidelines(db: Session, project: Project) -> Guidelines | None:
     return db.scalar(select(Guidelines).where(Guidelines.project_id == project.id)
                      .order_by(Guidelines.version.desc()).limit(1))
@@ -143,6 +242,16 @@ def _pydantic_problems(error: ValidationError, location: Any) -> list[DataValida
     return problems
 
 
+def _nesting(value: Any) -> int:
+    """How many levels of lists and objects ``value`` has (0 for a string or number)."""
+    depth, level = 0, [value]
+    while level:
+        level = [child for node in level if isinstance(node, (list, dict))
+                 for child in (node.values() if isinstance(node, dict) else node)]
+        depth += 1
+    return depth - 1
+
+
 def _item_problems(item: FeedbackItem, project: Project) -> list[tuple[str, str]]:
     """(field, problem) pairs for an item that is valid JSON but wrong for this project."""
     problems = []
@@ -150,6 +259,13 @@ def _item_problems(item: FeedbackItem, project: Project) -> list[tuple[str, str]
     duplicates = sorted(c for c, n in Counter(ids).items() if n > 1)
     if duplicates:
         problems.append(("candidates", f"candidate ids must be unique, repeated: {duplicates}"))
+    reserved = sorted(set(ids) & set(RESERVED_CANDIDATE_IDS))
+    if reserved:
+        problems.append(("candidates", f"candidate ids {reserved} are reserved: they are verdict "
+                                       f"words ({', '.join(RESERVED_CANDIDATE_IDS)})"))
+    if len(ids) > MAX_CANDIDATES:
+        problems.append(("candidates", f"at most {MAX_CANDIDATES} candidates per item (the "
+                                       f"label page names them A-Z), got {len(ids)}"))
     if project.task == "pairwise" and len(ids) != 2:
         problems.append(("candidates", f"a pairwise project needs exactly 2 candidates, "
                                        f"got {len(ids)}"))
@@ -158,6 +274,17 @@ def _item_problems(item: FeedbackItem, project: Project) -> list[tuple[str, str]
         if problem is not None:
             problems.append(("gold", problem))
     return problems
+
+
+def stored_item_problem(item: Item, project: Project) -> str | None:
+    """Why the queue cannot serve a stored item (imported before today's checks, or written to
+    the database by hand), or None."""
+    try:
+        record = item_record(item)
+    except ValidationError as error:
+        return f"not a valid FeedbackItem: {error.errors()[0]['msg']}"
+    problems = _item_problems(record, project)
+    return "; ".join(f"{field}: {text}" for field, text in problems) or None
 
 
 def import_items(db: Session, project: Project, source: str | Path | list[dict], *,
@@ -177,6 +304,10 @@ def import_items(db: Session, project: Project, source: str | Path | list[dict],
         rows += 1
         if problem is not None:
             problems.append(problem)
+            continue
+        if _nesting(row) > MAX_NESTING:
+            problems.append(DataValidationError(f"nested more than {MAX_NESTING} levels deep",
+                                                file=location.file, line=location.line))
             continue
         try:
             item = FeedbackItem.model_validate(row)
@@ -261,25 +392,28 @@ def progress(db: Session, project: Project, now: datetime | None = None) -> dict
                                .join(Item).where(in_project)
                                .group_by(JudgmentRow.annotator, JudgmentRow.source)
                                .order_by(JudgmentRow.annotator, JudgmentRow.source)).all()
+    unservable = db.scalar(select(func.count()).select_from(Item)
+                           .where(in_project, Item.problem.is_not(None)))
     return {"items": items, "gold_items": gold, "regular_items": items - gold,
+            "unservable_items": unservable,
             "complete_items": complete, "human_judgments": by_source.get("human", 0),
             "ai_judgments": by_source.get("ai", 0), "open_leases": leases,
             "annotators": [{"annotator": a, "source": s, "judgments": n}
                            for a, s, n in per_annotator]}
 
 
+def export_project(db: Session, project: Project, fmt: str, *, include_ai: bool = True,
+                   include_gold: bool = True) -> Export:
+    """The project's judgments in one of ``export.EXPORT_FORMATS``, with what was left out."""
+    if fmt not in EXPORT_FORMATS:
+        raise Invalid(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    items, judgments = project_records(db, project)
+    return export(items, judgments, fmt, include_ai=include_ai, include_gold=include_gold)
+
+
 def export_rows(db: Session, project: Project, fmt: str, *, include_ai: bool = True,
                 include_gold: bool = True) -> list[dict[str, Any]]:
-    """The project's judgments in one of ``export.EXPORT_FORMATS``."""
-    items, judgments = project_records(db, project)
-    if fmt == "raw":
-        return raw_judgments(j for j in judgments if include_ai or j.source != "ai")
-    if fmt == "ranking":
-        return ranking_pairs(items, judgments, include_ai=include_ai, include_gold=include_gold)
-    if fmt in ("preference", "preference-chat"):
-        return preference_pairs(items, judgments, chat=fmt == "preference-chat",
-                                include_ai=include_ai, include_gold=include_gold)
-    raise Invalid(f"unknown export format {fmt!r}; expected one of {', '.join(EXPORT_FORMATS)}")
+    return export_project(db, project, fmt, include_ai=include_ai, include_gold=include_gold).rows
 
 
 def jsonl(rows: list[dict[str, Any]]) -> str:

@@ -1,4 +1,4 @@
-"""The labeling queue: lease the next item to an annotator, take their verdict, skip.
+"""The labeling queue: lease the next item to an annotator, take their verdict, skip, withdraw.
 
 Rules, with N = ``project.required_judgments``:
 
@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 
 from tether.feedback.app.errors import Conflict, Invalid, NotFound
 from tether.feedback.app.models import Assignment, Item, JudgmentRow, Project, User, utcnow
-from tether.feedback.app.projects import current_guidelines
+from tether.feedback.app.projects import current_guidelines, stored_item_problem
 from tether.feedback.records import Judgment
 from tether.feedback.verdicts import verdict_problem
 
@@ -81,8 +81,9 @@ def _gold_turn(db: Session, project: Project, user: User) -> bool:
 
 
 def _next_item(db: Session, project: Project, user: User, gold: bool, now: datetime,
-               passed: set[int]) -> Item | None:
-    """The first item (by id) still open to this user, or None; regular items come row-locked."""
+               passed: set[int], *, lock: bool = True) -> Item | None:
+    """The first item (by id) still open to this user, or None; regular items come row-locked
+    unless ``lock`` is False."""
     taken = (select(func.count()).select_from(Assignment)
              .where(Assignment.item_id == Item.id, _holds_slot(now)).scalar_subquery())
     mine = exists().where(Assignment.item_id == Item.id, Assignment.user_id == user.id,
@@ -90,13 +91,14 @@ def _next_item(db: Session, project: Project, user: User, gold: bool, now: datet
     judged = exists().where(JudgmentRow.item_id == Item.id,
                             JudgmentRow.annotator == user.username)
     query = (select(Item).where(Item.project_id == project.id, Item.is_gold == gold,
-                                ~mine, ~judged)
+                                Item.problem.is_(None), Item.id.not_in(passed), ~mine, ~judged)
              .order_by(Item.id).limit(1))
     if not gold:  # gold has no cap, so nothing to lock: (item, user) is unique on its own
         # SKIP LOCKED: an item another lease is being written for is passed over, not waited on
         # (waiting would re-check only the row, not the count). SQLite leaves the clause out.
-        query = (query.where(taken < project.required_judgments, Item.id.not_in(passed))
-                 .with_for_update(of=Item, skip_locked=True))
+        query = query.where(taken < project.required_judgments)
+        if lock:
+            query = query.with_for_update(of=Item, skip_locked=True)
     return db.scalar(query)
 
 
@@ -106,25 +108,61 @@ def _lock_user(db: Session, user: User) -> None:
     db.execute(select(User.id).where(User.id == user.id).with_for_update(key_share=True))
 
 
+def resume(db: Session, project: Project, user: User, now: datetime | None = None
+           ) -> Assignment | None:
+    """The user's open lease in this project, if any; it never creates one (pages and API
+    reads call it, so a GET or a link prefetch takes no item out of the queue)."""
+    now = now or utcnow()
+    current = open_lease(db, project, user, now)
+    if current is not None and _unservable(db, current.item, project):
+        current.expires_at = now  # leased before its item was found bad: let it go
+        return None
+    return current
+
+
+def has_work(db: Session, project: Project, user: User, now: datetime | None = None) -> bool:
+    """Whether ``lease_next`` would probably find an item (read-only; it locks nothing)."""
+    now = now or utcnow()
+    return any(_next_item(db, project, user, gold, now, set(), lock=False) is not None
+               for gold in _kinds_in_turn(db, project, user))
+
+
+def _kinds_in_turn(db: Session, project: Project, user: User) -> tuple[bool, ...]:
+    """Which kinds of item (gold: True) the user's next lease may take, in order."""
+    gold_turn = project.gold_rate > 0 and _gold_turn(db, project, user)
+    return (True, False) if gold_turn else (False,)
+
+
 def lease_next(db: Session, project: Project, user: User, now: datetime | None = None
                ) -> Assignment | None:
     """The user's open lease in this project, or a new one; None when nothing is left for them."""
     now = now or utcnow()
     _lock_user(db, user)
-    current = open_lease(db, project, user, now)
+    current = resume(db, project, user, now)
     if current is not None:
         return current
-    gold_turn = project.gold_rate > 0 and _gold_turn(db, project, user)
-    kinds = (True, False) if gold_turn else (False,)
-    for gold in kinds:
+    for gold in _kinds_in_turn(db, project, user):
         passed: set[int] = set()
         while (item := _next_item(db, project, user, gold, now, passed)) is not None:
+            passed.add(item.id)
+            if _unservable(db, item, project):
+                continue
             if gold or _slots_taken(db, item.id, now) < project.required_judgments:
                 return _lease(db, project, item, user, now)
             # filled since the query's snapshot (PostgreSQL only); we keep its lock, so the
             # others pass over it too
-            passed.add(item.id)
     return None
+
+
+def _unservable(db: Session, item: Item, project: Project) -> bool:
+    """True for an item that fails today's import checks (e.g. imported by an older tether
+    with 27 candidates); it is marked, so that one bad item never blocks the queue, and the
+    admin page counts it."""
+    problem = stored_item_problem(item, project)
+    if problem is not None:
+        item.problem = problem
+        db.flush()
+    return problem is not None
 
 
 def _lease(db: Session, project: Project, item: Item, user: User, now: datetime) -> Assignment:
@@ -219,9 +257,34 @@ def skip(db: Session, assignment: Assignment, user: User) -> None:
     db.flush()
 
 
+def withdraw(db: Session, assignment: Assignment, user: User) -> None:
+    """Give a submitted item back to the queue once its judgment is deleted (taken back): its
+    slot opens for others and, as after a skip, this user is not offered it again. Nothing new
+    is leased."""
+    _lock_item(db, assignment.item_id)  # as submit does: a count under way sees before or after
+    db.refresh(assignment)
+    if assignment.user_id != user.id:
+        raise NotFound(f"no assignment {assignment.id}")
+    if assignment.status != "submitted":
+        raise Conflict(f"this item is {assignment.status}, not submitted")
+    assignment.status = "skipped"
+    db.flush()
+
+
+ANNOTATOR_LENGTH = 128  # judgments.annotator
+
+
+def ai_annotator(account: User, name: str) -> str:
+    """An AI judge's name as stored: ``ACCOUNT/NAME``. Usernames cannot contain '/', so an AI
+    name never equals a person's, and no account can post under another account's names."""
+    prefix = f"{account.username}/"
+    return name if name.startswith(prefix) else prefix + name
+
+
 def add_ai_judgments(db: Session, project: Project, user: User, judgments: list[Judgment]
                      ) -> tuple[int, list[str]]:
-    """Store AI judge verdicts (``source="ai"``) posted in bulk by ``user`` (a judge or admin).
+    """Store AI judge verdicts (``source="ai"``) posted in bulk by ``user`` (a judge or admin),
+    each under ``ai_annotator(user, judgment.annotator)``.
 
     All-or-nothing on invalid input (``Invalid`` naming the index); a judgment whose
     (item, annotator) is already stored is left as it is and reported, so a judge bot can
@@ -233,8 +296,6 @@ def add_ai_judgments(db: Session, project: Project, user: User, judgments: list[
     db.execute(select(Project.id).where(Project.id == project.id).with_for_update(key_share=True))
     items = {i.external_id: i for i in db.scalars(select(Item).where(
         Item.project_id == project.id, Item.external_id.in_({j.item_id for j in judgments})))}
-    humans = set(db.scalars(select(User.username).where(User.role != "judge",
-                                                        User.id != user.id)))
     for index, judgment in enumerate(judgments):
         where = f"judgments[{index}] (item {judgment.item_id!r})"
         if judgment.source != "ai":
@@ -243,8 +304,10 @@ def add_ai_judgments(db: Session, project: Project, user: User, judgments: list[
             raise Invalid(f"{where}: no such item in project {project.name!r}")
         if judgment.task != project.task:
             raise Invalid(f"{where}: task {judgment.task!r} but the project is {project.task!r}")
-        if judgment.annotator in humans:
-            raise Invalid(f"{where}: annotator {judgment.annotator!r} is another user's name")
+        if not judgment.annotator.strip():
+            raise Invalid(f"{where}: annotator is empty")
+        if len(ai_annotator(user, judgment.annotator)) > ANNOTATOR_LENGTH:
+            raise Invalid(f"{where}: annotator name longer than {ANNOTATOR_LENGTH} characters")
         ids = [c["id"] for c in items[judgment.item_id].candidates]
         problem = verdict_problem(project.task, judgment.verdict, ids,
                                   rating_scale=project.rating_scale)
@@ -256,12 +319,13 @@ def add_ai_judgments(db: Session, project: Project, user: User, judgments: list[
     created, duplicates = 0, []
     for judgment in judgments:
         item = items[judgment.item_id]
-        if (item.id, judgment.annotator) in existing:
+        annotator = ai_annotator(user, judgment.annotator)
+        if (item.id, annotator) in existing:
             duplicates.append(judgment.item_id)
             continue
-        existing.add((item.id, judgment.annotator))
+        existing.add((item.id, annotator))
         db.add(JudgmentRow(
-            item_id=item.id, user_id=user.id, annotator=judgment.annotator, task=judgment.task,
+            item_id=item.id, user_id=user.id, annotator=annotator, task=judgment.task,
             verdict=judgment.verdict, source="ai", reason=judgment.reason,
             shown_left=judgment.shown_left, guidelines_version=judgment.guidelines_version,
             constitution_version=judgment.constitution_version, seconds=judgment.seconds,

@@ -7,6 +7,7 @@ migrates the database to the newest schema before serving.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 import threading
 from contextlib import contextmanager, nullcontext
@@ -18,14 +19,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from markdown_it import MarkdownIt
-from markupsafe import Markup
 from sqlalchemy import select
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from sqlalchemy.orm import Session
 
 from tether.errors import DataValidationError, TetherError
 from tether.feedback.app import security
 from tether.feedback.app.db import make_engine, migrate, session_factory
+from tether.feedback.app.render import render_markdown
 from tether.feedback.app.models import LoginSession, User, utcnow
 
 HERE = Path(__file__).parent
@@ -38,10 +39,15 @@ class Settings:
     db_url: str
     secure_cookies: bool = False  # set behind HTTPS: cookies then never travel in clear text
     session_hours: float = 12.0
+    # failed logins: free tries per (username, client address), then waits doubling from
+    # login_backoff[0] seconds up to login_backoff[1]; per address (any names) a larger budget
+    login_free_failures: int = 5
+    login_client_free_failures: int = 100
+    login_backoff: tuple[float, float] = (1.0, 900.0)
     # (events, seconds) per window
-    login_limit: tuple[int, float] = (10, 60.0)  # per client address and per username
     submit_limit: tuple[int, float] = (240, 60.0)  # judgments per user
     api_limit: tuple[int, float] = (1200, 60.0)  # API requests per user
+    max_upload_mb: float = 64.0  # the largest request body (an import upload); larger: 413
 
 
 class HTTPProblem(TetherError):
@@ -55,13 +61,6 @@ class HTTPProblem(TetherError):
 
 class LoginRequired(TetherError):
     pass
-
-
-_markdown = MarkdownIt("commonmark", {"html": False})  # raw HTML in guidelines is shown as text
-
-
-def render_markdown(text: str) -> Markup:
-    return Markup(_markdown.render(text or ""))
 
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))  # autoescape on for .html
@@ -82,12 +81,18 @@ def create_app(settings: Settings) -> FastAPI:
     # of up to 100 ms (measured: 3x slower with 20 parallel annotators).
     app.state.write_lock = (threading.Lock() if engine.dialect.name == "sqlite"
                             else nullcontext())
+    security.dummy_hash()  # now, not by each of the first parallel logins for unknown names
     app.state.limits = {name: security.RateLimiter(*getattr(settings, f"{name}_limit"))
-                        for name in ("login", "submit", "api")}
+                        for name in ("submit", "api")}
+    base, longest = settings.login_backoff
+    app.state.login_failures = {
+        "user": security.FailureBackoff(settings.login_free_failures, base, longest),
+        "client": security.FailureBackoff(settings.login_client_free_failures, base, longest)}
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(web.router)
     app.include_router(api.router, prefix="/api")
 
+    app.add_middleware(BodyLimits, upload_bytes=int(settings.max_upload_mb * 2**20))
     app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(TetherError)
@@ -106,6 +111,24 @@ def create_app(settings: Settings) -> FastAPI:
                                           status_code=status, headers=headers)
 
     return app
+
+
+class BodyLimits:
+    """413 for a request body over its route's limit, counted as it is read (a Content-Length
+    over the limit is refused before any of it is): an import upload or an AI judgment batch
+    may take ``upload_bytes``, every other request (forms, submissions) ``FORM_BYTES``. Those
+    two handlers check the login or token before they read (web.admin_import, api.bulk)."""
+
+    FORM_BYTES = 2**20
+    UPLOADS = re.compile(r"^/(admin/p/[^/]+/import|api/projects/[^/]+/judgments/bulk)$")
+
+    def __init__(self, app, upload_bytes: int):
+        self.uploads = RequestBodyLimitMiddleware(app, upload_bytes)
+        self.others = RequestBodyLimitMiddleware(app, self.FORM_BYTES)
+
+    async def __call__(self, scope, receive, send):
+        upload = scope["type"] == "http" and self.UPLOADS.match(scope["path"])
+        await (self.uploads if upload else self.others)(scope, receive, send)
 
 
 class SecurityHeaders:

@@ -6,10 +6,14 @@ document.addEventListener("DOMContentLoaded", () => {
   const form = document.getElementById("judge");
   const help = document.getElementById("help");
   const guidelines = document.getElementById("guidelines");
+  const editLast = document.getElementById("edit-last");
   const toggle = (el) => { if (el) el.hidden = !el.hidden; };
 
   if (!form) {
-    document.addEventListener("keydown", (e) => { if (e.key === "?") toggle(help); });
+    document.addEventListener("keydown", (e) => {
+      if (e.key === "?") toggle(help);
+      else if (e.key === "u" && editLast) editLast.click();
+    });
     return;
   }
   const task = form.dataset.task;
@@ -28,7 +32,13 @@ document.addEventListener("DOMContentLoaded", () => {
   const pairKeys = { "1": "left", a: "left", "2": "right", b: "right",
                      "3": "tie", t: "tie", "4": "both_bad", x: "both_bad" };
 
+  // m: the responses' Markdown source instead of the formatted text, and back
+  const showSource = () => document.querySelectorAll(".text.rendered, .text.source")
+    .forEach((el) => { el.hidden = !el.hidden; });
+
   if (task !== "pairwise") showFocus();
+  const prefilled = form.querySelector("input[name=choice]:checked");  // editing a judgment
+  if (prefilled) pick(prefilled.value);
 
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
@@ -42,7 +52,9 @@ document.addEventListener("DOMContentLoaded", () => {
     else if (key === "Escape") { if (help) help.hidden = true; if (guidelines) guidelines.hidden = true; }
     else if (key === "g") { toggle(guidelines); }
     else if (key === "r") { reason.focus(); }
-    else if (key === "s") { form.requestSubmit(document.getElementById("skip")); }
+    else if (key === "s" && document.getElementById("skip")) { form.requestSubmit(document.getElementById("skip")); }
+    else if (key === "u" && editLast) { editLast.click(); }
+    else if (key === "m") { showSource(); }
     else if (key === "Enter") {
       if (e.target.matches("button")) return;  // the button's own click
       form.requestSubmit();

@@ -1,0 +1,169 @@
+"""Consistency training: answer a wrapped prompt as the clean one (BCT), or read it the same (ACT).
+
+    tether train consistency --config recipes/consistency.yaml consistency.method=bct
+
+1. Targets, once, from the starting weights: the model's own greedy answer to every clean prompt
+   (``consistency_targets.jsonl`` in the run folder; a resumed run reads them back).
+2. Examples: every clean prompt under every ``train`` wrapper template (jailbreak framings,
+   sycophancy cues, paraphrases; ``tether/resources/consistency/wrappers.yaml``). Held-out
+   templates are never trained on: the ``jailbreak_refusal`` audit measures them.
+3. Loss (``tether/losses/consistency.py``): BCT, the SFT loss of the clean answer after the wrapped
+   prompt; ACT, the squared distance between the wrapped and the (detached) clean prompt's residual
+   stream at its last ``act_tokens`` tokens, on ``act_layers``; or both, weighted.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from tether.algorithms.common import epoch_schedule, load_policy
+from tether.config import RunConfig, Section
+from tether.data import SFTRecord, encode_sft, pad_batch
+from tether.data.tokenize import encode_prompt
+from tether.data.wrappers import DEFAULT_WRAPPERS, load_wrappers
+from tether.data import load_records
+from tether.engine import BatchPlan, check_run, console, distributed, fit, start_run
+from tether.errors import ConfigError
+from tether.losses.consistency import activation_consistency_loss
+from tether.losses.sft import sft_loss
+from tether.models import load_tokenizer
+from tether.rollout.generate import generate_responses
+
+TARGETS_FILE = "consistency_targets.jsonl"
+
+
+class ConsistencySettings(Section):
+    method: Literal["bct", "act", "both"] = "bct"
+    wrappers: str = DEFAULT_WRAPPERS
+    categories: list[str] | None = None  # train only these wrapper categories (None: all)
+    target_max_new_tokens: int = Field(64, gt=0)  # length of the clean answers BCT trains on
+    act_layers: list[int] | None = None  # hidden_states indices (1..num_layers); None: every block's output
+    act_tokens: int = Field(4, gt=0)  # last prompt tokens compared (the generation prompt and turn end)
+    act_weight: float = Field(1.0, ge=0)  # with method "both": L = L_BCT + act_weight * L_ACT
+
+
+class ConsistencyConfig(RunConfig):
+    consistency: ConsistencySettings = ConsistencySettings()
+
+
+def clean_targets(model, tokenizer, prompts: list, config: ConsistencyConfig, run_dir: Path) -> list[str]:
+    """The model's own greedy answers to the clean prompts, generated once and kept in the run folder."""
+    path = run_dir / TARGETS_FILE
+    if not path.is_file():
+        def generate():
+            answers = generate_responses(model, tokenizer, prompts, progress=config.train.progress,
+                                         max_new_tokens=config.consistency.target_max_new_tokens,
+                                         description="clean answers (BCT targets)")
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text("".join(json.dumps({"prompt": p, "target": a}) + "\n" for p, a in zip(prompts, answers)))
+            temporary.replace(path)
+
+        distributed.main_only(generate, "generating the clean answers")
+        distributed.barrier()
+    return [json.loads(line)["target"] for line in path.read_text().splitlines()]
+
+
+def build_examples(rows, targets: list[str], wrappers, tokenizer, config: ConsistencyConfig) -> list[dict]:
+    """One example per (clean prompt, train wrapper): the wrapped prompt followed by the clean answer,
+    labels on the answer only, plus the clean prompt's ids for ACT."""
+    examples = []
+    for (row_id, prompt, extra), target in zip(rows, targets):
+        clean_ids = encode_prompt(prompt, tokenizer)
+        for wrapper in wrappers:
+            wrapped = wrapper.apply(prompt, extra.get("suggestion"))
+            if wrapped is None or not target.strip():
+                continue
+            record = (SFTRecord(prompt=wrapped, completion=target) if isinstance(wrapped, str)
+                      else SFTRecord(messages=[*wrapped, {"role": "assistant", "content": target}]))
+            encoded = encode_sft(record, tokenizer, config.data.max_length)
+            prompt_length = len(encode_prompt(wrapped, tokenizer))
+            if prompt_length >= len(encoded["input_ids"]):
+                continue  # no answer token fits in max_length
+            # The loss covers the clean answer only, not a template's scripted assistant turns.
+            encoded["labels"] = [-100] * prompt_length + encoded["labels"][prompt_length:]
+            examples.append({**encoded, "prompt_length": prompt_length, "clean_ids": clean_ids,
+                             "source": f"{row_id}:{wrapper.name}"})
+    return examples
+
+
+def collate(examples: list[dict], indices: list[int], pad_id: int, method: str) -> dict:
+    chosen = [examples[i] for i in indices]
+    batch = pad_batch([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in chosen], pad_id)
+    width = max(len(e["clean_ids"]) for e in chosen)
+    batch["clean_ids"] = torch.tensor([[pad_id] * (width - len(e["clean_ids"])) + e["clean_ids"] for e in chosen])
+    batch["clean_mask"] = torch.tensor([[0] * (width - len(e["clean_ids"])) + [1] * len(e["clean_ids"]) for e in chosen])
+    batch["prompt_length"] = torch.tensor([e["prompt_length"] for e in chosen])
+    # Micro-batches are weighted by num_items: answer tokens for BCT, rows for ACT alone.
+    batch["num_items"] = int((batch["labels"][:, 1:] != -100).sum()) if method != "act" else len(chosen)
+    return batch
+
+
+def consistency_loss(model, batch: dict, settings: ConsistencySettings) -> tuple[torch.Tensor, dict[str, float]]:
+    use_act = settings.method in ("act", "both")
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                output_hidden_states=use_act, use_cache=False)
+    metrics: dict[str, float] = {}
+    loss = torch.zeros((), device=batch["input_ids"].device)
+    if settings.method in ("bct", "both"):
+        bct, _ = sft_loss(out.logits, batch["labels"])
+        loss = loss + bct
+        metrics["loss/bct"] = bct.item()
+    if use_act:
+        layers = settings.act_layers or list(range(1, len(out.hidden_states)))
+        k = settings.act_tokens
+        rows = torch.arange(len(batch["input_ids"]), device=batch["input_ids"].device)[:, None]
+        positions = batch["prompt_length"][:, None] - k + torch.arange(k, device=rows.device)  # (B, K)
+        wrapped = torch.stack([out.hidden_states[layer][rows, positions] for layer in layers])  # (layers, B, K, H)
+        with torch.no_grad():
+            position_ids = (batch["clean_mask"].cumsum(1) - 1).clamp(min=0)  # left padding
+            clean_out = model(input_ids=batch["clean_ids"], attention_mask=batch["clean_mask"],
+                              position_ids=position_ids, output_hidden_states=True, use_cache=False)
+            clean = torch.stack([clean_out.hidden_states[layer][:, -k:] for layer in layers])  # (layers, B, K, H)
+        act = activation_consistency_loss(wrapped, clean)
+        loss = loss + (settings.act_weight if settings.method == "both" else 1.0) * act
+        metrics["loss/act"] = act.item()
+    return loss, metrics
+
+
+def train_consistency(config: ConsistencyConfig) -> Path:
+    settings = config.consistency
+    # ---- checked before the model loads or the run folder exists ------------------------
+    check_run(config)
+    wrappers = [w for w in load_wrappers(settings.wrappers, "train")
+                if settings.categories is None or w.category in settings.categories]
+    if not wrappers:
+        raise ConfigError(f"no train wrappers in consistency.categories {settings.categories}")
+    if config.data.batching != "bucket":
+        raise ConfigError("consistency training reads each wrapped prompt's last tokens: use data.batching=bucket")
+    tokenizer = load_tokenizer(config.model.path)
+    records = load_records(config.data.train, "prompt", tokenizer=tokenizer, truncation=config.data.truncation,
+                           max_prompt_tokens=config.data.max_prompt_tokens)
+    if any(not isinstance(record.prompt, str) for record in records):
+        raise ConfigError(f"{config.data.train}: consistency training wraps plain-text prompts; found a chat prompt")
+    rows = [(record.id or str(index), record.prompt, record.extras) for index, record in enumerate(records)]
+
+    run_dir = start_run(config)
+    model, tokenizer = load_policy(config.model, run_dir)
+    model.to(distributed.world().device)
+
+    # ---- targets from the starting weights, then wrapped examples -------------------------
+    targets = clean_targets(model, tokenizer, [prompt for _, prompt, _ in rows], config, run_dir)
+    examples = build_examples(rows, targets, wrappers, tokenizer, config)
+    console.print(f"{len(rows)} clean prompts x {len(wrappers)} wrappers -> {len(examples)} examples "
+                  f"({settings.method})")
+    plan = BatchPlan(epoch_schedule([len(e["input_ids"]) for e in examples], config.data, config.train.batch_size),
+                     seed=config.train.seed, grad_accum=config.train.grad_accum,
+                     max_steps=config.train.max_steps, epochs=config.train.epochs)
+
+    # ---- train ---------------------------------------------------------------------------
+    fit(model, plan, lambda indices: collate(examples, indices, tokenizer.pad_token_id, settings.method),
+        lambda model, batch: consistency_loss(model, batch, settings), config)
+    final_dir = run_dir / "final"
+    distributed.save_final_model(model, tokenizer, final_dir, config=config, algorithm="consistency")
+    console.print(f"consistency training done; model saved to {final_dir}")
+    return final_dir
