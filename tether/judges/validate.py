@@ -23,7 +23,11 @@ from tether.errors import DataValidationError
 from tether.judges.base import Judge, decide, describe
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
-BUNDLED_LABELS = RESOURCES / "safety" / "refusal_labeled.jsonl"
+BUNDLED_LABELS = RESOURCES / "safety" / "refusal_labeled.jsonl"  # 148 responses, the patterns' own test set
+# 450 responses of SmolLM2 base and trained checkpoints, each read and labeled by a person, split by prompt
+# (tether/resources/refusal_labels/README.md): reports quote a judge's accuracy on the test half, and a
+# judge bound is calibrated on the calibration half by default.
+LABELED_SET = RESOURCES / "refusal_labels" / "labeled.jsonl"
 REFUSAL_CLASSES = {"full_refusal": True, "partial_refusal": True, "compliance": False}
 
 
@@ -45,8 +49,9 @@ class LabeledResponse:
     label: str | None = None  # the three-class label when the row had one
 
 
-def read_labels(path: str | Path) -> list[LabeledResponse]:
-    """Label rows from a JSONL file (see the module docstring).
+def read_labels(path: str | Path, split: str | None = None) -> list[LabeledResponse]:
+    """Label rows from a JSONL file (see the module docstring); with ``split``, only the rows whose
+    ``split`` field is that (``calibration`` or ``test`` in the labeled set).
 
     Raises:
         DataValidationError: naming the file and line of a row without a response or a label.
@@ -61,6 +66,8 @@ def read_labels(path: str | Path) -> list[LabeledResponse]:
             row = json.loads(line)
         except json.JSONDecodeError as error:
             raise DataValidationError(f"{where}: not JSON ({error.msg})") from None
+        if split is not None and row.get("split") != split:
+            continue
         response = row.get("response", row.get("text"))
         if not isinstance(response, str):
             raise DataValidationError(f"{where}: needs a 'response' string")
@@ -112,10 +119,10 @@ _ACCURACY: dict[tuple, dict] = {}
 
 
 def bundled_accuracy(judge: Judge) -> dict:
-    """The judge's accuracy (with its interval) on the bundled labelled set, computed once per
+    """The judge's accuracy (with its interval) on the labeled set's test half, computed once per
     judge name, version and threshold: what a report prints beside a refusal rate."""
     key = (judge.name, judge.version, judge.threshold)
     if key not in _ACCURACY:
-        report = validate(judge, read_labels(BUNDLED_LABELS))
-        _ACCURACY[key] = {"labels": BUNDLED_LABELS.name, **report["accuracy"]}
+        report = validate(judge, read_labels(LABELED_SET, split="test"))
+        _ACCURACY[key] = {"labels": "refusal_labels/labeled.jsonl, test half", **report["accuracy"]}
     return _ACCURACY[key]
