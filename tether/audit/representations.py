@@ -239,9 +239,10 @@ def summary_lines(result: dict) -> list[str]:
                  f"{refusal['candidate_harmful']:.0%} (n = {refusal['harmful_prompts']}).")
     for row in result["ablation"]:
         restored = "n/a (the candidate gained no refusal to undo)" if row["restored"] is None else f"{row['restored']:.0%}"
+        below = " (over 100%: below the baseline too)" if row["restored"] is not None and row["restored"] > 1 else ""
         lines.append(f"layer {row['layer']}: with the refusal direction ablated the candidate refuses "
                      f"{row['refusal_with_ablation']:.0%} of harmful prompts: {restored} of the refusal it gained is "
-                     f"undone (over 100%: below the baseline too); added to the baseline, the direction makes it "
+                     f"undone{below}; added to the baseline, the direction makes it "
                      f"refuse {row['induced_benign_refusal']:.0%} of benign prompts (baseline {refusal['baseline_benign']:.0%}).")
     for row in result["reactivation"]["cues"]:
         if row["undone"] is None:
