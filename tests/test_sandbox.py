@@ -250,7 +250,8 @@ while True:
 """
     start = time.monotonic()
     result = run_python(bomb, max_processes=8, timeout_s=1.5)
-    assert result.status == "timeout"
+    # Contained either way: the time limit, or (first, on a busy machine) the run's memory cgroup.
+    assert result.status in ("timeout", "memory"), result.status
     assert time.monotonic() - start < 5.0
     assert processes_of(int(result.stdout.split()[0])) == []
     # the machine is still healthy: the next program runs at once
