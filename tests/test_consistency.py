@@ -216,3 +216,10 @@ def test_the_demo_trains_and_audits_every_seed(job):
     assert summary["jailbreak_refusal"]["seeds"] == 2 and summary["jailbreak_refusal"]["change_sd"] is not None
     assert (job / "runs" / "consistency-seed1" / "audit" / "audit.json").is_file()
     assert (job / "runs" / "consistency-demo_results.json").is_file()
+
+
+def test_act_alone_generates_no_targets_and_trains_on_prompts_only(job):
+    config = config_for(job, "train.run_name=act-only", "consistency.method=act", "train.max_steps=2")
+    train_consistency(config)
+    assert not (config.run_dir() / TARGETS_FILE).exists()
+    assert read_metrics(config.run_dir())[-1]["loss/act"] >= 0

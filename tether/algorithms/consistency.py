@@ -68,25 +68,30 @@ def clean_targets(model, tokenizer, prompts: list, config: ConsistencyConfig, ru
     return [json.loads(line)["target"] for line in path.read_text().splitlines()]
 
 
-def build_examples(rows, targets: list[str], wrappers, tokenizer, config: ConsistencyConfig) -> list[dict]:
+def build_examples(rows, targets: list[str] | None, wrappers, tokenizer, config: ConsistencyConfig) -> list[dict]:
     """One example per (clean prompt, train wrapper): the wrapped prompt followed by the clean answer,
-    labels on the answer only, plus the clean prompt's ids for ACT."""
+    labels on the answer only, plus the clean prompt's ids for ACT. Without targets (ACT alone) the
+    example is the wrapped prompt by itself: ACT reads prompt tokens only."""
     examples = []
-    for (row_id, prompt, extra), target in zip(rows, targets):
+    for index, (row_id, prompt, extra) in enumerate(rows):
+        target = None if targets is None else targets[index]
         clean_ids = encode_prompt(prompt, tokenizer)
         for wrapper in wrappers:
             wrapped = wrapper.apply(prompt, extra.get("suggestion"))
-            if wrapped is None or not target.strip():
+            if wrapped is None or (target is not None and not target.strip()):
                 continue
-            record = (SFTRecord(prompt=wrapped, completion=target) if isinstance(wrapped, str)
-                      else SFTRecord(messages=[*wrapped, {"role": "assistant", "content": target}]))
-            encoded = encode_sft(record, tokenizer, config.data.max_length)
-            prompt_length = len(encode_prompt(wrapped, tokenizer))
-            if prompt_length >= len(encoded["input_ids"]):
-                continue  # no answer token fits in max_length
-            # The loss covers the clean answer only, not a template's scripted assistant turns.
-            encoded["labels"] = [-100] * prompt_length + encoded["labels"][prompt_length:]
-            examples.append({**encoded, "prompt_length": prompt_length, "clean_ids": clean_ids,
+            prompt_ids = encode_prompt(wrapped, tokenizer)
+            if target is None:
+                encoded = {"input_ids": prompt_ids, "labels": [-100] * len(prompt_ids)}
+            else:
+                record = (SFTRecord(prompt=wrapped, completion=target) if isinstance(wrapped, str)
+                          else SFTRecord(messages=[*wrapped, {"role": "assistant", "content": target}]))
+                encoded = encode_sft(record, tokenizer, config.data.max_length)
+                if len(prompt_ids) >= len(encoded["input_ids"]):
+                    continue  # no answer token fits in max_length
+                # The loss covers the clean answer only, not a template's scripted assistant turns.
+                encoded["labels"] = [-100] * len(prompt_ids) + encoded["labels"][len(prompt_ids):]
+            examples.append({**encoded, "prompt_length": len(prompt_ids), "clean_ids": clean_ids,
                              "source": f"{row_id}:{wrapper.name}"})
     return examples
 
@@ -151,8 +156,9 @@ def train_consistency(config: ConsistencyConfig) -> Path:
     model, tokenizer = load_policy(config.model, run_dir)
     model.to(distributed.world().device)
 
-    # ---- targets from the starting weights, then wrapped examples -------------------------
-    targets = clean_targets(model, tokenizer, [prompt for _, prompt, _ in rows], config, run_dir)
+    # ---- targets from the starting weights (BCT), then wrapped examples --------------------
+    targets = (None if settings.method == "act"
+               else clean_targets(model, tokenizer, [prompt for _, prompt, _ in rows], config, run_dir))
     examples = build_examples(rows, targets, wrappers, tokenizer, config)
     console.print(f"{len(rows)} clean prompts x {len(wrappers)} wrappers -> {len(examples)} examples "
                   f"({settings.method})")
