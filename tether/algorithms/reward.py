@@ -40,9 +40,8 @@ from tether.engine import BatchPlan, check_run, console, distributed, fit, start
 from tether.engine.grouped_batches import grouped_batches, groups_by_key
 from tether.engine.plots import plot_metrics
 from tether.errors import ConfigError, DataValidationError
-from tether.losses.bradley_terry import (bradley_terry_loss, bradley_terry_metrics,
-                                         preference_calibration)
-from tether.models import load_model, load_tokenizer, merge_lora, prepare_tokenizer
+from tether.losses.bradley_terry import bradley_terry_loss, bradley_terry_metrics, preference_calibration
+from tether.models import evaluation_mode, load_model, load_tokenizer, merge_lora, prepare_tokenizer
 
 REPORT_FILE = "reward_report.json"
 
@@ -240,20 +239,18 @@ def reward_step_loss(model, batch: dict, config: RewardModelConfig):
 def evaluate_comparisons(model, data: Comparisons, pad_id: int, config: RewardModelConfig, *,
                          with_table: bool = False) -> dict:
     """Held-out loss, pairwise accuracy, mean margin, ECE of sigma(r_c - r_r), reward mean/std."""
-    was_training = model.training
-    model.eval()
-    chosen, rejected = [], []
-    size = config.train.batch_size
-    # Longest first, so each batch pads little.
-    order = sorted(range(len(data)), key=lambda i: -max(len(data.chosen[i]), len(data.rejected[i])))
-    device = next(model.parameters()).device
-    for start in range(0, len(order), size):
-        batch = distributed.to_device(collate_comparisons(data, order[start:start + size], pad_id), device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
-            c, r = pair_rewards(model, batch)
-        chosen.append(c.cpu())
-        rejected.append(r.cpu())
-    model.train(was_training)
+    with evaluation_mode(model):
+        chosen, rejected = [], []
+        size = config.train.batch_size
+        # Longest first, so each batch pads little.
+        order = sorted(range(len(data)), key=lambda i: -max(len(data.chosen[i]), len(data.rejected[i])))
+        device = next(model.parameters()).device
+        for start in range(0, len(order), size):
+            batch = distributed.to_device(collate_comparisons(data, order[start:start + size], pad_id), device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
+                c, r = pair_rewards(model, batch)
+            chosen.append(c.cpu())
+            rejected.append(r.cpu())
     inverse = torch.empty(len(order), dtype=torch.long)
     inverse[torch.tensor(order)] = torch.arange(len(order))
     chosen, rejected = torch.cat(chosen)[inverse], torch.cat(rejected)[inverse]  # (N,) in data order

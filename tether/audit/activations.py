@@ -25,6 +25,7 @@ import torch
 
 from tether.data.records import Prompt
 from tether.data.tokenize import encode_prompt
+from tether.models import evaluation_mode
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -44,13 +45,11 @@ def last_token_states(model, tokenizer, prompts: Sequence[Prompt], *, batch_size
 
     Shape: (num_layers + 1, len(prompts), hidden), float32 on the CPU.
     """
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     encoded = [encode_prompt(prompt, tokenizer) for prompt in prompts]
     chunks = []
-    try:
+    with evaluation_mode(model):
         for start in range(0, len(encoded), batch_size):
             rows = encoded[start:start + batch_size]
             width = max(map(len, rows))
@@ -60,8 +59,6 @@ def last_token_states(model, tokenizer, prompts: Sequence[Prompt], *, batch_size
             out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                         output_hidden_states=True, use_cache=False)
             chunks.append(torch.stack([h[:, -1].float().cpu() for h in out.hidden_states]))  # (L+1, b, H)
-    finally:
-        model.train(was_training)
     return torch.cat(chunks, dim=1)
 
 

@@ -12,14 +12,12 @@ made from, so the interval resamples probes, not tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from tether.data.records import Prompt
+from tether.models.modes import evaluation_mode  # noqa: F401  (metric modules import it from here)
 from tether.rollout.generate import DEFAULT_BATCH_SIZE, generate_responses
 
 
@@ -97,13 +95,3 @@ class AuditModel:
         return groups
 
 
-@contextmanager
-def evaluation_mode(network: torch.nn.Module) -> Iterator[torch.device]:
-    """The network in eval mode (dropout off) for the block, its training flag restored after;
-    yields the device its parameters are on."""
-    was_training = network.training
-    network.eval()
-    try:
-        yield next(network.parameters()).device
-    finally:
-        network.train(was_training)

@@ -69,6 +69,7 @@ import torch
 from tether.audit.base import AuditModel, MetricResult, with_judge
 from tether.audit.gate import Gate, check_gates, parse_fail_on
 from tether.errors import ConfigError, TetherError
+from tether.models import evaluation_mode
 
 Metric = str | Callable[[AuditModel], Mapping[str, float] | Sequence[MetricResult]]
 BASELINE_FILE = "audit_baseline.json"
@@ -217,12 +218,10 @@ class AuditHook:
         """Every metric on ``model``: {name: value}. Pair metrics compare against the starting model
         (on the starting model itself they are 0 by definition)."""
         network = model.model
-        was_training = network.training
         device = next(network.parameters()).device
-        network.eval()
         values: dict[str, float] = {}
         # fork_rng: whatever the metrics draw, training continues from the same RNG state
-        try:
+        with evaluation_mode(network):
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
                 for _, thing in self.metrics:
                     if callable(thing):  # a function; modules are not callable
@@ -234,8 +233,6 @@ class AuditHook:
                         values.update({name: 0.0 for name in getattr(thing, "METRICS", {})})
                     else:
                         values.update(_values(thing.evaluate_pair(self.baseline_model, model, limit=self.limit)))
-        finally:
-            network.train(was_training)
         return values
 
     def changes(self, values: Mapping[str, float]) -> dict[str, float]:

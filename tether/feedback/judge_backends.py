@@ -47,6 +47,7 @@ from tether.data.records import Message, Prompt
 from tether.engine.progress import progress_bar
 from tether.errors import ConfigError, TetherError
 from tether.feedback.constitution import Constitution
+from tether.models import evaluation_mode
 from tether.rollout.sampler import positions_from_mask
 
 Choice = Literal["A", "B", "tie"]
@@ -141,11 +142,9 @@ class LocalJudge:
         encoded = [self._encode(request, constitution) for request in requests]
         order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # little padding
         results = [0.0] * len(encoded)
-        was_training = self.model.training
-        self.model.eval()
         pad = self.tokenizer.pad_token_id or 0
         device = self.model.device
-        try:
+        with evaluation_mode(self.model):
             with progress_bar("judge", len(encoded), enabled=progress) as bar:
                 for start in range(0, len(order), self.batch_size):
                     rows = order[start:start + self.batch_size]
@@ -164,8 +163,6 @@ class LocalJudge:
                     for row, i in enumerate(rows):
                         results[i] = float(difference[row])
                     bar.advance(len(rows))
-        finally:
-            self.model.train(was_training)
         return results
 
     def judge(self, requests: Sequence[JudgeRequest], constitution: Constitution, *,

@@ -17,12 +17,14 @@ from tether.models.default_model import (  # noqa: E402
 )
 from tether.models.loading import load_model, load_tokenizer, prepare_tokenizer, save_model  # noqa: E402
 from tether.models.lora import apply_lora, merge_lora, reference_mode  # noqa: E402
+from tether.models.modes import evaluation_mode  # noqa: E402
 
 __all__ = [
     "INSTALL_COMMAND",
     "apply_lora",
     "default_model_cache_dir",
     "default_model_dir",
+    "evaluation_mode",
     "load_model",
     "load_tokenizer",
     "merge_lora",

@@ -6,6 +6,7 @@ import math
 
 from tether.data.records import Prompt
 from tether.engine.progress import progress_bar
+from tether.models import evaluation_mode
 from tether.rollout.sampler import RolloutConfig, TransformersSampler
 
 # Decoding reads every weight once per new token whatever the number of rows, so on a CPU 48 rows
@@ -22,13 +23,11 @@ def generate_responses(model, tokenizer, prompts: list[Prompt], *, max_new_token
     Prompts are sorted by length so each batch pads little, and split into batches of equal size
     (49 prompts at most 48 per batch: 25 + 24, not 48 + 1, since a batch costs its longest decode).
     """
-    was_training = model.training
-    model.eval()
     sampler = TransformersSampler(model, tokenizer)
     config = RolloutConfig(num_samples=1, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     order = sorted(range(len(prompts)), key=lambda i: len(str(prompts[i])))
     responses: list[str] = [""] * len(prompts)
-    try:
+    with evaluation_mode(model):
         with progress_bar(description, len(prompts), enabled=progress) as bar:
             batches = max(1, math.ceil(len(order) / batch_size))
             size = max(1, math.ceil(len(order) / batches))  # no prompts: no batch, and range() needs a step
@@ -38,6 +37,4 @@ def generate_responses(model, tokenizer, prompts: list[Prompt], *, max_new_token
                 for index, text in zip(rows, texts):
                     responses[index] = text.strip()
                 bar.advance(len(rows))
-    finally:
-        model.train(was_training)
     return responses

@@ -57,8 +57,13 @@ from tether.config import Section
 from tether.data import encode_prompt
 from tether.data.records import Prompt
 from tether.losses.logprobs import CACHE_KWARG, output_cache, positions_from_mask
+from tether.models import evaluation_mode
 from tether.rollout.stopping import (
-    FinishReason, cut_at_stop, end_token_ids, find_stop, special_stop_ids,
+    FinishReason,
+    cut_at_stop,
+    end_token_ids,
+    find_stop,
+    special_stop_ids,
 )
 
 
@@ -246,13 +251,9 @@ class TransformersSampler:
         if config.seed is not None:
             generator = torch.Generator(device=device).manual_seed(config.seed)
         step = config.batch_prompts or max(len(encoded), 1)
-        was_training = self.model.training
-        self.model.eval()  # no dropout while sampling
-        try:
+        with evaluation_mode(self.model):
             groups = [self._decode(encoded[start:start + step], config, generator)
                       for start in range(0, len(encoded), step)]
-        finally:
-            self.model.train(was_training)
         return self._join(groups, len(encoded), config.num_samples, device)
 
     def _forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, cache: Any

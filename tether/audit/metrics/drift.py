@@ -36,6 +36,7 @@ from tether.audit.base import AuditModel, MetricResult, mean_of
 from tether.audit.metrics import balanced, load_probes
 from tether.errors import ConfigError
 from tether.losses.kl import kl_estimate
+from tether.models import evaluation_mode
 from tether.rollout.sampler import RolloutConfig, TransformersSampler
 
 METRICS = {"drift_kl": "score", "drift_kl_per_token": "score", "drift_kl_k3": "score"}
@@ -102,10 +103,8 @@ def sample_drift(baseline: AuditModel, candidate: AuditModel, prompts: Sequence,
     _check_same_vocabulary(baseline, candidate)
     sampler = TransformersSampler(candidate.model, candidate.tokenizer)
     per_batch = max(1, (batch_size or candidate.batch_size) // num_samples)
-    modes = (baseline.model.training, candidate.model.training)
-    baseline.model.eval(), candidate.model.eval()
     rows: list[dict] = []
-    try:
+    with evaluation_mode(baseline.model), evaluation_mode(candidate.model):
         for start in range(0, len(prompts), per_batch):
             config = RolloutConfig(num_samples=num_samples, temperature=1.0, top_p=1.0,
                                    max_new_tokens=max_new_tokens, seed=seed + start)
@@ -139,8 +138,6 @@ def sample_drift(baseline: AuditModel, candidate: AuditModel, prompts: Sequence,
                     "k1": float(k1[row].sum()),
                     "text": batch.texts[row],
                 })
-    finally:
-        baseline.model.train(modes[0]), candidate.model.train(modes[1])
     return rows
 
 
