@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import tether.algorithms.ppo as ppo_module
+import tether.algorithms.rl_step as rl_step
 from tether.algorithms.ppo import PPOConfig, train_ppo
 from tether.config import load_config
 from tether.data import load_records
@@ -67,8 +68,8 @@ def monitored_load_model(monkeypatch):
         loaded.append(path)
         return original(path)
 
-    original = ppo_module.load_model
-    monkeypatch.setattr(ppo_module, "load_model", load)
+    original = rl_step.load_model
+    monkeypatch.setattr(rl_step, "load_model", load)
     return loaded
 
 
@@ -84,7 +85,7 @@ def test_adaptive_kl_with_lora_resumes_exactly(job, monkeypatch):
     assert all(row["updates"] == 4.0 for row in rows)  # 2 epochs x 2 minibatches
 
     calls = {"n": 0}
-    original = ppo_module.combine_rewards
+    original = rl_step.combine_rewards
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -92,10 +93,10 @@ def test_adaptive_kl_with_lora_resumes_exactly(job, monkeypatch):
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(ppo_module, "combine_rewards", failing)
+    monkeypatch.setattr(rl_step, "combine_rewards", failing)
     with pytest.raises(KeyboardInterrupt):
         train_ppo(config_for(job, "train.run_name=resumed", *common))
-    monkeypatch.setattr(ppo_module, "combine_rewards", original)
+    monkeypatch.setattr(rl_step, "combine_rewards", original)
     train_ppo(config_for(job, "train.run_name=resumed", "train.resume=true", *common))
     resumed = [row for row in read_metrics(straight.run_dir().parent / "resumed") if "kl_coef" in row]
     assert [row["kl_coef"] for row in resumed] == [row["kl_coef"] for row in rows]

@@ -29,24 +29,40 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from tether.algorithms.common import adapters_off_is_reference, load_policy
-from tether.algorithms.grpo import completion_token_logps, pool_scores, pooled_masked_mean, reward_columns
-from tether.audit.reward_hacking import RewardHackingMonitor
+from tether.algorithms.common import load_policy
+from tether.algorithms.rl_pooled import (
+    pool_scores,
+    pooled_explained_variance,
+    pooled_masked_mean,
+    pooled_rows,
+    pooled_whiten,
+)
+from tether.algorithms.rl_step import (
+    Reference,
+    held_out_monitor,
+    load_rl_data,
+    sample_rollout,
+    score_rollout,
+    step_prompts,
+)
 from tether.config import GoldSettings, RewardSettings, RunConfig, Section
-from tether.data import load_records, seeded_subset
-from tether.engine import BatchPlan, TrainingSession, check_run, console, distributed, progress_bar, start_run
+from tether.engine import BatchPlan, TrainingSession, console, distributed, progress_bar, start_run
 from tether.engine.batches import shuffled_groups
 from tether.engine.checkpoint import copy_weights
 from tether.engine.optim import build_optimizer
 from tether.engine.plots import plot_metrics
 from tether.errors import ConfigError
-from tether.losses.ppo import (AdaptiveKLController, FixedKLController, approx_kl, explained_variance, gae,
-                               policy_loss, token_rewards, value_loss, whiten)
-from tether.models import load_model, load_tokenizer, reference_mode
+from tether.losses.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    approx_kl,
+    gae,
+    policy_loss,
+    token_rewards,
+    value_loss,
+)
 from tether.models.value_head import PolicyWithValueHead, ValueHead, save_value_head
-from tether.rewards.base import check_reward_columns, combine_rewards
-from tether.rewards.resolve import reward_specs
-from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSampler
+from tether.rollout.sampler import RolloutBatch, TransformersSampler
 
 
 class PPOSettings(Section):
@@ -108,60 +124,7 @@ class PPOSession(TrainingSession):
         return {"kl_coef": self.kl_coef}
 
 
-# ------------------------------------------------------------------------- the global batch, sharded
-
-def pooled_rows(*columns: torch.Tensor) -> list[torch.Tensor]:
-    """Every rank's per-completion values (scores, sequence KL, ...) in global row order.
-
-    Under torchrun each rank holds the rows of its block of prompts; the step's statistics (reward
-    mean/std, the KL the adaptive controller reads) are over all of them. One process: as given.
-    Shape: each (rows,) -> (P*N,), dtype kept.
-    """
-    if not distributed.world().enabled:
-        return list(columns)
-    ranks = distributed.gather_objects([column.tolist() for column in columns])
-    return [torch.tensor([value for rank in ranks for value in rank[index]], dtype=column.dtype)
-            for index, column in enumerate(columns)]
-
-
-def pooled_moments(x: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, int]:
-    """Mean and (biased) variance of ``x`` over every rank's masked entries, and how many there are:
-    sums all-reduced in float64, the variance around the pooled mean (two passes, no cancellation).
-    Shape: x, mask (rows, L) -> scalars."""
-    mask = mask.bool()
-    count = distributed.all_reduce_sum(int(mask.sum()))
-    zero = torch.zeros((), dtype=torch.float64)
-    total = distributed.all_reduce_sum(float(torch.where(mask, x.double(), zero).sum()))
-    mean = total / max(count, 1)
-    squares = distributed.all_reduce_sum(float(torch.where(mask, (x.double() - mean) ** 2, zero).sum()))
-    return mean, squares / max(count, 1), count
-
-
-def pooled_whiten(x: torch.Tensor, mask: torch.Tensor, *, shift_mean: bool = True, eps: float = 1e-8
-                  ) -> torch.Tensor:
-    """``losses.ppo.whiten`` with the mean and unbiased variance of the whole step's tokens, every
-    rank's, so 2 processes whiten as 1 does. One process: ``whiten`` itself. Shape: (rows, L)."""
-    if not distributed.world().enabled:
-        return whiten(x, mask, shift_mean=shift_mean, eps=eps)
-    mean, variance, count = pooled_moments(x, mask)
-    if count < 2:
-        raise ValueError(f"unbiased variance needs at least 2 unmasked entries, got {count}")
-    variance *= count / (count - 1)
-    whitened = (x - mean) / math.sqrt(variance + eps)
-    if not shift_mean:
-        whitened = whitened + mean
-    return torch.where(mask.bool(), whitened, torch.zeros((), dtype=x.dtype, device=x.device))
-
-
-def pooled_explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
-    """``explained_variance`` over every rank's tokens (one process: the function itself)."""
-    if not distributed.world().enabled:
-        return explained_variance(values, returns, mask)
-    returns_var = pooled_moments(returns, mask)[1]
-    if returns_var == 0:
-        return math.nan
-    return 1 - pooled_moments(returns - values, mask)[1] / returns_var
-
+# ------------------------------------------------------------------------------- the step
 
 def forward_chunks(actor_critic: PolicyWithValueHead, rollout: RolloutBatch, chunk: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,6 +177,89 @@ def warm_up_critic(session: TrainingSession, rollout: RolloutBatch, returns: tor
         return head(hidden)
 
 
+def kl_controller(settings: PPOSettings, session: PPOSession) -> AdaptiveKLController | FixedKLController:
+    """The KL coefficient's controller, resumed at the value the checkpoint saved."""
+    controller = (AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
+                  if settings.adaptive_kl else FixedKLController(settings.kl_coef))
+    saved = session.resumed_state().get("kl_coef")
+    if saved is not None:
+        controller.value = saved
+    session.kl_coef = controller.value
+    return controller
+
+
+def warm_up_first_critic(session: TrainingSession, rollout: RolloutBatch, rewards: torch.Tensor,
+                         values: torch.Tensor, mask: torch.Tensor, settings: PPOSettings, chunk: int
+                         ) -> tuple[torch.Tensor, dict[str, float]]:
+    """A fresh run's critic warm-up: the zero head would make the first advantages the bare returns.
+    Its target is the Monte-Carlo return (lam = 1), which needs no critic. Returns the warmed
+    critic's values (the updates' start and the GAE baseline) and how well each head explains the
+    returns. Shape: rewards, values, mask (b, L)."""
+    _, mc_returns = gae(rewards, torch.zeros_like(values), mask, gamma=settings.gamma, lam=1.0)
+    warmed = warm_up_critic(session, rollout, mc_returns, mask, steps=settings.value_warmup_steps, chunk=chunk)
+    metrics = {"value_warmup/explained_variance_before": pooled_explained_variance(values, mc_returns, mask),
+               "value_warmup/explained_variance_after": pooled_explained_variance(warmed, mc_returns, mask)}
+    console.print(f"value warm-up: {settings.value_warmup_steps} steps on the critic alone, explained variance "
+                  f"{metrics['value_warmup/explained_variance_before']:.3f} -> "
+                  f"{metrics['value_warmup/explained_variance_after']:.3f}")
+    return warmed, metrics
+
+
+def ppo_updates(session: TrainingSession, rollout: RolloutBatch, old_logps: torch.Tensor, old_values: torch.Tensor,
+                advantages: torch.Tensor, returns: torch.Tensor, here: slice, settings: PPOSettings, step: int,
+                rows: int, minibatch: int) -> dict[str, float]:
+    """``ppo_epochs`` passes of shuffled minibatches with the clipped policy and value losses,
+    stopping once the approximate KL passes ``target_kl``; returns the update metrics.
+
+    The shuffle runs over the step's global rows (``rows``), so a minibatch is the one-process
+    minibatch; each rank trains its own rows of it (``here``), weighted by its share of the
+    minibatch's tokens (the losses are token means), and the gradients add up to the one-process
+    gradient. A rank with no row in a minibatch makes a zero-weight pass, so it still joins the
+    gradient collective. Shape: old_logps, old_values, advantages, returns (b, L)."""
+    mask = rollout.completion_mask.bool()
+    input_ids, attention_mask, position_ids = rollout.sequences()
+    start = rollout.prompt_ids.shape[1]
+    shuffler = torch.Generator().manual_seed(session.config.train.seed * 7_919 + step)
+    sums = {"loss/policy": 0.0, "loss/value": 0.0, "clipfrac": 0.0, "vf_clipfrac": 0.0, "ratio": 0.0}
+    kl_sum, updates, stopped, grad = 0.0, 0, False, {}
+    for _ in range(settings.ppo_epochs):
+        order = torch.randperm(rows, generator=shuffler)
+        for first in range(0, rows, minibatch):
+            chosen = order[first:first + minibatch]
+            mine = chosen[(chosen >= here.start) & (chosen < here.stop)] - here.start
+            part = mine if len(mine) else torch.zeros(1, dtype=torch.long)
+            tokens = int(mask[mine].sum())
+            share = tokens / max(distributed.all_reduce_sum(tokens), 1)
+            with session.autocast():
+                logps, values = session.model(input_ids[part], attention_mask[part], position_ids[part],
+                                              start=start)  # (b', L) each
+                pg_loss, pg_metrics = policy_loss(logps, old_logps[part], advantages[part], mask[part],
+                                                  epsilon=settings.epsilon)
+                vf_loss, vf_metrics = value_loss(values, old_values[part], returns[part], mask[part],
+                                                 cliprange_value=settings.cliprange_value)
+                loss = pg_loss + settings.vf_coef * vf_loss
+            session.backward(loss, step, share)
+            grad = session.optimizer_step(step, len(chosen))
+            # The minibatch's approx KL: token means weighted by share, summed over ranks.
+            kl_now = distributed.all_reduce_sum(approx_kl(logps, old_logps[part], mask[part]).item() * share)
+            kl_sum += kl_now
+            for key, value in (("loss/policy", pg_loss), ("loss/value", vf_loss),
+                               ("clipfrac", pg_metrics["clipfrac"]), ("ratio", pg_metrics["ratio"]),
+                               ("vf_clipfrac", vf_metrics["vf_clipfrac"])):
+                sums[key] += float(value.detach()) * share
+            updates += 1
+            # One decision for all ranks (all_true), or a rank that stops would leave the
+            # others waiting in the next minibatch's collectives.
+            if settings.target_kl is not None and not distributed.all_true(kl_now <= settings.target_kl):
+                stopped = True  # the policy moved far enough from the one that sampled
+                break
+        if stopped:
+            break
+    metrics = {key: value / updates for key, value in distributed.sum_metrics(sums).items()}
+    return {**metrics, "approx_kl": kl_sum / updates, "updates": float(updates), "early_stopped": float(stopped),
+            **grad}
+
+
 def save_policy_and_value_head(actor_critic: PolicyWithValueHead, tokenizer, directory: Path,
                                config: PPOConfig | None = None) -> Path:
     """The policy in the single-process format, and ``value_head.safetensors`` beside it (FSDP's
@@ -233,111 +279,55 @@ def save_policy_and_value_head(actor_critic: PolicyWithValueHead, tokenizer, dir
 
 # ------------------------------------------------------------------------------------------- the run
 
+# ------------------------------------------------------------------------------------------- the run
+
 def train_ppo(config: PPOConfig) -> Path:
     settings = config.ppo
-    # ---- checked before the model loads or the run folder exists ------------------------
-    check_run(config)
-    specs = reward_specs(settings.rewards)
-    gold_specs = reward_specs(settings.gold.rewards) if settings.gold is not None else []
-    tokenizer = load_tokenizer(config.model.path)
-
-    def load(path, scored_by):  # TRL's prompt-only rows: `prompt` plus any columns the rewards read
-        rows = load_records(path, "prompt", tokenizer=tokenizer, max_prompt_tokens=config.data.max_prompt_tokens,
-                            truncation=config.data.truncation)
-        check_reward_columns(scored_by, list(reward_columns(rows)), path)
-        return rows
-
-    prompts = load(config.data.train, specs)
-    held_out = (seeded_subset(load(config.data.eval, specs + gold_specs), settings.eval_prompts, config.train.seed)
-                if config.data.eval else [])
-    if len(prompts) < settings.prompts_per_step:
-        raise ConfigError(f"{config.data.train} has {len(prompts)} prompts, fewer than ppo.prompts_per_step="
+    # checked before the model loads or the run folder exists
+    data = load_rl_data(config, settings, "ppo", eval_prompts=settings.eval_prompts)
+    if len(data.train) < settings.prompts_per_step:
+        raise ConfigError(f"{config.data.train} has {len(data.train)} prompts, fewer than ppo.prompts_per_step="
                           f"{settings.prompts_per_step}")
-    if settings.gold is not None and not held_out:
-        raise ConfigError("ppo.gold is scored on held-out prompts: set data.eval")
-
     run_dir = start_run(config)
     policy, tokenizer = load_policy(config.model, run_dir)
     actor_critic = PolicyWithValueHead(policy)
-    console.print(f"{len(prompts)} training prompts" + (f", {len(held_out)} held out" if held_out else ""))
-
-    # kl_coef = 0 needs no reference; with LoRA the base (adapters off) is the reference, for free.
-    reference = None
-    if settings.kl_coef > 0 and not adapters_off_is_reference(config.model):
-        reference, _ = load_model(config.model.path)
-        reference.requires_grad_(False)
-    has_reference = reference is not None or adapters_off_is_reference(config.model)
-
-    def reference_logps(rollout: RolloutBatch) -> torch.Tensor:
-        with torch.no_grad():
-            if reference is not None:
-                return completion_token_logps(reference, rollout)
-            with reference_mode(policy):
-                return completion_token_logps(policy, rollout)
-
-    plan = BatchPlan(shuffled_groups(len(prompts), settings.prompts_per_step), seed=config.train.seed, grad_accum=1,
-                     max_steps=config.train.max_steps, epochs=config.train.epochs)
+    console.print(f"{len(data.train)} training prompts" +
+                  (f", {len(data.held_out)} held out" if data.held_out else ""))
+    reference = Reference(policy, config.model, needed=settings.kl_coef > 0)
+    plan = BatchPlan(shuffled_groups(len(data.train), settings.prompts_per_step), seed=config.train.seed,
+                     grad_accum=1, max_steps=config.train.max_steps, epochs=config.train.epochs)
     rows = settings.prompts_per_step * settings.num_generations  # the step's completions, all ranks
     minibatch = min(settings.minibatch_size or rows, rows)
     updates_per_step = settings.ppo_epochs * math.ceil(rows / minibatch)
     session = PPOSession(actor_critic, config, plan.total_steps, optimizer_steps=plan.total_steps * updates_per_step)
-    world = session.world
-    if reference is not None:
-        reference.to(world.device)  # a full frozen copy on every rank, also under FSDP
-    controller = (AdaptiveKLController(settings.kl_coef, settings.kl_target, settings.kl_horizon)
-                  if settings.adaptive_kl else FixedKLController(settings.kl_coef))
-    saved = session.resumed_state().get("kl_coef")
-    if saved is not None:
-        controller.value = saved
-    session.kl_coef = controller.value
+    reference.to(session.world.device)
+    controller = kl_controller(settings, session)
     sampler = TransformersSampler(policy, tokenizer)
-
-    monitor = None
-    if held_out:
-        gold = settings.gold
-        monitor = RewardHackingMonitor(
-            run_dir, [r.prompt for r in held_out], reward_columns(held_out), specs, gold_specs,
-            max_new_tokens=settings.eval_max_new_tokens or settings.max_new_tokens,
-            stop=settings.stop, window=gold.window if gold else 3, min_change=gold.min_change if gold else 0.0,
-            seed=config.train.seed, title=f"PPO {config.train.run_name}", samples_per_prompt=settings.eval_samples)
-        monitor.restore(session.start_step)
+    monitor = (held_out_monitor(config, settings, data, session.start_step, f"PPO {config.train.run_name}",
+                                samples_per_prompt=settings.eval_samples) if data.held_out else None)
 
     def evaluate(step: int) -> dict[str, float]:
         """Held-out generation on rank 0 alone, with whole weights (``on_main``)."""
         def run() -> dict[str, float]:
             with torch.no_grad(), session.autocast():
-                return monitor.evaluate(policy, tokenizer, step, reference_logps if has_reference else None)
+                return monitor.evaluate(policy, tokenizer, step, reference.logps if reference.available else None)
 
-        metrics = distributed.on_main(session.module, run) or {}
-        actor_critic.train()
-        return metrics
+        return distributed.on_main(session.module, run) or {}
 
     if monitor is not None and session.start_step == 0:
         session.log(0, evaluate(0))
 
     actor_critic.train()
+    n = settings.num_generations
     with progress_bar(f"ppo {config.train.run_name}", plan.total_steps, completed=session.start_step,
                       enabled=config.train.progress) as bar:
         for step in range(session.start_step, plan.total_steps):
-            # Under torchrun each rank samples and scores a contiguous block of the step's prompts.
-            step_prompts, block = distributed.local_block(plan.micro_batches(step)[0])
-            batch = [prompts[i] for i in step_prompts]
-            n = settings.num_generations
-            here = slice(block.start * n, block.stop * n)  # this rank's rows among the step's P*N
-
-            # ---- rollout (FSDP: whole weights, since ranks decode different numbers of tokens) ------
-            with torch.no_grad(), session.autocast(), distributed.gathered_params(session.module):
-                rollout = sampler.sample([r.prompt for r in batch], RolloutConfig(
-                    num_samples=n, temperature=settings.temperature, top_p=settings.top_p,
-                    max_new_tokens=settings.max_new_tokens, stop=settings.stop,
-                    # per-step seed: exact resume; one stream per rank (rank 0 of 1: the plain seed)
-                    seed=(config.train.seed * 1_000_003 + step) * world.size + world.rank))
-            actor_critic.train()
+            indices, here = step_prompts(plan, step, n)  # this rank's prompts, and its rows of the step
+            batch = [data.train[i] for i in indices]
+            rollout = sample_rollout(sampler, session, [r.prompt for r in batch], settings, step)
 
             # ---- score, old log-probs and values, per-token rewards, GAE -----------------------
-            totals, per_reward, metrics = combine_rewards(
-                specs, [r.prompt for r in batch for _ in range(n)], rollout.texts, reward_columns(batch, n),
-                on_error=settings.on_reward_error)
+            totals, per_reward, metrics = score_rollout(data.specs, batch, rollout, n, settings.on_reward_error)
             scores = torch.tensor(totals)  # (b,) this rank's completions
             truncated = torch.tensor([reason == "length" for reason in rollout.finish_reasons])  # (b,)
             if settings.missing_eos_penalty is not None:
@@ -346,76 +336,21 @@ def train_ppo(config: PPOConfig) -> Path:
             with torch.no_grad(), session.autocast(), distributed.gathered_params(session.module):
                 old_logps, old_values = forward_chunks(session.module, rollout, minibatch)  # (b, L) each
                 # With LoRA the reference is free, so the KL is measured even when kl_coef = 0.
-                ref_logps = reference_logps(rollout).float() if has_reference else None
+                ref_logps = reference.logps(rollout).float() if reference.available else None
             kl_coef = controller.value
             rewards, kl = token_rewards(scores, old_logps, ref_logps, mask, kl_coef=kl_coef,
                                         kl_estimator=settings.kl_estimator)  # (b, L)
-            # Whitening is a statistic of the whole step's tokens, every rank's (pooled_whiten).
             if settings.whiten_rewards:
                 rewards = pooled_whiten(rewards, mask, shift_mean=False)
             warmup = {}
             if step == 0 and settings.value_warmup_steps:  # step 0: a fresh run (resume starts later)
-                # ---- critic warm-up: the zero head would make these advantages the bare returns ----
-                # Its target is the Monte-Carlo return (lam = 1), which needs no critic.
-                _, mc_returns = gae(rewards, torch.zeros_like(old_values), mask, gamma=settings.gamma, lam=1.0)
-                warmed = warm_up_critic(session, rollout, mc_returns, mask, steps=settings.value_warmup_steps,
-                                        chunk=minibatch)  # (b, L)
-                warmup = {"value_warmup/explained_variance_before": pooled_explained_variance(old_values, mc_returns,
-                                                                                              mask),
-                          "value_warmup/explained_variance_after": pooled_explained_variance(warmed, mc_returns, mask)}
-                console.print(f"value warm-up: {settings.value_warmup_steps} steps on the critic alone, explained "
-                              f"variance {warmup['value_warmup/explained_variance_before']:.3f} -> "
-                              f"{warmup['value_warmup/explained_variance_after']:.3f}")
-                old_values = warmed  # the critic the updates start from, and the GAE baseline
+                old_values, warmup = warm_up_first_critic(session, rollout, rewards, old_values, mask, settings,
+                                                          minibatch)
             advantages, returns = gae(rewards, old_values, mask, gamma=settings.gamma, lam=settings.lam)
             if settings.whiten_advantages:
                 advantages = pooled_whiten(advantages, mask)
-
-            # ---- minibatch epochs of clipped policy + value updates ----------------------------
-            # The shuffle runs over the step's global rows, so a minibatch is the one-process
-            # minibatch; each rank trains its own rows of it, weighted by its share of the
-            # minibatch's tokens (the losses are token means), and the gradients add up to the
-            # one-process gradient. A rank with no row in a minibatch makes a zero-weight pass, so
-            # it still joins the gradient collective.
-            input_ids, attention_mask, position_ids = rollout.sequences()
-            start = rollout.prompt_ids.shape[1]
-            shuffler = torch.Generator().manual_seed(config.train.seed * 7_919 + step)
-            sums = {"loss/policy": 0.0, "loss/value": 0.0, "clipfrac": 0.0, "vf_clipfrac": 0.0, "ratio": 0.0}
-            kl_sum, updates, stopped = 0.0, 0, False
-            for _ in range(settings.ppo_epochs):
-                order = torch.randperm(rows, generator=shuffler)
-                for first in range(0, rows, minibatch):
-                    chosen = order[first:first + minibatch]
-                    mine = chosen[(chosen >= here.start) & (chosen < here.stop)] - here.start
-                    part = mine if len(mine) else torch.zeros(1, dtype=torch.long)
-                    tokens = int(mask[mine].sum())
-                    share = tokens / max(distributed.all_reduce_sum(tokens), 1)
-                    with session.autocast():
-                        logps, values = session.model(input_ids[part], attention_mask[part], position_ids[part],
-                                                      start=start)  # (b', L) each
-                        pg_loss, pg_metrics = policy_loss(logps, old_logps[part], advantages[part], mask[part],
-                                                          epsilon=settings.epsilon)
-                        vf_loss, vf_metrics = value_loss(values, old_values[part], returns[part], mask[part],
-                                                         cliprange_value=settings.cliprange_value)
-                        loss = pg_loss + settings.vf_coef * vf_loss
-                    session.backward(loss, step, share)
-                    grad = session.optimizer_step(step, len(chosen))
-                    # The minibatch's approx KL: token means weighted by share, summed over ranks.
-                    kl_now = distributed.all_reduce_sum(approx_kl(logps, old_logps[part], mask[part]).item() * share)
-                    kl_sum += kl_now
-                    for key, value in (("loss/policy", pg_loss), ("loss/value", vf_loss),
-                                       ("clipfrac", pg_metrics["clipfrac"]), ("ratio", pg_metrics["ratio"]),
-                                       ("vf_clipfrac", vf_metrics["vf_clipfrac"])):
-                        sums[key] += float(value.detach()) * share
-                    updates += 1
-                    # One decision for all ranks (all_true), or a rank that stops would leave the
-                    # others waiting in the next minibatch's collectives.
-                    if settings.target_kl is not None and not distributed.all_true(kl_now <= settings.target_kl):
-                        stopped = True  # the policy moved far enough from the one that sampled
-                        break
-                if stopped:
-                    break
-            sums = distributed.sum_metrics(sums)
+            update_metrics = ppo_updates(session, rollout, old_logps, old_values, advantages, returns, here,
+                                         settings, step, rows, minibatch)
 
             # ---- KL controller and diagnostics, over the whole step (every rank's rows) ---------------
             _, lengths, metrics, num_truncated = pool_scores(totals, per_reward, metrics, mask.sum(1).cpu(),
@@ -423,10 +358,8 @@ def train_ppo(config: PPOConfig) -> Path:
             all_scores, sequence_kl = pooled_rows(scores, kl.sum(1))  # (P*N,) each
             controller.update(sequence_kl.mean().item(), len(sequence_kl))
             session.kl_coef = controller.value
-            done = step + 1
-            metrics.update({key: value / updates for key, value in sums.items()})
             metrics.update({
-                "approx_kl": kl_sum / updates,
+                **update_metrics,
                 "reward/mean": all_scores.mean().item(),
                 "reward/std": all_scores.std().item() if len(all_scores) > 1 else 0.0,
                 "kl": sequence_kl.mean().item() if ref_logps is not None else math.nan,
@@ -438,11 +371,10 @@ def train_ppo(config: PPOConfig) -> Path:
                 "value/mean": pooled_masked_mean(old_values, mask),
                 "explained_variance": pooled_explained_variance(old_values, returns, mask),
                 "completion_length": lengths.float().mean().item(),
-                "frac_truncated": num_truncated / len(all_scores),
-                "updates": float(updates), "early_stopped": float(stopped), **grad, **warmup,
+                "frac_truncated": num_truncated / len(all_scores), **warmup,
             })
-            wants_eval = monitor is not None and (
-                done == plan.total_steps or bool(config.train.eval_every and done % config.train.eval_every == 0))
+            done = step + 1
+            wants_eval = monitor is not None and session.eval_due(done, config.train.eval_every)
             if wants_eval:
                 metrics.update(evaluate(done))
             if wants_eval or warmup or session.should_log(done):
@@ -451,7 +383,7 @@ def train_ppo(config: PPOConfig) -> Path:
             session.end_step(done)
     session.close()
 
-    if world.is_main:
+    if session.world.is_main:
         plot_metrics(run_dir, ["reward/mean", "kl", "kl_coef", "loss/value", "clipfrac", "eval/proxy_reward",
                                "eval/gold_reward"], run_dir / "curves.png", title=f"PPO {config.train.run_name}")
     final_dir = save_policy_and_value_head(actor_critic, tokenizer, run_dir / "final", config)

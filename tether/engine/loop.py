@@ -62,8 +62,7 @@ def fit(model: torch.nn.Module, plan: BatchPlan, collate: Callable[[list[int]], 
             step_metrics.update(session.optimizer_step(step, total_items))
 
             done = step + 1
-            wants_eval = evaluate is not None and (
-                done == plan.total_steps or bool(eval_every and done % eval_every == 0))
+            wants_eval = evaluate is not None and session.eval_due(done, eval_every)
             if wants_eval or session.should_log(done):
                 step_metrics["epoch"] = plan.epoch_of(done)
                 if wants_eval:

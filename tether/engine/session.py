@@ -8,15 +8,13 @@ metrics, checkpoints and exact resume.
 from __future__ import annotations
 
 import json
-
 import time
 
 import torch
 
 from tether.config import RunConfig
 from tether.engine import distributed
-from tether.engine.checkpoint import (latest_checkpoint, load_checkpoint,
-                                      remove_partial_checkpoints, save_checkpoint)
+from tether.engine.checkpoint import latest_checkpoint, load_checkpoint, remove_partial_checkpoints, save_checkpoint
 from tether.engine.metrics import MetricsLogger
 from tether.engine.optim import build_optimizer, build_scheduler
 from tether.engine.progress import console
@@ -101,6 +99,10 @@ class TrainingSession:
         self.optimizer.zero_grad(set_to_none=True)
         self._window_items += items
         return {"grad_norm": grad_norm.item(), "lr": self.scheduler.get_last_lr()[0]}
+
+    def eval_due(self, done: int, every: int | None) -> bool:
+        """Evaluate after step ``done``: every ``every`` steps (None or 0: never) and at the end."""
+        return done == self.total_steps or bool(every and done % every == 0)
 
     def should_log(self, done: int) -> bool:
         return done == self.total_steps or done % self.config.train.log_every == 0
