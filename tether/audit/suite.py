@@ -30,26 +30,15 @@ from tether.errors import ConfigError
 _METRICS = "tether.audit.metrics."
 _ALL = [_METRICS + name for name in (
     "refusal_calibration", "toxicity", "drift",  # this file's companions
-    "bias", "sycophancy", "jailbreak", "memorization", "cot_monitor",  # added when present
+    "bias", "sycophancy", "jailbreak", "memorization", "cot_monitor",
 )]
 
 
-def _available(names: Sequence[str]) -> list[str]:
-    found = []
-    for name in names:
-        try:
-            if importlib.util.find_spec(name) is not None:
-                found.append(name)
-        except ImportError:
-            pass
-    return found
-
-
 SUITES: dict[str, list[str]] = {
-    "default": _available(_ALL),
-    "quick": _available(_ALL),  # the same metrics on few probes: for trainer hooks and tests
+    "default": _ALL,
+    "quick": _ALL,  # the same metrics on few probes: for trainer hooks and tests
     # adds the representation audit (ablations generate answers several times: minutes more)
-    "deep": _available(_ALL) + [_METRICS + "representations"],
+    "deep": _ALL + [_METRICS + "representations"],
 }
 # Probes per set when --limit is not given: None lets each module use its own default sizes,
 # chosen so the default suite takes minutes on 2 CPU cores (benchmarks/audit_speed.py).

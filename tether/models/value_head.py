@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from tether.losses.logprobs import selective_log_softmax
@@ -99,7 +99,3 @@ def save_value_head(head: ValueHead, directory: str | Path) -> Path:
     save_file({name: p.detach().contiguous() for name, p in head.state_dict().items()}, str(path))
     return path
 
-
-def load_value_head(head: ValueHead, directory: str | Path) -> ValueHead:
-    head.load_state_dict(load_file(str(Path(directory) / VALUE_HEAD_FILE)))
-    return head

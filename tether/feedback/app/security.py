@@ -94,10 +94,6 @@ class RateLimiter:
             events.append(now)
             return True
 
-    def reset(self, key: str) -> None:
-        with self._lock:
-            self._events.pop(key, None)
-
 
 class FailureBackoff:
     """Failures per key with exponential backoff: after ``free`` failures, each further one

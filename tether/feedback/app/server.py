@@ -6,10 +6,9 @@ migrates the database to the newest schema before serving.
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Iterator
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
@@ -20,14 +19,14 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
-from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from sqlalchemy.orm import Session
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from tether.errors import DataValidationError, TetherError
 from tether.feedback.app import security
 from tether.feedback.app.db import make_engine, migrate, session_factory
-from tether.feedback.app.render import render_markdown
 from tether.feedback.app.models import LoginSession, User, utcnow
+from tether.feedback.app.render import render_markdown
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "tether_session"
@@ -241,7 +240,3 @@ def api_user(request: Request, db: Session, *, roles: tuple[str, ...] | None = N
     if roles is not None and user.role not in roles:
         raise HTTPProblem(403, f"this endpoint is for {' or '.join(roles)} accounts")
     return user
-
-
-def default_db_url() -> str:
-    return os.environ.get("TETHER_LABEL_DB", "")
