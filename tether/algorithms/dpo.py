@@ -9,7 +9,6 @@ weights; no second model sits in memory while the policy trains.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -17,11 +16,17 @@ import torch
 from pydantic import Field
 
 from tether.algorithms.common import epoch_schedule, load_policy
+from tether.algorithms.preference_pairs import (
+    PreferenceExamples,
+    collate_pairs,
+    evaluation_batches,
+    pair_logps,
+    score_pairs,
+)
 from tether.config import RunConfig, Section
 from tether.data import encode_preference, load_records
-from tether.engine import BatchPlan, check_run, console, distributed, fit, progress_bar, start_run
+from tether.engine import BatchPlan, check_run, console, distributed, fit, start_run
 from tether.losses.dpo import chosen_nll, dpo_loss, dpo_metrics
-from tether.losses.logprobs import packed_prompt_token_logps
 from tether.models import load_tokenizer, reference_mode
 
 
@@ -40,60 +45,10 @@ class DPOConfig(RunConfig):
     dpo: DPOSettings = DPOSettings()
 
 
-@dataclass
-class PreferenceExamples:
-    """Tokenized pairs plus their reference log-probs, filled in once by ``compute_reference``."""
-
-    encoded: list[dict]
-    ref_chosen: torch.Tensor | None = None  # (N,)
-    ref_rejected: torch.Tensor | None = None  # (N,)
-
-    def __len__(self) -> int:
-        return len(self.encoded)
-
-
 def encode_pairs(path: str, tokenizer, config: DPOConfig) -> PreferenceExamples:
     records = load_records(path, "preference", tokenizer=tokenizer, truncation=config.data.truncation,
                            max_prompt_tokens=config.data.max_prompt_tokens)
     return PreferenceExamples([encode_preference(r, tokenizer, config.data.max_length) for r in records])
-
-
-def collate_pairs(examples: PreferenceExamples, indices: list[int], pad_id: int) -> dict:
-    """Each pair's prompt once (left-padded), then its chosen and rejected answers (right-padded):
-    the model reads each pair as one row, prompt then both answers (``packed_prompt_token_logps``).
-
-    Shape: prompt_ids, prompt_mask (B, S); completion_ids, completion_mask (2B, L), chosen rows
-    first; ref_* (B,).
-    """
-    pairs = [examples.encoded[i] for i in indices]
-    prompts = [p["prompt_ids"] for p in pairs]
-    answers = [p[side] for side in ("chosen_ids", "rejected_ids") for p in pairs]
-    width, length = max(map(len, prompts)), max(map(len, answers))
-    batch = {
-        "prompt_ids": torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in prompts]),
-        "prompt_mask": torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts]),
-        "completion_ids": torch.tensor([ids + [pad_id] * (length - len(ids)) for ids in answers]),
-        "completion_mask": torch.tensor([[1] * len(ids) + [0] * (length - len(ids)) for ids in answers]),
-        "num_items": len(indices),
-    }
-    if examples.ref_chosen is not None:
-        batch["ref_chosen"] = examples.ref_chosen[indices]
-        batch["ref_rejected"] = examples.ref_rejected[indices]
-    return batch
-
-
-def pair_logps(model, batch: dict, *, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """log pi(y | x) of the chosen and of the rejected answers (summed over tokens, or averaged).
-    Shape: (B,), (B,)."""
-    half = batch["num_items"]
-    prompt_of_row = torch.arange(half, device=batch["prompt_ids"].device).repeat(2)  # (2B,)
-    token_logps = packed_prompt_token_logps(model, batch["prompt_ids"], batch["prompt_mask"], prompt_of_row,
-                                            batch["completion_ids"], batch["completion_mask"])  # (2B, L)
-    mask = batch["completion_mask"].to(token_logps.dtype)
-    logps = (token_logps * mask).sum(1)  # (2B,)
-    if average:
-        logps = logps / mask.sum(1).clamp(min=1.0)
-    return logps[:half], logps[half:]
 
 
 @torch.no_grad()
@@ -110,21 +65,11 @@ def compute_reference(model, examples: PreferenceExamples, pad_id: int, config: 
     if config.dpo.reference_free:
         examples.ref_chosen = examples.ref_rejected = torch.zeros(len(examples))
         return
-    examples.ref_chosen = torch.full((len(examples),), float("nan"))
-    examples.ref_rejected = torch.full((len(examples),), float("nan"))
-    was_training = model.training
-    model.eval()
     # A fresh LoRA (B = 0) computes exactly the base model: skip the adapter matmuls.
-    base_only = reference_mode(model) if _fresh_lora(model) else contextlib.nullcontext()
-    with progress_bar(label, sum(map(len, batches)), enabled=config.train.progress) as bar, base_only:
-        for chunk in batches:
-            batch = distributed.to_device(collate_pairs(examples, chunk, pad_id), model.device)
-            with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
-                chosen, rejected = pair_logps(model, batch, average=config.dpo.length_normalize)
-            examples.ref_chosen[chunk] = chosen.float().cpu()
-            examples.ref_rejected[chunk] = rejected.float().cpu()
-            bar.advance(len(chunk))
-    model.train(was_training)
+    with reference_mode(model) if _fresh_lora(model) else contextlib.nullcontext():
+        examples.ref_chosen, examples.ref_rejected = score_pairs(
+            model, examples, pad_id, batches, average=config.dpo.length_normalize, bf16=config.train.bf16,
+            label=label, progress=config.train.progress)
 
 
 def first_batches(batches) -> list[list[int]]:
@@ -138,11 +83,6 @@ def first_batches(batches) -> list[list[int]]:
     return kept
 
 
-def evaluation_batches(count: int, size: int) -> list[list[int]]:
-    """The held-out pairs in order, ``size`` at a time (as ``evaluate_pairs`` reads them)."""
-    return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
-
-
 def pair_length(pair: dict) -> int:
     """Tokens in the row the model reads for a pair: prompt, chosen answer, rejected answer."""
     return len(pair["prompt_ids"]) + len(pair["chosen_ids"]) + len(pair["rejected_ids"])
@@ -153,9 +93,11 @@ def _fresh_lora(model) -> bool:
     return bool(lora_b) and all(not p.any() for p in lora_b)
 
 
-def dpo_step_loss(model, batch: dict, config: DPOConfig):
-    policy_chosen, policy_rejected = pair_logps(model, batch, average=config.dpo.length_normalize)
-    out = dpo_loss(policy_chosen, policy_rejected, batch["ref_chosen"], batch["ref_rejected"],
+def dpo_objective(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+                  ref_rejected: torch.Tensor, chosen_lengths: torch.Tensor, config: DPOConfig):
+    """The DPO loss of a set of pairs (plus RPO's NLL term when ``dpo.sft_weight`` > 0) and its
+    metrics. Shape: each (B,) -> loss ()."""
+    out = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected,
                    beta=config.dpo.beta, loss_type=config.dpo.loss_type,
                    label_smoothing=config.dpo.label_smoothing,
                    reference_free=config.dpo.reference_free)
@@ -164,7 +106,6 @@ def dpo_step_loss(model, batch: dict, config: DPOConfig):
     metrics["logps/chosen"] = policy_chosen.detach().mean().item()
     metrics["logps/rejected"] = policy_rejected.detach().mean().item()
     if config.dpo.sft_weight > 0:
-        chosen_lengths = batch["completion_mask"][:batch["num_items"]].sum(1)  # (B,)
         summed = policy_chosen * chosen_lengths if config.dpo.length_normalize else policy_chosen
         nll = chosen_nll(summed, chosen_lengths)
         loss = loss + config.dpo.sft_weight * nll
@@ -172,16 +113,23 @@ def dpo_step_loss(model, batch: dict, config: DPOConfig):
     return loss, metrics
 
 
+def dpo_step_loss(model, batch: dict, config: DPOConfig):
+    policy_chosen, policy_rejected = pair_logps(model, batch, average=config.dpo.length_normalize)
+    chosen_lengths = batch["completion_mask"][:batch["num_items"]].sum(1)  # (B,)
+    return dpo_objective(policy_chosen, policy_rejected, batch["ref_chosen"], batch["ref_rejected"],
+                         chosen_lengths, config)
+
+
 def evaluate_pairs(model, examples: PreferenceExamples, pad_id: int, config: DPOConfig) -> dict[str, float]:
-    """Held-out DPO loss and reward accuracy/margin (implicit rewards against the reference)."""
-    totals: dict[str, float] = {}
-    for indices in evaluation_batches(len(examples), config.train.batch_size):
-        batch = collate_pairs(examples, indices, pad_id)
-        batch = distributed.to_device(batch, distributed.world().device)
-        loss, metrics = dpo_step_loss(model, batch, config)
-        for key, value in {"loss": loss.item(), **metrics}.items():
-            totals[key] = totals.get(key, 0.0) + value * batch["num_items"]
-    return {key: value / len(examples) for key, value in totals.items()}
+    """Held-out DPO loss and reward accuracy/margin (implicit rewards against the reference), over
+    all held-out pairs at once, scored in the batches the reference was scored in and under the
+    same autocast, so an untrained policy's implicit rewards are exactly 0."""
+    chosen, rejected = score_pairs(model, examples, pad_id, evaluation_batches(len(examples), config.train.batch_size),
+                                   average=config.dpo.length_normalize, bf16=config.train.bf16)
+    chosen_lengths = torch.tensor([len(pair["chosen_ids"]) for pair in examples.encoded])
+    loss, metrics = dpo_objective(chosen, rejected, examples.ref_chosen, examples.ref_rejected, chosen_lengths,
+                                  config)
+    return {"loss": loss.item(), **metrics}
 
 
 def train_dpo(config: DPOConfig) -> Path:

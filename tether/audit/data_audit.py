@@ -231,24 +231,16 @@ def implicit_reward_margins(records: Sequence[PreferenceRecord], policy: str, re
 
     Shape: (N,).
     """
-    import torch
-
-    from tether.algorithms.dpo import PreferenceExamples, collate_pairs, pair_logps
+    from tether.algorithms.preference_pairs import PreferenceExamples, evaluation_batches, score_pairs
     from tether.data import encode_preference
     from tether.models import load_model
 
     def logratios(path: str) -> tuple[np.ndarray, np.ndarray]:
         model, tokenizer = load_model(path)
         examples = PreferenceExamples([encode_preference(r, tokenizer, max_length) for r in records])
-        chosen, rejected = [], []
-        with torch.no_grad():
-            for start in range(0, len(records), batch_size):
-                batch = collate_pairs(examples, list(range(start, min(start + batch_size, len(records)))),
-                                      tokenizer.pad_token_id)
-                c, r = pair_logps(model, batch, average=False)  # (B,), (B,)
-                chosen.append(c.numpy())
-                rejected.append(r.numpy())
-        return np.concatenate(chosen), np.concatenate(rejected)
+        chosen, rejected = score_pairs(model, examples, tokenizer.pad_token_id,
+                                       evaluation_batches(len(records), batch_size), average=False)
+        return chosen.numpy(), rejected.numpy()
 
     policy_chosen, policy_rejected = logratios(policy)
     ref_chosen, ref_rejected = logratios(reference)

@@ -11,27 +11,18 @@ from __future__ import annotations
 
 import torch
 
-from tether.judges import default_refusal_judge, describe
-from tether.algorithms.dpo import PreferenceExamples, collate_pairs, pair_logps
+from tether.algorithms.preference_pairs import PreferenceExamples, evaluation_batches, score_pairs
 from tether.data import PreferenceRecord, encode_preference
+from tether.judges import default_refusal_judge, describe
 from tether.rollout.generate import DEFAULT_BATCH_SIZE, generate_responses
 
 
-@torch.no_grad()
 def preference_accuracy(model, tokenizer, pairs: list[PreferenceRecord], *, max_length: int = 512,
                         batch_size: int = 8, bf16: bool = False) -> float:
-    was_training = model.training
-    model.eval()
-    wins = 0
-    for start in range(0, len(pairs), batch_size):
-        chunk = PreferenceExamples([encode_preference(p, tokenizer, max_length)
-                                    for p in pairs[start:start + batch_size]])
-        batch = collate_pairs(chunk, list(range(len(chunk))), tokenizer.pad_token_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            chosen, rejected = pair_logps(model, batch, average=True)  # (B,), (B,)
-        wins += int((chosen > rejected).sum())
-    model.train(was_training)
-    return wins / max(len(pairs), 1)
+    examples = PreferenceExamples([encode_preference(p, tokenizer, max_length) for p in pairs])
+    chosen, rejected = score_pairs(model, examples, tokenizer.pad_token_id, evaluation_batches(len(pairs), batch_size),
+                                   average=True, bf16=bf16)  # (N,), (N,)
+    return int((chosen > rejected).sum()) / max(len(pairs), 1)
 
 
 def safety_report(model, tokenizer, rows: list[dict], *, max_new_tokens: int = 48,
