@@ -22,7 +22,6 @@ from tether.algorithms.rl_step import (
     completion_token_logps,
     held_out_monitor,
     load_rl_data,
-    reward_columns,
     sample_rollout,
     score_rollout,
     step_prompts,
@@ -33,7 +32,7 @@ from tether.engine.batches import shuffled_groups
 from tether.engine.plots import plot_metrics
 from tether.losses.grpo import group_advantages, overlong_penalty, policy_loss, rloo_advantages, zero_variance_groups
 from tether.models import evaluation_mode
-from tether.rewards.base import combine_rewards
+from tether.rewards.base import combine_rewards, reward_columns
 from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSampler
 
 

@@ -19,7 +19,7 @@ from tether.engine import TrainingSession, check_run, distributed
 from tether.errors import ConfigError
 from tether.losses.logprobs import shared_prompt_token_logps
 from tether.models import load_model, load_tokenizer, reference_mode
-from tether.rewards.base import RewardSpec, check_reward_columns, combine_rewards
+from tether.rewards.base import RewardSpec, check_reward_columns, combine_rewards, reward_columns
 from tether.rewards.resolve import reward_specs
 from tether.rollout.sampler import RolloutBatch, RolloutConfig
 
@@ -33,17 +33,6 @@ class RLData:
     gold_specs: list[RewardSpec]
     train: list
     held_out: list
-
-
-def reward_columns(tasks, repeat: int = 1) -> dict[str, list]:
-    """The dataset columns reward functions receive, one value per row: ``answer`` (when any task
-    has one: prompt-only data has none) and every other column (None where a row lacks it)."""
-    columns = {}
-    if any(t.answer is not None for t in tasks):
-        columns["answer"] = [t.answer for t in tasks for _ in range(repeat)]
-    for key in dict.fromkeys(key for t in tasks for key in t.extras):
-        columns[key] = [t.extras.get(key) for t in tasks for _ in range(repeat)]
-    return columns
 
 
 def load_rl_data(config: RunConfig, settings, section: str, eval_prompts: int | None = None) -> RLData:

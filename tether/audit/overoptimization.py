@@ -242,30 +242,13 @@ def plot_sweep(report: dict[str, Any], path: str | Path, *, title: str = "") -> 
 # ---- sampling and scoring --------------------------------------------------------------------
 
 def read_prompts(path: str, limit: int | None = None) -> tuple[list[Any], dict[str, list]]:
-    """Prompts (``prompt``: a string or a list of messages) of a JSONL file, and the other
-    columns (passed to the rewards). Raises DataValidationError naming each bad line."""
-    from tether.data import read_rows
+    """Prompts of a prompt file (the data kind ``prompt``: a string or a list of messages), and the
+    other columns, passed to the rewards. Raises DataValidationError naming each bad line."""
+    from tether.data import load_records
+    from tether.rewards.base import reward_columns
 
-    prompts, rows, problems = [], [], []
-    for location, row, problem in read_rows(path):
-        if problem is not None:
-            problems.append(problem)
-            continue
-        prompt = row.get("prompt") if isinstance(row, dict) else None
-        if not (isinstance(prompt, str) and prompt.strip()) and not (isinstance(prompt, list) and prompt):
-            problems.append(DataValidationError("expected a non-empty string or list of messages",
-                                                file=location.file, line=location.line, field="prompt"))
-            continue
-        prompts.append(prompt)
-        rows.append(row)
-    if problems:
-        raise DataValidationError(problems[0].problem, problems=problems)
-    if not prompts:
-        raise DataValidationError("no prompts in the file", file=str(path))
-    if limit:
-        prompts, rows = prompts[:limit], rows[:limit]
-    keys = sorted({key for row in rows for key in row} - {"prompt"})
-    return prompts, {key: [row.get(key) for row in rows] for key in keys}
+    records = load_records(path, "prompt")[:limit or None]
+    return [r.prompt for r in records], reward_columns(records)
 
 
 def score(fn: Callable, name: str, prompts: list, texts: list[str], columns: dict[str, list]) -> list[float]:

@@ -21,7 +21,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from tether.config import BUNDLED_PREFIX, resolve_bundled
-from tether.data import read_rows, validate_row
+from tether.data import load_records, read_rows
 from tether.data.records import Prompt
 from tether.engine.progress import progress_bar
 from tether.errors import ConfigError, DataValidationError
@@ -71,34 +71,12 @@ def write_jsonl(path: str | Path, records: Iterable[BaseModel | dict]) -> int:
 
 
 def read_prompts(path: str | Path) -> list[tuple[str, Prompt, dict]]:
-    """``(id, prompt, metadata)`` per line of a JSONL file with a ``prompt`` field."""
-    prompts, problems, seen = [], [], set()
-    for location, row, problem in read_rows(str(resolve_bundled(str(path)))):
-        found = [problem] if problem is not None else _prompt_problems(row, location)
-        if found:
-            problems.extend(found)
-            continue
-        row_id = str(row["id"]) if row.get("id") is not None else f"prompt-{location.line}"
-        if row_id in seen:
-            problems.append(DataValidationError(f"duplicate id {row_id!r}", file=location.file,
-                                                line=location.line, field="id"))
-            continue
-        seen.add(row_id)
-        prompts.append((row_id, row["prompt"], {k: v for k, v in row.items()
-                                                if k not in ("id", "prompt")}))
-    if problems:
-        raise DataValidationError("invalid prompts", problems=problems)
-    if not prompts:
-        raise DataValidationError("no prompts in the file", file=str(path))
-    return prompts
-
-
-def _prompt_problems(row, location) -> list[DataValidationError]:
-    if not isinstance(row, dict) or "prompt" not in row:
-        return [DataValidationError("a prompt row needs a 'prompt' field (a string or a chat)",
-                                    file=location.file, line=location.line, field="prompt")]
-    # The prompt-only record's checks: the same prompt rules as training data.
-    return validate_row({"prompt": row["prompt"]}, "prompt", location)[1]
+    """``(id, prompt, metadata)`` per row of a prompt file (the data kind ``prompt``: ``prompt`` and
+    any other columns, docs/data.md); a row without an id is ``prompt-LINE``."""
+    records = load_records(str(resolve_bundled(str(path))), "prompt")
+    return [(record.id if record.id is not None else f"prompt-{record.location.line}", record.prompt,
+             {**({"answer": record.answer} if record.answer is not None else {}), **record.extras})
+            for record in records]
 
 
 # ---- models --------------------------------------------------------------------------------------

@@ -120,6 +120,18 @@ def required_columns(fn: RewardFn) -> list[str]:
     return [p.name for p in named if p.default is p.empty and p.name not in ("prompts", "completions")]
 
 
+def reward_columns(records, repeat: int = 1) -> dict[str, list]:
+    """The dataset columns reward functions receive, one value per row, from prompt records
+    (``data`` kind ``prompt``): ``answer`` (when any record has one: prompt-only data has none) and
+    every other column (None where a row lacks it); each value ``repeat`` times (N samples)."""
+    columns = {}
+    if any(r.answer is not None for r in records):
+        columns["answer"] = [r.answer for r in records for _ in range(repeat)]
+    for key in dict.fromkeys(key for r in records for key in r.extras):
+        columns[key] = [r.extras.get(key) for r in records for _ in range(repeat)]
+    return columns
+
+
 def check_reward_columns(specs: Sequence[RewardSpec], columns: Sequence[str], source: str) -> None:
     """Raise ConfigError before training when a reward needs a column ``source`` does not have
     (``math_answer`` on prompt-only data), instead of failing at the first rollout."""
