@@ -32,10 +32,7 @@ unset); the reference model is the SFT model.
 
 from __future__ import annotations
 
-import json
 import random
-import shutil
-import time
 from pathlib import Path
 
 import torch
@@ -43,8 +40,9 @@ from pydantic import Field, field_validator, model_validator
 
 from tether.algorithms.dpo import DPOConfig
 from tether.algorithms.sft import SFTConfig
-from tether.config import Section, check_run_name, resolve_bundled, save_config
-from tether.engine import console, distributed, latest_checkpoint
+from tether.config import Section, check_run_name, resolve_bundled
+from tether.engine import console, latest_checkpoint, start_run
+from tether.engine.stages import StagedRun
 from tether.engine.trackers import require_trackers
 from tether.errors import CheckpointError, ConfigError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION, Constitution, load_constitution
@@ -79,6 +77,10 @@ class CAIRunSettings(Section):
     threads: int | None = Field(None, gt=0)
     # `tether train cai --resume` sets this; finished stages are skipped either way.
     resume: bool = False
+
+    def trackers(self) -> list[str]:
+        """None: the pipeline logs no metrics itself (its SFT and DPO stages have their own)."""
+        return []
 
     _run_name_stays_inside = field_validator("run_name")(check_run_name)
 
@@ -205,40 +207,6 @@ def critique_and_revise(model, tokenizer, prompts: list[tuple[str, object, dict]
 
 # ---- the pipeline ---------------------------------------------------------------------------------
 
-class _Stages:
-    """Runs a stage unless its output exists; once one stage runs, all later ones run again,
-    so no stage's output is older than what it was built from.
-
-    Under torchrun every rank makes the same decisions (it looks at the same files, and
-    ``all_true`` makes them agree); rank 0 alone removes stale outputs and writes the summary."""
-
-    def __init__(self, run_dir: Path):
-        self.run_dir, self.rerun = run_dir, False
-        self.summary_path = run_dir / "summary.json"
-        self.summary = json.loads(self.summary_path.read_text()) if self.summary_path.is_file() else {}
-
-    def needed(self, name: str, output: Path, stage_dir: Path | None = None) -> bool:
-        """Should stage ``name`` run? A training stage's folder (``stage_dir``) is kept to
-        resume from after a crash, but removed when an earlier stage has just changed its data."""
-        if distributed.all_true(output.exists()) and not self.rerun:  # all ranks look, then decide
-            console.print(f"stage {name}: done, {output} exists (skipping)")
-            return False
-        if self.rerun and distributed.is_main():  # an earlier stage just ran: this one's output is stale
-            if stage_dir is not None and stage_dir.exists():
-                shutil.rmtree(stage_dir)
-            elif output.is_file():
-                output.unlink()
-        distributed.barrier()  # nobody looks for a training stage's checkpoints mid-removal
-        self.rerun = True
-        console.print(f"[bold]stage {name}[/bold]")
-        return True
-
-    def record(self, name: str, started: float, **numbers) -> None:
-        self.summary[name] = {**numbers, "seconds": round(time.perf_counter() - started, 1)}
-        if distributed.is_main():
-            self.summary_path.write_text(json.dumps(self.summary, indent=2) + "\n")
-
-
 def _stage_config(config_class, section, run_dir: Path, name: str, train_path: Path,
                   progress: bool, **model):
     data = section.model_dump(mode="json")
@@ -319,6 +287,9 @@ def run_cai(config: CAIConfig) -> Path:
 
     Under torchrun, the stages that generate or judge run on rank 0 while the other ranks wait
     (``main_only``); SFT and DPO run on every rank, data-parallel (docs/scaling.md)."""
+    from tether.algorithms.dpo import train_dpo
+    from tether.algorithms.sft import train_sft
+
     run_dir = config.run_dir()
     # ---- checked before any model loads or the run folder exists ------------------------------
     require_trackers(config.sft.train.trackers() + config.dpo.train.trackers())
@@ -330,61 +301,29 @@ def run_cai(config: CAIConfig) -> Path:
         load_prompts(config.rlaif.prompts)
     load_tokenizer(config.sft.model.path)
 
-    distributed.init_distributed()
-    if distributed.is_main():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, run_dir / "config.yaml")
-    distributed.barrier()
-    if config.train.threads:
-        torch.set_num_threads(config.train.threads)
+    start_run(config)
     progress = config.train.progress
-    stages = _Stages(run_dir)
-    console.print(f"CAI run folder: {run_dir}; {len(prompts)} prompts; constitution "
-                  f"{constitution.label} ({len(constitution.principles)} principles)")
+    stages = StagedRun("CAI", run_dir / "summary.json")
+    console.print(f"CAI: {len(prompts)} prompts; constitution {constitution.label} "
+                  f"({len(constitution.principles)} principles)")
+    sft_data, sft_final = run_dir / "sft.jsonl", run_dir / "sft" / "final"
+    items_path, judgments_path = run_dir / "rlaif_items.jsonl", run_dir / "judgments.jsonl"
+    pairs_path, dpo_final = run_dir / "preferences.jsonl", run_dir / "dpo" / "final"
 
-    def on_rank_0(name: str, work) -> None:
-        started = time.perf_counter()
-        stages.record(name, started, **(distributed.main_only(work, f"CAI stage {name!r}") or {}))
-
-    # ---- 1. critique -> revision with the initial policy --------------------------------------
-    sft_data = run_dir / "sft.jsonl"
-    if stages.needed("critique", sft_data):
-        on_rank_0("critique", lambda: revise_stage(config, prompts, constitution, run_dir))
-
-    # ---- 2. SFT on the revisions ------------------------------------------------------------------
-    sft_final = run_dir / "sft" / "final"
-    if stages.needed("sft", sft_final, run_dir / "sft"):
-        from tether.algorithms.sft import train_sft
-
-        started = time.perf_counter()
-        sft_config = _stage_config(SFTConfig, config.sft, run_dir, "sft", sft_data, progress)
-        train_sft(sft_config)
-        stages.record("sft", started)
-
-    # ---- 3. two candidates per prompt from the SFT model ---------------------------------------------
-    items_path = run_dir / "rlaif_items.jsonl"
-    if stages.needed("rlaif-generate", items_path):
-        on_rank_0("rlaif-generate", lambda: candidates_stage(config, prompts, sft_final, items_path))
-
-    # ---- 4. the AI judge ----------------------------------------------------------------------------
-    judgments_path = run_dir / "judgments.jsonl"
-    if stages.needed("judge", judgments_path):
-        on_rank_0("judge", lambda: judge_stage(config, constitution, items_path, judgments_path))
-
-    # ---- 5. verdicts -> preference pairs ------------------------------------------------------------
-    pairs_path = run_dir / "preferences.jsonl"
-    if stages.needed("preferences", pairs_path):
-        on_rank_0("preferences", lambda: preferences_stage(items_path, judgments_path, pairs_path))
-
-    # ---- 6. DPO from the SFT model ------------------------------------------------------------------
-    dpo_final = run_dir / "dpo" / "final"
-    if stages.needed("dpo", dpo_final, run_dir / "dpo"):
-        from tether.algorithms.dpo import train_dpo
-
-        started = time.perf_counter()
-        dpo_config = _stage_config(DPOConfig, config.dpo, run_dir, "dpo", pairs_path, progress,
-                                   path=str(sft_final))
-        train_dpo(dpo_config)
-        stages.record("dpo", started)
+    # 1. critique -> revision with the initial policy; 2. SFT on the revisions
+    stages.run("critique", sft_data, lambda: revise_stage(config, prompts, constitution, run_dir), rank_0_only=True)
+    stages.run("sft", sft_final, lambda: train_sft(_stage_config(SFTConfig, config.sft, run_dir, "sft", sft_data,
+                                                                 progress)), stage_dir=run_dir / "sft")
+    # 3. two candidates per prompt from the SFT model; 4. the AI judge; 5. verdicts -> preference pairs
+    stages.run("rlaif-generate", items_path, lambda: candidates_stage(config, prompts, sft_final, items_path),
+               rank_0_only=True)
+    stages.run("judge", judgments_path, lambda: judge_stage(config, constitution, items_path, judgments_path),
+               rank_0_only=True)
+    stages.run("preferences", pairs_path, lambda: preferences_stage(items_path, judgments_path, pairs_path),
+               rank_0_only=True)
+    # 6. DPO from the SFT model
+    stages.run("dpo", dpo_final, lambda: train_dpo(_stage_config(DPOConfig, config.dpo, run_dir, "dpo", pairs_path,
+                                                                 progress, path=str(sft_final))),
+               stage_dir=run_dir / "dpo")
     console.print(f"CAI done; model saved to {dpo_final}")
     return dpo_final

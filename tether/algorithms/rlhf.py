@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 from typing import Literal
 
@@ -38,6 +37,7 @@ from tether.config import (DataSettings, ModelSettings, OptimSettings, RewardSet
 from tether.data import read_rows, seeded_subset, validate_row
 from tether.engine import console, distributed, latest_checkpoint, read_metrics, start_run
 from tether.errors import CheckpointError, ConfigError, DataValidationError, TetherError
+from tether.engine.stages import StagedRun
 from tether.feedback.constitution import DEFAULT_CONSTITUTION
 
 CANDIDATES = "1-candidates.jsonl"
@@ -353,33 +353,20 @@ def run_rlhf(config: RLHFConfig) -> Path:
     """All four stages, skipping those already done; returns the PPO policy's folder."""
     check_rlhf(config)
     run_dir = start_run(config)
-    seconds: dict[str, float | None] = {}
-
-    def stage(name: str, done: bool, work, *, rank_0_only: bool = False) -> None:
-        # all_true: every rank has looked for the output before any rank writes it, and all agree.
-        if distributed.all_true(done):
-            console.print(f"[dim]{name}: already done, skipped[/]")
-            seconds[name] = None
-            return
-        started = time.perf_counter()
-        if rank_0_only:  # generation and judging are not trainers: rank 0 runs them, the rest wait
-            distributed.main_only(work, f"RLHF stage {name!r}")
-        else:  # the trainers run on every rank (DDP / FSDP)
-            work()
-        seconds[name] = round(time.perf_counter() - started, 1)
-
-    stage("generate", (run_dir / CANDIDATES).is_file(),
-          lambda: generate_candidates(config, run_dir / CANDIDATES), rank_0_only=True)
-    stage("rank", (run_dir / PREFERENCES).is_file(),
-          lambda: rank_candidates(config, run_dir, run_dir / PREFERENCES), rank_0_only=True)
+    stages = StagedRun("RLHF")
+    stages.run("generate", run_dir / CANDIDATES, lambda: generate_candidates(config, run_dir / CANDIDATES),
+               rank_0_only=True)
+    stages.run("rank", run_dir / PREFERENCES, lambda: rank_candidates(config, run_dir, run_dir / PREFERENCES),
+               rank_0_only=True)
     reward_model = run_dir / REWARD_RUN / "final"
-    stage("reward_model", reward_model.is_dir() and (run_dir / REWARD_RUN / REWARD_REPORT_FILE).is_file(),
-          lambda: train_stage_reward_model(config, run_dir))
+    stages.run("reward_model", reward_model, lambda: train_stage_reward_model(config, run_dir),
+               done=reward_model.is_dir() and (run_dir / REWARD_RUN / REWARD_REPORT_FILE).is_file(),
+               stage_dir=run_dir / REWARD_RUN)
     policy = run_dir / PPO_RUN / "final"
-    stage("ppo", policy.is_dir(), lambda: train_ppo(ppo_config(config, run_dir, reward_model)))
+    stages.run("ppo", policy, lambda: train_ppo(ppo_config(config, run_dir, reward_model)), stage_dir=run_dir / PPO_RUN)
 
     if distributed.is_main():
-        report = rlhf_report(run_dir, seconds)
+        report = rlhf_report(run_dir, stages.seconds)
         (run_dir / REPORT).write_text(json.dumps(report, indent=2) + "\n")
         print_report(report)
     distributed.barrier()
