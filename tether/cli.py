@@ -25,7 +25,7 @@ import sys
 import warnings
 
 # OpenMP threads that spin while waiting steal the core the other thread needs whenever the
-# machine is shared (measured: a SmolLM2 forward took 5-13 s instead of ~3 s). Set before torch loads.
+# machine is shared (benchmarks/RESULTS.md, "Measurements behind design choices"). Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import tether.commands

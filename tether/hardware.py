@@ -1,9 +1,8 @@
 """Whether bf16 autocast pays on this machine.
 
 On CPUs with AMX (Sapphire Rapids and later) bf16 matmuls run several times faster than float32;
-without it, PyTorch emulates them and autocast makes training slower (measured on a 2-core Xeon
-without AMX: a 2048^3 matmul at 59 GFLOP/s in bf16 vs 108 in float32, and a SmolLM2 forward 4x
-slower under autocast). ``train.bf16: auto`` asks this module.
+without it, PyTorch emulates them and autocast makes training slower (the numbers:
+benchmarks/RESULTS.md, "Measurements behind design choices"). ``train.bf16: auto`` asks this module.
 """
 
 from __future__ import annotations

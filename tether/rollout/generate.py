@@ -10,8 +10,8 @@ from tether.models import evaluation_mode
 from tether.rollout.sampler import RolloutConfig, TransformersSampler
 
 # Decoding reads every weight once per new token whatever the number of rows, so on a CPU 48 rows
-# cost little more per token than 16 (SmolLM2, 48 refusal probes x 32 tokens: 11.8 s in one batch,
-# 17.3 s in batches of 16). Prefill keeps only the last position's logits, so memory stays small.
+# cost little more per token than 16 (benchmarks/RESULTS.md, "Measurements behind design choices").
+# Prefill keeps only the last position's logits, so memory stays small.
 DEFAULT_BATCH_SIZE = 48
 
 

@@ -31,9 +31,8 @@ results depend on the batch size).
 
 Compaction: a finished row leaves the batch and its KV cache rows are dropped, instead of being
 fed padding. It pays when decoding is compute-bound (many rows, large models, long tails of
-unfinished rows). On a shared 2-core CPU, SmolLM2-135M, 4 prompts x 8 samples x 64 tokens (30% of
-row-steps finished early) it gained only 1.06-1.07x (best of 3): a decode step costs ~290 ms at 32
-rows and ~235 ms at 16, so half-empty batches save little there.
+unfinished rows); on a 2-core CPU it gains little, since a decode step costs nearly as much at 16
+rows as at 32 (benchmarks/RESULTS.md, "Measurements behind design choices").
 
 Backends: ``Sampler`` is the interface a trainer calls. ``TransformersSampler`` runs the loop
 below on any Hugging Face causal LM (CPU or GPU). A vLLM backend would be a second class in

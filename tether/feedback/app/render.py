@@ -74,6 +74,6 @@ def render_markdown(text: str | None) -> Markup:
 
 @lru_cache(maxsize=256)
 def _render(text: str) -> str:
-    # each item is shown to several annotators, and a page is reloaded: a 12 kB answer with
-    # highlighted code took 50-100 ms to render on this 2-core machine under load
+    # each item is shown to several annotators, and a page is reloaded: highlighting a long answer
+    # is slow (benchmarks/RESULTS.md, "Measurements behind design choices")
     return sanitize(_markdown.render(text))

@@ -77,7 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sessions = session_factory(engine)
     # SQLite runs one write transaction at a time anyway; queueing the server's threads on a
     # lock hands the database over at once, where SQLite's busy handler would poll with sleeps
-    # of up to 100 ms (measured: 3x slower with 20 parallel annotators).
+    # of up to 100 ms (benchmarks/RESULTS.md, "Measurements behind design choices").
     app.state.write_lock = (threading.Lock() if engine.dialect.name == "sqlite"
                             else nullcontext())
     security.dummy_hash()  # now, not by each of the first parallel logins for unknown names
