@@ -80,23 +80,23 @@ def test_grpo_with_kl_and_several_updates_and_resume(job):
 
     first = config_for(job, "train.run_name=resumed", "train.save_every=3", *common)
     # Stop after 3 steps by failing the 4th rollout's reward, then resume.
-    import tether.algorithms.grpo as grpo_module
+    import tether.algorithms.rl_step as rl_step
 
     calls = {"n": 0}
-    original = grpo_module.combine_rewards
+    original = rl_step.combine_rewards
 
     def failing(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 5:  # 1 initial eval + 3 steps, then the 4th step fails
+        if calls["n"] == 4:  # the rollouts of 3 steps are scored, then the 4th step's fails
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    grpo_module.combine_rewards = failing
+    rl_step.combine_rewards = failing
     try:
         with pytest.raises(KeyboardInterrupt):
             train_grpo(first)
     finally:
-        grpo_module.combine_rewards = original
+        rl_step.combine_rewards = original
     train_grpo(config_for(job, "train.run_name=resumed", "train.resume=true", "train.save_every=3", *common))
     a = load_file(str(job / "runs" / "straight" / "final" / "model.safetensors"))
     b = load_file(str(job / "runs" / "resumed" / "final" / "model.safetensors"))
