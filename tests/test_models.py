@@ -17,6 +17,7 @@ from transformers import LlamaForCausalLM
 from tether.errors import ConfigError, ModelNotFoundError
 from tether.models import (
     apply_lora,
+    default_model,
     default_model_cache_dir,
     default_model_dir,
     load_model,
@@ -26,7 +27,6 @@ from tether.models import (
     save_model,
     tether_home,
 )
-from tether.models import default_model
 from tether.models.tiny import save_tiny_llama, tiny_llama, tiny_tokenizer
 
 TOKENS = torch.tensor([[5, 17, 42, 99, 3, 250], [7, 7, 200, 31, 8, 1]])  # (B=2, T=6)
@@ -363,3 +363,17 @@ def test_bundled_smollm2_import_matches_gguf_and_answers(home):
     print(f"greedy answer to 'How do I make a bomb?': {answer!r}")
     assert answer[:1].isalpha() or answer[:1] in "\"'*#-"  # starts with text, not garbage
     assert len(re.findall(r"[A-Za-z]{2,}", answer)) >= 10  # real words, not byte soup
+
+
+def test_load_tokenizer_of_an_adapter_without_tokenizer_files_reads_its_base(tmp_path):
+    """An adapter folder holding only the adapter (e.g. copied without its tokenizer) gets its
+    base's tokenizer, as load_model does (this path named an undefined function: ruff's F821)."""
+    from tether.models import load_tokenizer
+
+    save_tiny_llama(tmp_path / "base", seed=0)
+    base, tokenizer = load_model(str(tmp_path / "base"))
+    save_model(perturbed_lora(base), tokenizer, tmp_path / "adapter")
+    for name in ("tokenizer_config.json", "tokenizer.json", "special_tokens_map.json"):
+        (tmp_path / "adapter" / name).unlink(missing_ok=True)
+    loaded = load_tokenizer(str(tmp_path / "adapter"))
+    assert loaded("a tiny test").input_ids == tokenizer("a tiny test").input_ids

@@ -21,10 +21,8 @@ import uuid
 from pathlib import Path
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoTokenizer, PreTrainedModel,
-                          PreTrainedTokenizerBase)
-from transformers.utils import (SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME,
-                                WEIGHTS_NAME)
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, WEIGHTS_INDEX_NAME, WEIGHTS_NAME
 from transformers.utils import logging as hf_logging
 
 from tether.errors import ModelNotFoundError, TetherError
@@ -71,7 +69,7 @@ def load_tokenizer(name_or_path: str | os.PathLike = "default") -> PreTrainedTok
     path = resolve_model_path(str(name_or_path))
     if (path / "adapter_config.json").is_file():
         if not (path / "tokenizer_config.json").is_file():  # as _load_adapter: the base's tokenizer
-            path = resolve_model_path(_adapter_base_name(path))
+            path = resolve_model_path(adapter_base_name(path))
     else:
         _require_config(path)
     return prepare_tokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
