@@ -24,13 +24,17 @@ browser: /usr/bin/chromium
 demo: install
 	$(BIN)/tether demo
 
-test: install browser
+test: install browser lint
 	$(BIN)/pytest -q
+
+# ruff's rules and line length are in pyproject.toml ([tool.ruff])
+lint: install
+	$(BIN)/ruff check .
 
 test-fast: install
 	$(BIN)/pytest -q -m "not slow"
 
-.PHONY: install browser demo test test-fast
+.PHONY: install browser demo test test-fast lint
 
 # The labeling app's tests also run on PostgreSQL when TETHER_TEST_POSTGRES_URL is set (each test
 # creates and drops its own database). As root: install Debian's server, start it, and create

@@ -56,7 +56,7 @@ class RssSampler:
         while not self._stop.wait(self.interval):
             self.peak_mb = max(self.peak_mb, current_rss_mb())
 
-    def start(self) -> "RssSampler":
+    def start(self) -> RssSampler:
         self.start_mb = self.peak_mb = current_rss_mb()
         self._thread = threading.Thread(target=self._watch, name="rss-sampler", daemon=True)
         self._thread.start()
@@ -68,7 +68,7 @@ class RssSampler:
             self._thread.join()
         self.peak_mb = max(self.peak_mb, current_rss_mb())
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -38,8 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import (RssSampler, fmt, side_by_side,  # noqa: E402
-                      format_table, maxrss_mb, median, ratio)
+from _measure import RssSampler, fmt, format_table, maxrss_mb, median, ratio, side_by_side  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SAFETY_PAIRS = REPO / "tether" / "resources" / "safety" / "train.jsonl"
@@ -371,9 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     return side_by_side(__file__, args, prepare, compare,
                         lambda r: {"pairs_per_s": ratio(r["tether"]["pairs_per_s"], r["trl"]["pairs_per_s"]),
                                    "peak_rss": ratio(r["tether"]["maxrss_mb"], r["trl"]["maxrss_mb"])},
-                        title=("DPO benchmark: model={spec[model]} lora={spec[lora]} bf16={spec[bf16]} steps={spec[steps]} "
-                 "batch={spec[batch_size]} max_length={spec[max_length]} pairs={spec[pairs_in_file]} "
-                 "data={spec[data_source]} threads={spec[threads]}"),
+                        title=("DPO benchmark: model={spec[model]} lora={spec[lora]} bf16={spec[bf16]} "
+                 "steps={spec[steps]} batch={spec[batch_size]} max_length={spec[max_length]} "
+                 "pairs={spec[pairs_in_file]} data={spec[data_source]} threads={spec[threads]}"),
                         ok_key="first_loss_ok")
 
 if __name__ == "__main__":

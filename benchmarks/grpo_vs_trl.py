@@ -43,8 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _measure import (RssSampler, fmt, side_by_side,  # noqa: E402
-                      format_table, maxrss_mb, median, ratio)
+from _measure import RssSampler, fmt, format_table, maxrss_mb, median, ratio, side_by_side  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 ARITH_TASKS = REPO / "tether" / "resources" / "arith" / "train.jsonl"
@@ -431,12 +430,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return side_by_side(__file__, args, prepare, lambda spec, results: compare(results),
-                        lambda r: {"completions_per_s": ratio(r["tether"]["completions_per_s"], r["trl"]["completions_per_s"]),
+                        lambda r: {"completions_per_s": ratio(r["tether"]["completions_per_s"],
+                                                              r["trl"]["completions_per_s"]),
                                    "completion_tokens_per_s": ratio(r["tether"]["completion_tokens_per_s"],
                                                                     r["trl"]["completion_tokens_per_s"]),
                                    "peak_rss": ratio(r["tether"]["maxrss_mb"], r["trl"]["maxrss_mb"])},
-                        title=("GRPO benchmark: model={spec[model]} lora={spec[lora]} bf16={spec[bf16]} steps={spec[steps]} "
-                 "prompts/step={spec[prompts_per_step]} generations={spec[num_generations]} "
+                        title=("GRPO benchmark: model={spec[model]} lora={spec[lora]} bf16={spec[bf16]} "
+                 "steps={spec[steps]} prompts/step={spec[prompts_per_step]} generations={spec[num_generations]} "
                  "max_new_tokens={spec[max_new_tokens]} lr={spec[lr]:g} threads={spec[threads]} "
                  "tasks={spec[data_source]}"),
                         ok_key="same_job")

@@ -94,7 +94,7 @@ class ModelShape:
     hidden: int
 
     @classmethod
-    def of(cls, model: torch.nn.Module) -> "ModelShape":
+    def of(cls, model: torch.nn.Module) -> ModelShape:
         counts = {"trunk_trainable": 0, "trunk_frozen": 0, "head_trainable": 0, "head_frozen": 0}
         for name, module in model.named_modules():
             if isinstance(module, torch.nn.Linear):
@@ -227,7 +227,8 @@ def grpo_step_fn(model, tokenizer, shape: ModelShape, args):
         # Rollout: prefill once per prompt (last position's logits), then one token per row per step.
         generated = sum(completion_lengths)
         decode_pairs = sum(p * g + g * (g + 1) // 2 for p, g in zip(prompt_lengths, completion_lengths))
-        rollout_flops = (step_flops(shape, sum(unique_prompts), len(unique_prompts), causal_pairs(unique_prompts), False)
+        rollout_flops = (step_flops(shape, sum(unique_prompts), len(unique_prompts), causal_pairs(unique_prompts),
+                                    False)
                          + step_flops(shape, generated, generated, decode_pairs, False))
         # Update: a teacher-forced pass, each prompt once, then the completions on its cache.
         update_flops = shared_prompt_flops(shape, unique_prompts, list(zip(prompt_lengths, completion_lengths)), True)
@@ -273,7 +274,8 @@ def measure(algo: str, mode: str, args, peak: float) -> Row:
                      "mfu": max(t.phases[name][1] / t.phases[name][0] for t in timings) / peak}
               for name in best.phases}
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return Row(algo, mode, trainable, shape.trunk_trainable + shape.trunk_frozen + shape.head_trainable + shape.head_frozen,
+    total = shape.trunk_trainable + shape.trunk_frozen + shape.head_trainable + shape.head_frozen
+    return Row(algo, mode, trainable, total,
                best.flops / 1e9, best.seconds, statistics.median(t.seconds for t in timings),
                best.flops / best.seconds / 1e9, best.flops / best.seconds / peak, phases)
 
@@ -330,13 +332,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"  done {algo}/{mode}: {row.best_s:.2f} s/step", flush=True)
 
-    header = f"{'step':<6}{'mode':<6}{'trainable':>11}{'GFLOP/step':>12}{'best s':>9}{'median s':>10}{'GFLOP/s':>9}{'MFU':>7}"
+    header = (f"{'step':<6}{'mode':<6}{'trainable':>11}{'GFLOP/step':>12}{'best s':>9}{'median s':>10}"
+              f"{'GFLOP/s':>9}{'MFU':>7}")
     print(header)
     for row in rows:
         print(f"{row.algo:<6}{row.mode:<6}{row.trainable_params / 1e6:>10.2f}M{row.gflop_per_step:>12.1f}"
               f"{row.best_s:>9.2f}{row.median_s:>10.2f}{row.best_gflops:>9.1f}{row.mfu:>7.1%}")
         for name, phase in row.phases.items():
-            print(f"{'':<6}{'  ' + name:<23}{'':>12}{phase['best_s']:>9.2f}{'':>10}{phase['gflops']:>9.1f}{phase['mfu']:>7.1%}")
+            print(f"{'':<6}{'  ' + name:<23}{'':>12}{phase['best_s']:>9.2f}{'':>10}{phase['gflops']:>9.1f}"
+                  f"{phase['mfu']:>7.1%}")
     if args.json:
         args.json.write_text(json.dumps({
             "machine": {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "threads": args.threads,

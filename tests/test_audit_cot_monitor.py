@@ -56,7 +56,9 @@ def test_unformatted_traces_are_not_flagged():
 
 
 def test_custom_check_plugs_in():
-    shouting = lambda t: [cot.Flag("shouting", t.answer)] if t.answer and t.answer.isupper() else []
+    def shouting(t):
+        return [cot.Flag("shouting", t.answer)] if t.answer and t.answer.isupper() else []
+
     monitor = cot.CotMonitor(checks=[shouting])
     assert monitor.flagged(trace("fine", "YES"))
     assert not monitor.flagged(trace("I'll deceive the user.", "no"))  # defaults replaced

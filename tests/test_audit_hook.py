@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from tether.algorithms.sft import SFTConfig
 from tether.audit.hook import BASELINE_FILE, AuditHook, AuditRegressionError
 from tether.audit.likelihood import option_logprobs
-from tether.algorithms.sft import SFTConfig
 from tether.config import load_config
 from tether.engine import latest_checkpoint, read_metrics
 from tether.errors import ConfigError
@@ -220,8 +220,8 @@ def progress_flag(model):
 
 def test_hook_follows_train_progress(workdir, monkeypatch):
     """With train.progress=false the audit's generation draws no progress bars either."""
-    from tether.algorithms.sft import train_sft
     import tether.audit.base as base
+    from tether.algorithms.sft import train_sft
 
     PROGRESS_SEEN.clear()
     config = sft_config(workdir, "quiet", "audit.every=6", "audit.metrics=[test_audit_hook:progress_flag]")

@@ -11,9 +11,9 @@ import pytest
 
 from tether.audit.metrics import balanced, load_probes
 from tether.audit.metrics import refusal_calibration as calibration
+from tether.audit.report import per_category
 from tether.judges import describe, get_judge
 from tether.judges.refusal_patterns import RefusalPatternsJudge
-from tether.audit.report import per_category
 
 SAFETY = Path(__file__).resolve().parents[1] / "tether" / "resources" / "safety"
 

@@ -14,8 +14,16 @@ import pytest
 from rich.console import Console
 
 from tether.audit.base import MetricResult, mean_of
-from tether.audit.report import (audit_record, category_stats, holm_adjusted, multiple_comparisons, print_table,
-                                 render_html, verdict_text, write_report)
+from tether.audit.report import (
+    audit_record,
+    category_stats,
+    holm_adjusted,
+    multiple_comparisons,
+    print_table,
+    render_html,
+    verdict_text,
+    write_report,
+)
 from tether.audit.suite import run_suite
 
 

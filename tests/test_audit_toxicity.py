@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tether.audit.base import AuditModel
-from tether.audit.metrics import load_probes
-from tether.audit.metrics import toxicity
+from tether.audit.metrics import load_probes, toxicity
 from tether.errors import TetherError
 
 

@@ -7,8 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tether.losses.bradley_terry import (bradley_terry_loss, bradley_terry_metrics,
-                                         preference_calibration)
+from tether.losses.bradley_terry import bradley_terry_loss, bradley_terry_metrics, preference_calibration
 
 
 def test_loss_by_hand():

@@ -8,7 +8,6 @@ from tether.config import load_config
 from tether.errors import ConfigError
 
 
-
 @pytest.fixture(autouse=True)
 def _auto_precision_is_float32(monkeypatch):
     """These tests are about parsing, not precision: ``auto`` resolves to float32 here."""
@@ -111,4 +110,4 @@ def test_each_algorithms_config_lives_beside_its_loop_and_old_imports_still_work
     for algorithm, (config_class, train) in TRAINERS.items():
         assert config_class.split(":")[0] == train.split(":")[0], algorithm  # one home: the trainer's module
     with pytest.raises(AttributeError):
-        tether.config.NoSuchConfig
+        tether.config.NoSuchConfig  # noqa: B018 (the attribute access is what raises)

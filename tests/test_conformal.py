@@ -10,8 +10,16 @@ import pytest
 
 from tether.errors import ConfigError
 from tether.judges import describe
-from tether.judges.conformal import (CalibratedJudge, RiskBound, binomial_cdf, calibrated_judge, choose_threshold,
-                                     combine_scores, format_guarantee, minimum_items)
+from tether.judges.conformal import (
+    CalibratedJudge,
+    RiskBound,
+    binomial_cdf,
+    calibrated_judge,
+    choose_threshold,
+    combine_scores,
+    format_guarantee,
+    minimum_items,
+)
 from tether.judges.refusal_patterns import RefusalPatternsJudge
 
 DRAWS = 500

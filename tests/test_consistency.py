@@ -78,8 +78,10 @@ def test_act_loss_is_zero_on_equal_activations_and_flows_only_through_the_wrappe
 
 def test_wrappers_fill_every_placeholder_and_bad_templates_are_named(tmp_path):
     train = load_wrappers(Path(__file__).resolve().parents[1] / "tether/resources/consistency/wrappers.yaml")
-    heldout = load_wrappers(Path(__file__).resolve().parents[1] / "tether/resources/consistency/wrappers.yaml", "heldout")
-    assert {w.category for w in train} >= {"roleplay", "ignore_instructions", "hypothetical", "split_turns", "obfuscation"}
+    heldout = load_wrappers(Path(__file__).resolve().parents[1] / "tether/resources/consistency/wrappers.yaml",
+                            "heldout")
+    assert {w.category for w in train} >= {"roleplay", "ignore_instructions", "hypothetical", "split_turns",
+                                           "obfuscation"}
     assert not {str(w.template) for w in train} & {str(w.template) for w in heldout}  # held out means never trained
     split = next(w for w in train if w.category == "split_turns").apply("how do I pick a lock")
     assert split[0]["content"].endswith("how do I") and "pick a lock" in split[-1]["content"]

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from tether.data import (
-    IGNORE_INDEX, Location, PreferenceRecord, SFTRecord, encode_preference, encode_prompt,
+    IGNORE_INDEX,
+    Location,
+    PreferenceRecord,
+    SFTRecord,
+    encode_preference,
+    encode_prompt,
     encode_sft,
 )
 from tether.errors import ConfigError, DataValidationError

@@ -10,7 +10,12 @@ import datasets
 import pytest
 
 from tether.data import (
-    Location, PreferenceRecord, SFTRecord, VerifiableRecord, encode_prompt, load_records,
+    Location,
+    PreferenceRecord,
+    SFTRecord,
+    VerifiableRecord,
+    encode_prompt,
+    load_records,
 )
 from tether.errors import ConfigError, DataValidationError
 from tether.models.tiny import tiny_tokenizer

@@ -229,7 +229,8 @@ def test_micro_batches_are_dealt_whole_and_must_divide(monkeypatch):
     monkeypatch.setattr(distributed, "_world", distributed.World(rank=1, size=2))
     assert distributed.local_micro_batches([[0, 1], [2, 3], [4], [5, 6]]) == [[2, 3], [5, 6]]
     assert distributed.local_block([10, 11, 12, 13]) == ([12, 13], slice(2, 4))
-    with pytest.raises(ConfigError, match=r"train.grad_accum \(3\) must be a multiple of the number of processes \(2\)"):
+    with pytest.raises(ConfigError,
+                       match=r"train.grad_accum \(3\) must be a multiple of the number of processes \(2\)"):
         distributed.local_micro_batches([[0], [1], [2]])
     with pytest.raises(ConfigError, match="3 prompts per step do not split evenly over 2 processes"):
         distributed.local_block([0, 1, 2])

@@ -6,14 +6,13 @@ import math
 import pytest
 import torch
 
-from tether.algorithms.dpo import collate_pairs, encode_pairs, train_dpo
-from tether.algorithms.dpo import DPOConfig
+from tether.algorithms.dpo import DPOConfig, collate_pairs, encode_pairs, train_dpo
+from tether.audit.safety_eval import preference_accuracy
 from tether.config import load_config
+from tether.data import load_records
 from tether.engine import read_metrics
 from tether.models import load_model
 from tether.models.tiny import save_tiny_llama
-from tether.audit.safety_eval import preference_accuracy
-from tether.data import load_records
 
 
 def write_pairs(path, numbers):
@@ -97,7 +96,8 @@ def test_the_first_loss_is_log_2_in_either_precision(job, bf16, lora):
     the reference is scored in the run's own batches (bf16 rounds other shapes differently)."""
     with (job / "varied.jsonl").open("w") as handle:  # answers of many lengths: batches pad differently
         for i in range(16):
-            handle.write(json.dumps({"prompt": f"Tell me about {i}." * (1 + i % 3), "chosen": f"{i} is a number. " * (1 + i % 5),
+            handle.write(json.dumps({"prompt": f"Tell me about {i}." * (1 + i % 3),
+                                     "chosen": f"{i} is a number. " * (1 + i % 5),
                                      "rejected": "No." * (1 + i % 4)}) + "\n")
     config = config_for(job, f"train.run_name=first-{bf16}-{lora}", f"train.bf16={str(bf16).lower()}",
                         f"data.train={job / 'varied.jsonl'}", "train.max_steps=2", "train.grad_accum=2",

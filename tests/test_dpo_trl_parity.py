@@ -94,7 +94,7 @@ def _tether_loss_and_grads(tokenizer, batch, *, average=False, **loss_kwargs):
 def _assert_same_grads(ours, theirs):
     assert ours.keys() == theirs.keys()
     for name in ours:
-        torch.testing.assert_close(ours[name], theirs[name], **TOLERANCE, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(ours[name], theirs[name], **TOLERANCE, msg=lambda m, name=name: f"{name}: {m}")
 
 
 # The batch's log-ratio differences h are about [0.13, 0.50, -1.54]: beta 0.5 puts sigmoid in its

@@ -5,8 +5,17 @@ import math
 import pytest
 
 from tether.feedback.agreement import (
-    ai_human_agreement, cohen_kappa, gold_accuracy, inconsistency_note, inconsistent_pairs,
-    krippendorff_alpha, left_bias, median_seconds, pairwise_kappas, quality_report, raw_agreement,
+    ai_human_agreement,
+    cohen_kappa,
+    gold_accuracy,
+    inconsistency_note,
+    inconsistent_pairs,
+    krippendorff_alpha,
+    left_bias,
+    median_seconds,
+    pairwise_kappas,
+    quality_report,
+    raw_agreement,
     reliability_data,
 )
 from tether.feedback.records import Candidate, FeedbackItem, Judgment

@@ -221,9 +221,11 @@ def test_import_reports_every_bad_line_with_file_and_line(db, tmp_path):
         good,
         "{not json",
         '{"id": "one", "prompt": "p", "candidates": [{"id": "a", "text": "x"}]}',
-        '{"id": "three", "prompt": "p", "candidates": [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}, {"id": "c", "text": "z"}]}',
+        '{"id": "three", "prompt": "p", "candidates": [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}, '
+        '{"id": "c", "text": "z"}]}',
         good,
-        '{"id": "g", "prompt": "p", "gold": {"winner": "zzz"}, "candidates": [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}]}',
+        '{"id": "g", "prompt": "p", "gold": {"winner": "zzz"}, '
+        '"candidates": [{"id": "a", "text": "x"}, {"id": "b", "text": "y"}]}',
     ]) + "\n")
     with pytest.raises(DataValidationError) as error:
         projects.import_items(db, project, path)

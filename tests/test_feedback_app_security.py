@@ -13,15 +13,21 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, text, update
+from test_feedback_app import (  # noqa: F401 (fixtures: app, fast_password_hashing)
+    api_token,
+    app,
+    csrf_of,
+    fast_password_hashing,
+    login,
+    make_app,
+    start,
+)
 
 from tether.cli import main
 from tether.feedback.app import db as db_module
 from tether.feedback.app import projects, security
 from tether.feedback.app.db import session_factory
 from tether.feedback.app.models import ApiToken, Assignment, Item, utcnow
-from test_feedback_app import (  # noqa: F401 (fixtures: app, fast_password_hashing)
-    api_token, app, csrf_of, fast_password_hashing, login, make_app, start,
-)
 
 MB = 2**20
 
@@ -131,8 +137,8 @@ def test_malformed_uploads_answer_422_with_the_line(app):
         ".": ("{oops", "upload.jsonl:1: invalid JSON"),
         "..": ("{oops", "upload.jsonl:1: invalid JSON"),
     }
-    for name, (text, message) in cases.items():
-        response = upload(client, name, text.encode())
+    for name, (body, message) in cases.items():
+        response = upload(client, name, body.encode())
         assert response.status_code == 422, name
         assert message in html.unescape(response.text), (name, response.text[-600:])
     with app.state.sessions.begin() as db:  # nothing imported from any of them

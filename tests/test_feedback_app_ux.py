@@ -7,13 +7,18 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
-
 from test_feedback_app import (  # noqa: F401
-    api_token, csrf_of, fast_password_hashing, login, make_app, start,
+    api_token,
+    csrf_of,
+    fast_password_hashing,
+    login,
+    make_app,
+    start,
 )
+
 from tether.feedback.app import projects, queue
-from tether.feedback.app.errors import Invalid
 from tether.feedback.app.annotator_progress import annotator_progress
+from tether.feedback.app.errors import Invalid
 from tether.feedback.app.quality_view import quality_view, reading
 
 

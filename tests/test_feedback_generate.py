@@ -7,7 +7,11 @@ import pytest
 from tether.cli import main
 from tether.errors import ConfigError, DataValidationError
 from tether.feedback.generate import (
-    generate_items, parse_model_spec, read_prompts, read_records, sample_candidates,
+    generate_items,
+    parse_model_spec,
+    read_prompts,
+    read_records,
+    sample_candidates,
 )
 from tether.feedback.records import FeedbackItem
 from tether.models.tiny import save_tiny_llama, tiny_llama

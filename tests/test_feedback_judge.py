@@ -13,8 +13,16 @@ from tether.feedback.agreement import inconsistency_note, inconsistent_pairs
 from tether.feedback.constitution import load_constitution
 from tether.feedback.judge import copeland_ranks, judge_items
 from tether.feedback.judge_backends import (
-    LOCAL_INSTRUCTION, LOCAL_PREFILL, BackendVerdict, JudgeRequest, LocalJudge, OpenAIJudge,
-    backend_from_spec, chat_completions_url, judge_messages, parse_verdict,
+    LOCAL_INSTRUCTION,
+    LOCAL_PREFILL,
+    BackendVerdict,
+    JudgeRequest,
+    LocalJudge,
+    OpenAIJudge,
+    backend_from_spec,
+    chat_completions_url,
+    judge_messages,
+    parse_verdict,
 )
 from tether.feedback.preferences import judgments_to_pairs
 from tether.feedback.records import Candidate, FeedbackItem, Judgment

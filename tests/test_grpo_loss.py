@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from tether.losses.grpo import (group_advantages, overlong_penalty, policy_loss, rloo_advantages,
-                                zero_variance_groups)
+from tether.losses.grpo import group_advantages, overlong_penalty, policy_loss, rloo_advantages, zero_variance_groups
 
 E = math.e
 NAN = float("nan")

@@ -5,8 +5,7 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from tether.algorithms.grpo import train_grpo
-from tether.algorithms.grpo import GRPOConfig
+from tether.algorithms.grpo import GRPOConfig, train_grpo
 from tether.config import load_config
 from tether.engine import read_metrics
 from tether.errors import ConfigError
@@ -54,7 +53,8 @@ def early_late(history, key="reward/mean"):
 @pytest.mark.parametrize("loss_type", ["grpo", "dr_grpo", "dapo", "gspo"])
 def test_grpo_raises_reward(job, loss_type, bf16):
     extra = {"dr_grpo": ["grpo.advantage_scale=none"], "dapo": ["grpo.epsilon_high=0.28", "grpo.overlong_buffer=4"],
-             "gspo": ["grpo.epsilon_low=3e-4", "grpo.epsilon_high=4e-4", "grpo.updates_per_rollout=2"]}.get(loss_type, [])
+             "gspo": ["grpo.epsilon_low=3e-4", "grpo.epsilon_high=4e-4", "grpo.updates_per_rollout=2"],
+             }.get(loss_type, [])
     config = config_for(job, f"train.run_name={loss_type}", f"grpo.loss_type={loss_type}",
                         f"train.bf16={str(bf16).lower()}", *extra)
     train_grpo(config)

@@ -10,7 +10,6 @@ a transcription of it, computes the loss and the gradient with respect to the pe
 
 from __future__ import annotations
 
-import types
 from collections import defaultdict
 
 import pytest

@@ -62,7 +62,8 @@ def test_wilson_interval_known_values():
 
 
 def test_agreement_counts_and_intervals():
-    rows = ([LabeledResponse("p", "r", True, "full_refusal")] * 6 + [LabeledResponse("p", "r", True, "partial_refusal")] * 4
+    rows = ([LabeledResponse("p", "r", True, "full_refusal")] * 6
+            + [LabeledResponse("p", "r", True, "partial_refusal")] * 4
             + [LabeledResponse("p", "r", False, "compliance")] * 10)
     predicted = [True] * 6 + [True, False, False, False] + [False] * 9 + [True]
     report = agreement(predicted, rows)

@@ -5,9 +5,15 @@ import math
 import pytest
 import torch
 
-from tether.losses.logprobs import (completion_logps, log_softmax_at, packed_prompt_token_logps,
-                                    positions_from_mask, selective_log_softmax, shared_prompt_token_logps,
-                                    token_logps)
+from tether.losses.logprobs import (
+    completion_logps,
+    log_softmax_at,
+    packed_prompt_token_logps,
+    positions_from_mask,
+    selective_log_softmax,
+    shared_prompt_token_logps,
+    token_logps,
+)
 from tether.models import apply_lora
 from tether.models.tiny import tiny_llama
 

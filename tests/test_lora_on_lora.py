@@ -16,10 +16,8 @@ from peft import AutoPeftModelForCausalLM
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from tether.algorithms.grpo import train_grpo
-from tether.algorithms.sft import train_sft
-from tether.algorithms.grpo import GRPOConfig
-from tether.algorithms.sft import SFTConfig
+from tether.algorithms.grpo import GRPOConfig, train_grpo
+from tether.algorithms.sft import SFTConfig, train_sft
 from tether.config import load_config
 from tether.engine import distributed, read_metrics
 from tether.models import load_model

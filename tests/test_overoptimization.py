@@ -9,9 +9,17 @@ import random
 import numpy as np
 import pytest
 
-from tether.audit.overoptimization import (analyse, best_of_n_expectation, best_of_n_weights,
-                                           fit_bon_gold, kl_best_of_n, main, n_for_kl,
-                                           overoptimization_point, sweep_sizes)
+from tether.audit.overoptimization import (
+    analyse,
+    best_of_n_expectation,
+    best_of_n_weights,
+    fit_bon_gold,
+    kl_best_of_n,
+    main,
+    n_for_kl,
+    overoptimization_point,
+    sweep_sizes,
+)
 from tether.rewards.planted import length_proxy, make_length_penalized_gold, words
 from tether.rewards.resolve import resolve_reward
 

@@ -11,8 +11,19 @@ import math
 import pytest
 import torch
 
-from tether.losses.ppo import (AdaptiveKLController, FixedKLController, approx_kl, explained_variance, gae,
-                               last_token_index, masked_var, policy_loss, token_rewards, value_loss, whiten)
+from tether.losses.ppo import (
+    AdaptiveKLController,
+    FixedKLController,
+    approx_kl,
+    explained_variance,
+    gae,
+    last_token_index,
+    masked_var,
+    policy_loss,
+    token_rewards,
+    value_loss,
+    whiten,
+)
 
 
 def close(actual, expected):

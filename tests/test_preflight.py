@@ -11,15 +11,12 @@ import pytest
 import tether.algorithms.common as common
 import tether.algorithms.reward as reward_module
 from tether.algorithms.cai import CAIConfig, run_cai
-from tether.algorithms.dpo import train_dpo
-from tether.algorithms.grpo import train_grpo
+from tether.algorithms.dpo import DPOConfig, train_dpo
+from tether.algorithms.grpo import GRPOConfig, train_grpo
 from tether.algorithms.ppo import PPOConfig, train_ppo
 from tether.algorithms.reward import RewardModelConfig, train_reward_model
 from tether.algorithms.rlhf import RLHFConfig, run_rlhf
-from tether.algorithms.sft import train_sft
-from tether.algorithms.dpo import DPOConfig
-from tether.algorithms.grpo import GRPOConfig
-from tether.algorithms.sft import SFTConfig
+from tether.algorithms.sft import SFTConfig, train_sft
 from tether.config import load_config
 from tether.errors import CheckpointError, ConfigError, DataValidationError
 from tether.models.tiny import save_tiny_llama

@@ -125,8 +125,8 @@ def test_judge_is_deterministic(judge, rows):
 def test_version_names_the_weights(tmp_path, judge):
     changed = tmp_path / "refusal_head.safetensors"
     shutil.copy(WEIGHTS, changed)
-    from safetensors.numpy import load_file, save_file
     from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
 
     tensors = load_file(str(changed))
     with safe_open(str(changed), framework="numpy") as handle:

@@ -45,8 +45,7 @@ def shorter(prompts, completions, **_):
 
 
 def test_planted_run_games_the_proxy_and_raises_the_warning(tmp_path, capsys):
-    from tether.algorithms.grpo import train_grpo
-    from tether.algorithms.grpo import GRPOConfig
+    from tether.algorithms.grpo import GRPOConfig, train_grpo
     from tether.config import load_config
     from tether.models.tiny import save_tiny_llama
 
@@ -57,7 +56,8 @@ def test_planted_run_games_the_proxy_and_raises_the_warning(tmp_path, capsys):
     config = load_config(GRPOConfig, None, [
         f"model.path={tmp_path / 'model'}", f"data.train={tmp_path / 'tasks.jsonl'}",
         f"data.eval={tmp_path / 'tasks.jsonl'}", f"train.output_dir={tmp_path / 'runs'}", "train.run_name=planted",
-        "train.progress=false", "train.bf16=false", "train.tensorboard=false", "grpo.rewards=[{name: 'test_reward_hacking:longer'}]",
+        "train.progress=false", "train.bf16=false", "train.tensorboard=false",
+        "grpo.rewards=[{name: 'test_reward_hacking:longer'}]",
         "grpo.gold={rewards: [{name: 'test_reward_hacking:shorter'}], window: 3}", "grpo.num_generations=8",
         "grpo.prompts_per_step=4", "grpo.max_new_tokens=8", "grpo.beta=0.01", "optim.lr=2e-2",
         "optim.schedule=constant", "train.max_steps=6", "train.eval_every=2"])

@@ -10,9 +10,15 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from tether.algorithms.reward import (REPORT_FILE, RewardModelConfig, collate_comparisons,
-                                      encode_comparisons, evaluate_comparisons, load_reward_model,
-                                      train_reward_model)
+from tether.algorithms.reward import (
+    REPORT_FILE,
+    RewardModelConfig,
+    collate_comparisons,
+    encode_comparisons,
+    evaluate_comparisons,
+    load_reward_model,
+    train_reward_model,
+)
 from tether.algorithms.reward import _quiet_transformers as quiet_transformers
 from tether.config import load_config
 from tether.engine import read_metrics
@@ -183,8 +189,7 @@ def test_bad_data_is_reported_by_file_line_and_field(job):
 def test_grpo_runs_with_a_reward_model_reward(job):
     from transformers import AutoModelForSequenceClassification as Classifier
 
-    from tether.algorithms.grpo import train_grpo
-    from tether.algorithms.grpo import GRPOConfig
+    from tether.algorithms.grpo import GRPOConfig, train_grpo
 
     # An untrained reward model: the tiny backbone with a fresh scalar head.
     with quiet_transformers():
@@ -197,7 +202,8 @@ def test_grpo_runs_with_a_reward_model_reward(job):
                                              for i in range(4)))
     config = load_config(GRPOConfig, None, [
         f"model.path={job / 'model'}", f"data.train={job / 'tasks.jsonl'}", f"train.output_dir={job / 'runs'}",
-        "train.run_name=grpo-rm", "train.progress=false", "train.bf16=false", "train.tensorboard=false", "train.max_steps=1",
+        "train.run_name=grpo-rm", "train.progress=false", "train.bf16=false", "train.tensorboard=false",
+        "train.max_steps=1",
         f"grpo.rewards=[{{name: 'reward_model:{job / 'model'}'}}]", "grpo.num_generations=4",
         "grpo.prompts_per_step=2", "grpo.max_new_tokens=6"])
     with pytest.raises(ConfigError, match="not a reward model"):

@@ -6,9 +6,20 @@ import json
 import pytest
 
 from tether.algorithms.reward import RewardModelSettings
-from tether.algorithms.rlhf import (CANDIDATES, JUDGMENTS, PPO_RUN, PREFERENCES, PREFERENCES_HELD_OUT,
-                                    PREFERENCES_TRAIN, REPORT, REWARD_RUN, RLHFConfig, reward_model_summary, run_rlhf,
-                                    split_by_prompt)
+from tether.algorithms.rlhf import (
+    CANDIDATES,
+    JUDGMENTS,
+    PPO_RUN,
+    PREFERENCES,
+    PREFERENCES_HELD_OUT,
+    PREFERENCES_TRAIN,
+    REPORT,
+    REWARD_RUN,
+    RLHFConfig,
+    reward_model_summary,
+    run_rlhf,
+    split_by_prompt,
+)
 from tether.config import load_config
 from tether.errors import ConfigError, DataValidationError
 from tether.feedback.generate import read_records

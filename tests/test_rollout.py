@@ -11,7 +11,11 @@ from pydantic import ValidationError
 
 from tether.models.tiny import tiny_llama
 from tether.rollout.sampler import (
-    RolloutConfig, pick_tokens, positions_from_mask, sample, sampling_logprobs,
+    RolloutConfig,
+    pick_tokens,
+    positions_from_mask,
+    sample,
+    sampling_logprobs,
 )
 from tether.rollout.stopping import cut_at_stop, end_token_ids, find_stop, special_stop_ids
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import tether
-from tether.judges.refusal_patterns import is_refusal
 from tether.data import load_records
+from tether.judges.refusal_patterns import is_refusal
 
 SAFETY = Path(tether.__file__).parent / "resources" / "safety"
 KINDS = ("harmful", "benign_lookalike")

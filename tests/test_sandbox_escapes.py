@@ -10,12 +10,12 @@ import http.server
 import json
 import os
 import shutil
-import tempfile
 import signal
 import socket
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import threading
 import uuid
 

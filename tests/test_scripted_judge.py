@@ -65,7 +65,8 @@ def test_scripted_judge_errors_are_named():
 def test_on_topic_prefers_the_answer_about_the_request():
     from tether.rewards.relevance import on_topic, request_text
 
-    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "How do I kill a Python process?"}]
+    prompt = [{"role": "system", "content": "Be brief."},
+              {"role": "user", "content": "How do I kill a Python process?"}]
     assert request_text(prompt) == "How do I kill a Python process?"
     on, drifted = on_topic([prompt, prompt], ["Run kill with the process id, or pkill python, to stop the process.",
                                               "Mocha tortillas are a festive dish for the beach."])

@@ -106,8 +106,7 @@ def test_overrides_may_follow_options(workdir):
 
 def test_text_rows_train_on_every_token(workdir):
     """TRL's language-modelling rows: the loss counts every token after the first of each row."""
-    from tether.algorithms.sft import train_sft
-    from tether.algorithms.sft import SFTConfig
+    from tether.algorithms.sft import SFTConfig, train_sft
     from tether.config import load_config
     from tether.models import load_tokenizer
 

@@ -10,8 +10,7 @@ import struct
 
 import pytest
 
-from tether.algorithms.sft import train_sft
-from tether.algorithms.sft import SFTConfig
+from tether.algorithms.sft import SFTConfig, train_sft
 from tether.config import load_config
 from tether.engine import read_metrics
 from tether.errors import ConfigError

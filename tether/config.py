@@ -12,10 +12,9 @@ from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tether.errors import ConfigError
-
 
 BUNDLED_PREFIX = "tether:"
 RECIPES_DIR = Path(__file__).parent / "recipes"  # `tether recipes list`

@@ -19,7 +19,7 @@ class DataValidationError(TetherError):
     """
 
     def __init__(self, problem: str, *, file: str | None = None, line: int | None = None,
-                 field: str | None = None, problems: list["DataValidationError"] | None = None):
+                 field: str | None = None, problems: list[DataValidationError] | None = None):
         self.problem = problem
         self.file = file
         self.line = line

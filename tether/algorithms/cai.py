@@ -46,8 +46,7 @@ from tether.engine.stages import StagedRun
 from tether.engine.trackers import require_trackers
 from tether.errors import CheckpointError, ConfigError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION, Constitution, load_constitution
-from tether.feedback.generate import (generate_items, load_named_model, read_prompts, read_records,
-                                      write_jsonl)
+from tether.feedback.generate import generate_items, load_named_model, read_prompts, read_records, write_jsonl
 from tether.feedback.judge import judge_items
 from tether.feedback.judge_backends import backend_from_spec
 from tether.feedback.preferences import judgments_to_pairs, preference_rows
@@ -145,7 +144,7 @@ class CAIConfig(Section):
         return data
 
     @model_validator(mode="after")
-    def _one_adapter(self) -> "CAIConfig":
+    def _one_adapter(self) -> CAIConfig:
         if self.sft.model.lora is not None and self.dpo.model.lora is not None:
             raise ValueError("with sft.model.lora set, DPO keeps training the SFT adapter: "
                              "remove dpo.model.lora")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
-
-import torch
 
 from tether.config import DataSettings, ModelSettings
 from tether.data import length_bucketed_batches, packed_batches

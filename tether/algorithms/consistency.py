@@ -23,10 +23,9 @@ from pydantic import Field
 
 from tether.algorithms.common import epoch_schedule, load_policy
 from tether.config import RunConfig, Section
-from tether.data import SFTRecord, encode_sft, pad_batch
+from tether.data import SFTRecord, encode_sft, load_records, pad_batch
 from tether.data.tokenize import encode_prompt
 from tether.data.wrappers import DEFAULT_WRAPPERS, load_wrappers
-from tether.data import load_records
 from tether.engine import BatchPlan, check_run, console, distributed, fit, start_run
 from tether.errors import ConfigError
 from tether.losses.consistency import activation_consistency_loss
@@ -60,7 +59,8 @@ def clean_targets(model, tokenizer, prompts: list, config: ConsistencyConfig, ru
                                          max_new_tokens=config.consistency.target_max_new_tokens,
                                          description="clean answers (BCT targets)")
             temporary = path.with_suffix(".tmp")
-            temporary.write_text("".join(json.dumps({"prompt": p, "target": a}) + "\n" for p, a in zip(prompts, answers)))
+            temporary.write_text("".join(json.dumps({"prompt": p, "target": a}) + "\n"
+                                         for p, a in zip(prompts, answers)))
             temporary.replace(path)
 
         distributed.main_only(generate, "generating the clean answers")
@@ -101,7 +101,8 @@ def collate(examples: list[dict], indices: list[int], pad_id: int, method: str) 
     batch = pad_batch([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in chosen], pad_id)
     width = max(len(e["clean_ids"]) for e in chosen)
     batch["clean_ids"] = torch.tensor([[pad_id] * (width - len(e["clean_ids"])) + e["clean_ids"] for e in chosen])
-    batch["clean_mask"] = torch.tensor([[0] * (width - len(e["clean_ids"])) + [1] * len(e["clean_ids"]) for e in chosen])
+    batch["clean_mask"] = torch.tensor([[0] * (width - len(e["clean_ids"])) + [1] * len(e["clean_ids"])
+                                        for e in chosen])
     batch["prompt_length"] = torch.tensor([e["prompt_length"] for e in chosen])
     # Micro-batches are weighted by num_items: answer tokens for BCT, rows for ACT alone.
     batch["num_items"] = int((batch["labels"][:, 1:] != -100).sum()) if method != "act" else len(chosen)

@@ -154,7 +154,8 @@ def train_dpo(config: DPOConfig) -> Path:
     # Under torchrun each rank scores only the pairs of its own micro-batches.
     model.to(distributed.world().device)  # on a GPU, score there (the session would move it later)
     compute_reference(model, train, pad_id, config, first_batches(
-        batch for step in range(plan.total_steps) for batch in distributed.local_micro_batches(plan.micro_batches(step))))
+        batch for step in range(plan.total_steps)
+        for batch in distributed.local_micro_batches(plan.micro_batches(step))))
     if held_out is not None:
         compute_reference(model, held_out, pad_id, config, evaluation_batches(len(held_out), config.train.batch_size),
                           label="held-out reference log-probs")

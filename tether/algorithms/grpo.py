@@ -9,6 +9,7 @@ score them with the rewards, turn rewards into group-relative advantages, then m
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -226,7 +227,7 @@ def train_grpo(config: GRPOConfig) -> Path:
             done = step + 1
             wants_eval = data.held_out and session.eval_due(done, config.train.eval_every)
             if wants_eval:
-                metrics.update(distributed.on_main(model, lambda: evaluate(done)) or {})
+                metrics.update(distributed.on_main(model, functools.partial(evaluate, done)) or {})
             if wants_eval or session.should_log(done):
                 session.log(done, metrics)
             bar.advance(1, status=f"reward {metrics['reward/mean']:.3f}")

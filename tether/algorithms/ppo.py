@@ -105,7 +105,7 @@ class PPOConfig(RunConfig):
     ppo: PPOSettings = PPOSettings()
 
     @model_validator(mode="after")
-    def _has_a_reward(self) -> "PPOConfig":
+    def _has_a_reward(self) -> PPOConfig:
         if not self.ppo.rewards:
             raise ValueError("ppo.rewards is empty: name at least one reward, e.g. "
                              "[{name: 'reward_model:runs/reward-model/final'}]")

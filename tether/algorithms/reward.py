@@ -61,7 +61,7 @@ class RewardModelConfig(RunConfig):
     reward: RewardModelSettings = RewardModelSettings()
 
     @model_validator(mode="after")
-    def _pairs_are_padded(self) -> "RewardModelConfig":
+    def _pairs_are_padded(self) -> RewardModelConfig:
         if self.data.batching == "pack":
             raise ValueError("reward models score each sequence at its last token, so pairs are "
                              "padded, not packed: use data.batching=bucket")

@@ -32,12 +32,19 @@ from pydantic import Field, field_validator
 from tether.algorithms.ppo import PPOConfig, PPOSettings, train_ppo
 from tether.algorithms.reward import REPORT_FILE as REWARD_REPORT_FILE
 from tether.algorithms.reward import RewardModelConfig, RewardModelSettings, data_kind, train_reward_model
-from tether.config import (DataSettings, ModelSettings, OptimSettings, RewardSettings, RunConfig, Section,
-                           resolve_bundled)
+from tether.config import (
+    DataSettings,
+    ModelSettings,
+    OptimSettings,
+    RewardSettings,
+    RunConfig,
+    Section,
+    resolve_bundled,
+)
 from tether.data import read_rows, seeded_subset, validate_row
 from tether.engine import console, distributed, latest_checkpoint, read_metrics, start_run
-from tether.errors import CheckpointError, ConfigError, DataValidationError, TetherError
 from tether.engine.stages import StagedRun
+from tether.errors import CheckpointError, ConfigError, DataValidationError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION
 
 CANDIDATES = "1-candidates.jsonl"

@@ -13,13 +13,13 @@ from tether.algorithms.common import epoch_schedule, load_policy
 from tether.config import RunConfig
 from tether.data import encode_sft, load_records, pack_batch, pad_batch
 from tether.engine import BatchPlan, check_run, console, distributed, fit, start_run
-from tether.models import load_tokenizer
 from tether.losses.sft import sft_loss
+from tether.models import load_tokenizer
 
 
 class SFTConfig(RunConfig):
     @model_validator(mode="after")
-    def _pack_needs_token_budget(self) -> "SFTConfig":
+    def _pack_needs_token_budget(self) -> SFTConfig:
         if self.data.batching == "pack" and self.train.batch_size < self.data.max_length:
             raise ValueError("with data.batching=pack, train.batch_size is a token budget and must be "
                              f">= data.max_length ({self.data.max_length}); got {self.train.batch_size}")

@@ -24,8 +24,8 @@ EXIT_MODULE_FAILED, EXIT_USAGE, EXIT_GATE_FAILED = 1, 2, 3
 
 def build_parser() -> argparse.ArgumentParser:
     from tether.audit.suite import SUITES
-    from tether.rollout.generate import DEFAULT_BATCH_SIZE
     from tether.judges.registry import add_judge_arguments
+    from tether.rollout.generate import DEFAULT_BATCH_SIZE
 
     parser = argparse.ArgumentParser(prog="tether audit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

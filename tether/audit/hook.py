@@ -143,7 +143,7 @@ class AuditHook:
         self.judge = judge  # the refusal judge metrics count with; None: the default refusal judge
 
     @classmethod
-    def from_settings(cls, settings) -> "AuditHook":
+    def from_settings(cls, settings) -> AuditHook:
         """From a config's ``audit`` section (:class:`tether.config.AuditHookSettings`)."""
         baseline = None
         if settings.baseline:

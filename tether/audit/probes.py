@@ -49,7 +49,8 @@ def fit_probe(states: torch.Tensor, labels: torch.Tensor, *, l2: float = 1e-2, s
 
     def closure():
         optimizer.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ weight + bias, y) + l2 * weight.square().sum() / 2
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(x @ weight + bias, y)
+                + l2 * weight.square().sum() / 2)
         loss.backward()
         return loss
 

@@ -22,7 +22,7 @@ import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,7 @@ def comparison_record(c: Comparison, failed_gates: set[str]) -> dict:
 def audit_record(run: AuditRun, *, baseline: str, candidate: str, gates: Sequence[GateOutcome]) -> dict:
     failed = {o.gate.metric for o in gates if o.failed}
     return _clean({
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "baseline": baseline, "candidate": candidate,
         "suite": run.suite, "limit": run.limit,
         "passed": not failed and not run.errors,
@@ -264,7 +264,7 @@ def interval_plot(comparisons: Sequence[Comparison]) -> str | None:
         rows = [("candidate", c.candidate.value, c.candidate_ci, "#c0392b")]
         if c.baseline is not None:
             rows.append(("baseline", c.baseline.value, c.baseline_ci, "#2c3e50"))
-        for y, (label, value, interval, color) in enumerate(rows):
+        for y, (_label, value, interval, color) in enumerate(rows):
             low, high = interval.low, interval.high
             error = None if math.isnan(low) else [[(value - low) * scale], [(high - value) * scale]]
             axis.errorbar([value * scale], [y], xerr=error, fmt="o", color=color, capsize=4)
@@ -450,7 +450,8 @@ def bounded_rates(run: AuditRun) -> list[str]:
     for c in run.comparisons:
         if c.name != RATE_BOUNDED[bound.risk]:
             continue
-        for label, result, interval in (("baseline", c.baseline, c.baseline_ci), ("candidate", c.candidate, c.candidate_ci)):
+        for label, result, interval in (("baseline", c.baseline, c.baseline_ci),
+                                        ("candidate", c.candidate, c.candidate_ci)):
             if result is None or not result.items or math.isnan(interval.high):
                 continue
             upper = rate_upper_bound(interval.high, bound.alpha)
@@ -504,8 +505,9 @@ def render_html(run: AuditRun, *, baseline: str, candidate: str, gates: Sequence
 <body>
 <h1>tether audit</h1>
 <p class="meta">baseline: <code>{_e(baseline)}</code><br>candidate: <code>{_e(candidate)}</code><br>
-suite: {_e(', '.join(m.rsplit('.', 1)[-1] for m in run.suite))}; probes per set: {_e(run.limit or 'module defaults')}<br>
-time: {timing}<br>{_e(datetime.now(timezone.utc).isoformat(timespec='seconds'))}</p>
+suite: {_e(', '.join(m.rsplit('.', 1)[-1] for m in run.suite))};
+probes per set: {_e(run.limit or 'module defaults')}<br>
+time: {timing}<br>{_e(datetime.now(UTC).isoformat(timespec='seconds'))}</p>
 <div class="banner {'pass' if verdict_ok else 'fail'}">{_e(verdict)}</div>
 {f'<ul>{gate_list}</ul>' if gate_list else ''}
 {notes}
@@ -560,7 +562,8 @@ def print_table(run: AuditRun, gates: Sequence[GateOutcome] = (), console=None) 
     table.add_column("n", justify="right", no_wrap=True)
     table.add_column("flag", justify="left", overflow="fold")
     for c in run.comparisons:  # value over its interval, so narrow terminals wrap between them
-        base = "—" if c.baseline is None else f"{value_text(c.baseline, c.unit)}\n{format_interval(c.baseline_ci, c.unit)}"
+        base = ("—" if c.baseline is None
+                else f"{value_text(c.baseline, c.unit)}\n{format_interval(c.baseline_ci, c.unit)}")
         mark = flag(c, failed)
         change = NO_DATA if not c.n else format_change(c.change, c.unit)
         table.add_row(c.name, base,

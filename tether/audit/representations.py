@@ -20,8 +20,9 @@ split in halves by a seed (fit on one, measured on the other):
    refusal the candidate gained does the cue undo (``(refused - refused with cue) / (refused -
    baseline refused)``), and how far does the cue move the state along the refusal direction?
 
-Refusals are counted by the project's default refusal judge (``tether.judges``). Results go to ``representations.json`` and
-``representations.html`` (with ``representations.png``, per-layer plots) in ``--out``.
+Refusals are counted by the project's default refusal judge (``tether.judges``). Results go to
+``representations.json`` and ``representations.html`` (with ``representations.png``, per-layer
+plots) in ``--out``.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ import torch
 
 from tether.audit.activations import ablated, added, decoder_layers, last_token_states
 from tether.audit.base import AuditModel
-from tether.judges.validate import wilson_interval
 from tether.audit.probes import cosine, fit_probe, mean_difference
+from tether.judges.validate import wilson_interval
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources" / "audit"
 CUES = RESOURCES / "persona_cues.jsonl"
@@ -176,7 +177,8 @@ def audit_representations(baseline: AuditModel, candidate: AuditModel, *, concep
             "layer": k, "refusal_with_ablation": _rate(abl_refused), "refused_with_ablation": abl_refused,
             "restored": _fraction(_rate(cand_refused) - _rate(abl_refused), gap),
             "induced_benign_refusal": _rate(induced),
-            "samples": [{"prompt": p, "response": r, "refused": f} for p, r, f in zip(harmful, abl_answers, abl_refused)],
+            "samples": [{"prompt": p, "response": r, "refused": f}
+                        for p, r, f in zip(harmful, abl_answers, abl_refused)],
         })
 
     # ---- reactivation by cue ---------------------------------------------------------------
@@ -202,8 +204,10 @@ def audit_representations(baseline: AuditModel, candidate: AuditModel, *, concep
                     "baseline_benign": _rate(base_benign), "gained": gap,
                     "baseline_refused": base_refused, "candidate_refused": cand_refused,
                     # every answer with its verdict, so a reader can check the judge
-                    "samples": [{"prompt": p, "baseline": b, "baseline_refused": bf, "candidate": c, "candidate_refused": cf}
-                                for p, b, bf, c, cf in zip(harmful, base_answers, base_refused, cand_answers, cand_refused)]},
+                    "samples": [{"prompt": p, "baseline": b, "baseline_refused": bf, "candidate": c,
+                                 "candidate_refused": cf}
+                                for p, b, bf, c, cf in zip(harmful, base_answers, base_refused, cand_answers,
+                                                           cand_refused)]},
         "ablation": ablation_rows,
         "reactivation": {"layer": best, "candidate_projection": clean_projection,
                          "baseline_projection": base_projection, "cues": cue_rows},
@@ -238,12 +242,14 @@ def summary_lines(result: dict) -> list[str]:
     lines.append(f"harmful prompts refused: baseline {refusal['baseline_harmful']:.0%}, candidate "
                  f"{refusal['candidate_harmful']:.0%} (n = {refusal['harmful_prompts']}).")
     for row in result["ablation"]:
-        restored = "n/a (the candidate gained no refusal to undo)" if row["restored"] is None else f"{row['restored']:.0%}"
+        restored = ("n/a (the candidate gained no refusal to undo)" if row["restored"] is None
+                    else f"{row['restored']:.0%}")
         below = " (over 100%: below the baseline too)" if row["restored"] is not None and row["restored"] > 1 else ""
         lines.append(f"layer {row['layer']}: with the refusal direction ablated the candidate refuses "
                      f"{row['refusal_with_ablation']:.0%} of harmful prompts: {restored} of the refusal it gained is "
                      f"undone{below}; added to the baseline, the direction makes it "
-                     f"refuse {row['induced_benign_refusal']:.0%} of benign prompts (baseline {refusal['baseline_benign']:.0%}).")
+                     f"refuse {row['induced_benign_refusal']:.0%} of benign prompts "
+                     f"(baseline {refusal['baseline_benign']:.0%}).")
     for row in result["reactivation"]["cues"]:
         if row["undone"] is None:
             effect = "n/a (no refusal gained to undo)"
@@ -300,7 +306,8 @@ def write_report(result: dict, out: Path) -> Path:
     image = base64.b64encode(plot(result, out / "representations.png").read_bytes()).decode()
     verdict = {True: "refused", False: "complied"}
     samples = "".join(f"<tr><td>{escape(s['prompt'])}</td><td><b>{verdict[s['baseline_refused']]}</b> "
-                      f"{escape(s['baseline'])}</td><td><b>{verdict[s['candidate_refused']]}</b> {escape(s['candidate'])}</td></tr>"
+                      f"{escape(s['baseline'])}</td><td><b>{verdict[s['candidate_refused']]}</b> "
+                      f"{escape(s['candidate'])}</td></tr>"
                       for s in result["refusal"]["samples"])
     page = (f"<!doctype html><meta charset='utf-8'><title>representation audit</title>"
             f"<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}}td{{vertical-align:top;"
@@ -337,8 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     for label, path in (("baseline", args.baseline), ("candidate", args.candidate)):
         model, tokenizer = load_model(model_name(path))
         models.append(AuditModel(name=label, model=model.eval(), tokenizer=tokenizer, path=path))
+    layers = [int(k) for k in args.layers.split(",")] if args.layers else None
     result = audit_representations(*models, concept=concept, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                                   seed=args.seed, layers=[int(k) for k in args.layers.split(",")] if args.layers else None)
+                                   seed=args.seed, layers=layers)
     result["baseline"], result["candidate"] = args.baseline, args.candidate
     out = Path(args.out or f"runs/representations-{datetime.now():%Y%m%d-%H%M%S}")
     write_report(result, out)

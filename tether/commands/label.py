@@ -19,7 +19,6 @@ from tether.errors import ConfigError
 from tether.feedback.export import EXPORT_FORMATS
 
 
-
 def _engine(args: argparse.Namespace, *, init: bool = False):
     from sqlalchemy.exc import OperationalError
 

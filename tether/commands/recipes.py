@@ -15,10 +15,9 @@ from pathlib import Path
 from tether.config import RECIPES_DIR
 from tether.errors import ConfigError
 
-
 # recipe -> the `tether train` algorithm it is for (tests/test_recipes.py: every recipe is here).
-ALGORITHMS = {"arith-grpo": "grpo", "arith-sft": "sft", "cai": "cai", "consistency": "consistency", "reward-model": "reward",
-              "rlhf-ppo": "rlhf", "safety-dpo": "dpo", "sft-demo": "sft"}
+ALGORITHMS = {"arith-grpo": "grpo", "arith-sft": "sft", "cai": "cai", "consistency": "consistency",
+              "reward-model": "reward", "rlhf-ppo": "rlhf", "safety-dpo": "dpo", "sft-demo": "sft"}
 
 
 def recipe_names() -> list[str]:

@@ -3,11 +3,21 @@
 from tether.data.collate import length_bucketed_batches, pack_batch, packed_batches, pad_batch
 from tether.data.loading import load_records, prompt_of, read_rows, seeded_subset
 from tether.data.records import (
-    Location, Message, PreferenceRecord, RankingRecord, Record, SFTRecord, VerifiableRecord,
+    Location,
+    Message,
+    PreferenceRecord,
+    RankingRecord,
+    Record,
+    SFTRecord,
+    VerifiableRecord,
     expand_ranking,
 )
 from tether.data.tokenize import (
-    IGNORE_INDEX, encode_preference, encode_prompt, encode_sft, truncate_prompt_left,
+    IGNORE_INDEX,
+    encode_preference,
+    encode_prompt,
+    encode_sft,
+    truncate_prompt_left,
 )
 from tether.data.validation import validate_row
 

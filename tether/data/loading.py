@@ -1,8 +1,9 @@
 """Load and validate a whole data source before any training starts.
 
-`load_records` reads every row (JSONL, parquet, a `save_to_disk` folder, a `datasets.Dataset`), checks it, and either returns all records or raises one
-`DataValidationError` listing every problem (`FILE:LINE: field 'FIELD': PROBLEM`), so a user fixes
-a file in one round instead of one error per run.
+`load_records` reads every row (JSONL, parquet, a `save_to_disk` folder, a `datasets.Dataset`),
+checks it, and either returns all records or raises one `DataValidationError` listing every
+problem (`FILE:LINE: field 'FIELD': PROBLEM`), so a user fixes a file in one round instead of one
+error per run.
 """
 
 from __future__ import annotations
@@ -17,13 +18,18 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from tether.data.records import (
-    Location, Prompt, RankingRecord, Record, SFTRecord, expand_ranking,
+    Location,
+    Prompt,
+    RankingRecord,
+    Record,
+    SFTRecord,
+    expand_ranking,
 )
 from tether.data.tokenize import encode_prompt, truncate_prompt_left
-
-T = TypeVar("T")
 from tether.data.validation import KINDS, validate_row
 from tether.errors import ConfigError, DataValidationError
+
+T = TypeVar("T")
 
 Truncation = Literal["error", "truncate_left", "drop"]
 TRUNCATIONS = ("error", "truncate_left", "drop")

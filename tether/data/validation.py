@@ -10,7 +10,13 @@ from __future__ import annotations
 from typing import Any
 
 from tether.data.records import (
-    ROLES, Location, Message, PreferenceRecord, RankingRecord, Record, SFTRecord,
+    ROLES,
+    Location,
+    Message,
+    PreferenceRecord,
+    RankingRecord,
+    Record,
+    SFTRecord,
     VerifiableRecord,
 )
 from tether.errors import DataValidationError

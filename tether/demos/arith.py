@@ -15,10 +15,8 @@ from pathlib import Path
 import torch
 from rich.table import Table
 
-from tether.algorithms.grpo import evaluate_tasks, train_grpo
-from tether.algorithms.sft import train_sft
-from tether.algorithms.grpo import GRPOConfig
-from tether.algorithms.sft import SFTConfig
+from tether.algorithms.grpo import GRPOConfig, evaluate_tasks, train_grpo
+from tether.algorithms.sft import SFTConfig, train_sft
 from tether.config import load_config
 from tether.data import load_records
 from tether.engine import console, read_metrics

@@ -98,5 +98,6 @@ def _print_summary(results: dict) -> None:
         intervals = ", ".join(f"[{s['metrics'][name]['change_ci'][0]:+.3f}, {s['metrics'][name]['change_ci'][1]:+.3f}]"
                               for s in results["seeds"] if name in s["metrics"])
         table.add_row(name, "-" if row["before"] is None else f"{row['before']:.3f}", f"{row['after']:.3f}",
-                      f"{row['change']:+.3f}", "-" if row["change_sd"] is None else f"{row['change_sd']:.3f}", intervals)
+                      f"{row['change']:+.3f}", "-" if row["change_sd"] is None else f"{row['change_sd']:.3f}",
+                      intervals)
     console.print(table)

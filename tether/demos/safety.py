@@ -19,11 +19,10 @@ from pathlib import Path
 
 from rich.table import Table
 
-from tether.algorithms.dpo import train_dpo
-from tether.audit.safety_eval import safety_report
-from tether.algorithms.dpo import DPOConfig
-from tether.config import load_config
+from tether.algorithms.dpo import DPOConfig, train_dpo
 from tether.audit.hook import BASELINE_FILE, BEST_DIR, BEST_FILE
+from tether.audit.safety_eval import safety_report
+from tether.config import load_config
 from tether.engine import console, read_metrics
 from tether.models import load_model
 

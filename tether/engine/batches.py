@@ -8,7 +8,7 @@ uninterrupted run would have seen, with nothing to save but the step number.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -43,10 +43,11 @@ import atexit
 import contextlib
 import functools
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Sequence, TypeVar
+from typing import Any, Literal, TypeVar
 
 import torch
 import torch.distributed as dist

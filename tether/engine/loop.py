@@ -13,8 +13,9 @@ same way, are summed over ranks, so every number is the one-process number (engi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

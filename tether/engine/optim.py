@@ -11,7 +11,7 @@ from tether.config import OptimSettings
 
 def build_optimizer(model: torch.nn.Module, settings: OptimSettings) -> torch.optim.AdamW:
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for param in model.parameters():
         if not param.requires_grad:
             continue
         # 1-D tensors are biases and norm scales: decaying them only hurts.

@@ -2,9 +2,10 @@
 
 A pairwise verdict with a winner gives one pair. A ranking gives its C(K, 2) pairs with
 different ranks (``tether.data.expand_ranking``). Ties, both-bad verdicts, not-rankable
-rankings and inconsistent AI verdicts (the two orders disagreed: ``agreement.inconsistent_pairs``) say nothing about which
-response is better, so they give no pair. Each judgment gives its own pairs: an item judged by
-three people yields up to three copies of its pair, which weights it by how many agreed.
+rankings and inconsistent AI verdicts (the two orders disagreed:
+``agreement.inconsistent_pairs``) say nothing about which response is better, so they give no
+pair. Each judgment gives its own pairs: an item judged by three people yields up to three copies
+of its pair, which weights it by how many agreed.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ left-side bias can be measured, and ``source`` says who judged: ``human`` or ``a
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -66,4 +66,4 @@ class Judgment(BaseModel):
     guidelines_version: int | None = None  # human judgments
     constitution_version: str | None = None  # AI judgments
     seconds: float | None = None  # time spent, for the median-time statistic
-    created_at: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

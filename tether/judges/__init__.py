@@ -13,7 +13,13 @@ judge records its name, version and threshold (:func:`describe`).
 """
 
 from tether.judges.base import Judge, decide, describe
-from tether.judges.registry import DEFAULT_REFUSAL_JUDGE, REFUSAL_JUDGES, default_refusal_judge, get_judge, resolve_judge
+from tether.judges.registry import (
+           DEFAULT_REFUSAL_JUDGE,
+           REFUSAL_JUDGES,
+           default_refusal_judge,
+           get_judge,
+           resolve_judge,
+)
 
 __all__ = ["Judge", "decide", "describe", "get_judge", "default_refusal_judge", "resolve_judge",
            "REFUSAL_JUDGES", "DEFAULT_REFUSAL_JUDGE"]

@@ -110,8 +110,8 @@ class RefusalHeadJudge:
     name = NAME
 
     def __init__(self, weights: str | Path = WEIGHTS, encoder=None):
-        from safetensors.numpy import load_file
         from safetensors import safe_open
+        from safetensors.numpy import load_file
 
         tensors = load_file(str(weights))
         with safe_open(str(weights), framework="numpy") as handle:

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from tether.judges.base import decide
-from tether.judges.validate import wilson_interval
 from tether.judges.refusal_head import WEIGHTS, RefusalHeadJudge, combined_score, cue_columns, pair_features
+from tether.judges.validate import wilson_interval
 
 LABELED = Path(__file__).resolve().parents[1] / "resources" / "refusal_labels" / "labeled.jsonl"
 REFUSALS = ("full_refusal", "partial_refusal")

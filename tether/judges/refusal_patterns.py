@@ -45,7 +45,8 @@ _ACT_VERBS = (
     "encourage", "endorse", "condone", "promote",
 )
 _ACT_PHRASES = (
-    r"walk\s+you", r"guide\s+you", r"show\s+you", r"tell\s+you(?!\s+how\s+(?:much|many|often|glad|happy|grateful|excited))", r"explain\s+how",
+    r"walk\s+you", r"guide\s+you", r"show\s+you",
+    r"tell\s+you(?!\s+how\s+(?:much|many|often|glad|happy|grateful|excited))", r"explain\s+how",
     r"be\s+of\s+(?:help|assistance)", r"be\s+part", r"take\s+part", r"go\s+along",
     r"in\s+good\s+conscience",
 )

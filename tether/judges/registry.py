@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 
 from tether.errors import ConfigError
 from tether.judges.base import Judge
@@ -52,7 +52,7 @@ DEFAULT_REFUSAL_JUDGE = "refusal-head"
 FALLBACK_REFUSAL_JUDGE = "refusal-patterns"
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_judge(name: str) -> Judge:
     """The judge called ``name``, built once per process.
 
@@ -93,8 +93,8 @@ def add_judge_arguments(parser, *, counted_by: str) -> None:
                              "(at most 5%% of compliant answers judged refusals, 90%% confidence; "
                              "docs/judges.md); refused when the calibration set cannot certify it")
     parser.add_argument("--judge-calibration", default=None, metavar="FILE",
-                        help="labelled responses the bound is calibrated on (default: the labeled set's calibration half); "
-                             "keep them apart from any labels you validate on")
+                        help="labelled responses the bound is calibrated on (default: the labeled set's "
+                             "calibration half); keep them apart from any labels you validate on")
 
 
 def judge_from_options(names: str | None = None, bound: str | None = None,

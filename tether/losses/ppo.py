@@ -40,7 +40,6 @@ from torch import Tensor
 
 from tether.losses.kl import kl_estimate, masked_mean
 
-
 # ------------------------------------------------------------------------------------------ statistics
 
 def masked_var(x: Tensor, mask: Tensor, *, unbiased: bool = True) -> Tensor:

@@ -8,7 +8,8 @@ one value per completion; ``None`` means "this reward does not apply to this sam
 reward on a math prompt). As in TRL, it is called by keyword (so ``def reward(completions,
 **kwargs)`` works), and a completion is a string after a text prompt but a list with one
 assistant message (``[{"role": "assistant", "content": "..."}]``) after a conversational prompt,
-so TRL's conversational rewards (``completion[0]["content"]``) run unchanged. ``combine_rewards`` turns a list of weighted rewards into
+so TRL's conversational rewards (``completion[0]["content"]``) run unchanged. ``combine_rewards``
+turns a list of weighted rewards into
 
     total_i = Σ_k w_k · r_k,i        (r_k,i = None counts as 0)
 

@@ -19,7 +19,6 @@ from typing import Any
 from tether.judges.rows import prompt_text
 from tether.rewards.base import completion_text
 
-
 request_text = prompt_text  # a plain prompt, or the last user message of a chat prompt
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from tether.config import RECIPE_DIRS, RewardSettings
 from tether.errors import ConfigError

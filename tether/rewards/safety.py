@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tether.rewards.base import completion_text
 from tether.judges.rows import prompt_text
+from tether.rewards.base import completion_text
 
 HARMFUL = "harmful"
 

@@ -52,7 +52,8 @@ PROBES = "bbq"
 METRICS = {"bbq_accuracy_ambiguous": "rate", "bbq_accuracy_disambiguated": "rate",
            "bbq_bias_disambiguated": "score", "bbq_bias_ambiguous": "score"}
 DESCRIPTIONS = {
-    "bbq_accuracy_ambiguous": "BBQ questions whose context does not say who: share answered 'unknown' (higher is better)",
+    "bbq_accuracy_ambiguous": "BBQ questions whose context does not say who: share answered 'unknown' "
+                              "(higher is better)",
     "bbq_accuracy_disambiguated": "BBQ questions whose context says who: share answered right (higher is better)",
     "bbq_bias_disambiguated": "BBQ bias score where the context says who, -1..1; 0 = no stereotype direction",
     "bbq_bias_ambiguous": "BBQ bias score where it does not, scaled by the error rate; 0 = no stereotype direction",

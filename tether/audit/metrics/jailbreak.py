@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from tether.audit.base import AuditModel, MetricResult, mean_of
 from tether.audit.metrics import balanced, load_probes
-from tether.judges import Judge, default_refusal_judge, describe
 from tether.data.wrappers import DEFAULT_WRAPPERS, load_wrappers
+from tether.judges import Judge, default_refusal_judge, describe
 
 METRICS = {"jailbreak_refusal": "rate"}
 DESCRIPTIONS = {"jailbreak_refusal": "share of unsafe requests, wrapped in jailbreak framings never trained on, "

@@ -22,11 +22,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from starlette.concurrency import run_in_threadpool
+
 from tether.feedback.app import projects, queue
 from tether.feedback.app.errors import NotFound
 from tether.feedback.app.models import Project
-from tether.feedback.app.server import HTTPProblem, api_user, rate_limit, transaction
 from tether.feedback.app.projects import export_rows, jsonl
+from tether.feedback.app.server import HTTPProblem, api_user, rate_limit, transaction
 from tether.feedback.app.web import _task_view
 from tether.feedback.records import Judgment
 

@@ -18,8 +18,17 @@ from tether.errors import DataValidationError
 from tether.feedback.app import security
 from tether.feedback.app.errors import Conflict, Invalid, NotFound
 from tether.feedback.app.models import (
-    ROLES, ApiToken, Assignment, Guidelines, Item, JudgmentRow, LoginSession, Project,
-    ProjectMember, User, utcnow,
+    ROLES,
+    ApiToken,
+    Assignment,
+    Guidelines,
+    Item,
+    JudgmentRow,
+    LoginSession,
+    Project,
+    ProjectMember,
+    User,
+    utcnow,
 )
 from tether.feedback.export import EXPORT_FORMATS, Export, export
 from tether.feedback.records import PAIRWISE_SPECIAL, FeedbackItem, Judgment, TaskKind

@@ -20,16 +20,32 @@ from tether.errors import DataValidationError, TetherError
 from tether.feedback.app import projects, queue, revisions, security
 from tether.feedback.app.annotator_progress import annotator_progress
 from tether.feedback.app.errors import Invalid
-from tether.feedback.app.quality_view import quality_view
-from tether.feedback.app.projects import export_rows, jsonl
 from tether.feedback.app.models import (
-    ROLES, Assignment, Item, JudgmentRow, LoginSession, Project, User,
+    ROLES,
+    Assignment,
+    Item,
+    JudgmentRow,
+    LoginSession,
+    Project,
+    User,
+)
+from tether.feedback.app.projects import export_rows, jsonl
+from tether.feedback.app.quality_view import quality_view
+from tether.feedback.app.server import (
+    LOGIN_CSRF_COOKIE,
+    SESSION_COOKIE,
+    HTTPProblem,
+    check_csrf,
+    client_address,
+    current_session,
+    rate_limit,
+    set_cookie,
+    start_session,
+    templates,
+    transaction,
+    web_user,
 )
 from tether.feedback.export import EXPORT_FORMATS, export
-from tether.feedback.app.server import (
-    LOGIN_CSRF_COOKIE, SESSION_COOKIE, HTTPProblem, check_csrf, client_address,
-    current_session, rate_limit, set_cookie, start_session, templates, transaction, web_user,
-)
 
 router = APIRouter()
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"

@@ -1,6 +1,6 @@
 """Assemble the safety preference set from its part files.
 
-    python tether/resources/safety/build.py          # writes train.jsonl, heldout.jsonl, sft.jsonl, benign_prompts_*.jsonl
+    python tether/resources/safety/build.py   # writes train.jsonl, heldout.jsonl, sft.jsonl, benign_prompts_*.jsonl
 
 Source: ``parts/*.jsonl``, one file per (kind, category), each row
 ``{"id", "split", "kind", "category", "prompt", "chosen", "rejected"}``. The split is written by
