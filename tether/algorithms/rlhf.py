@@ -12,8 +12,8 @@
     tether train rlhf --config recipes/rlhf-ppo.yaml
 
 Every stage writes its output into the run folder, and a rerun skips the stages whose output is
-there (delete a stage's output to redo it; an interrupted training stage resumes from its last
-checkpoint). With ``rank.source: file`` and no export yet, the run stops after stage 1: label
+there (delete a stage's output to redo it and the stages after it; an interrupted training stage
+resumes from its last checkpoint). With ``rank.source: file`` and no export yet, the run stops after stage 1: label
 1-candidates.jsonl in the labeling app, export the preferences, set ``rank.file`` and run again.
 
 Under torchrun, stages 1 and 2 (generation, judging) run on rank 0 while the other ranks wait, and
