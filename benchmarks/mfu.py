@@ -55,7 +55,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tether.algorithms.dpo import DPOConfig, collate_pairs, dpo_step_loss, pair_logps  # noqa: E402
-from tether.algorithms.grpo import completion_token_logps  # noqa: E402
+from tether.algorithms.rl_step import completion_token_logps  # noqa: E402
 from tether.config import OptimSettings, load_config  # noqa: E402
 from tether.data import pad_batch  # noqa: E402
 from tether.engine.optim import build_optimizer  # noqa: E402
