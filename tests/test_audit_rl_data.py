@@ -15,6 +15,7 @@ from tether.data import VerifiableRecord, load_records
 from tether.rewards.base import RewardSpec
 from tether.rewards.text_answer import answer_match
 
+
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory):
     from tether.models.tiny import save_tiny_llama
