@@ -18,6 +18,7 @@ import argparse
 import json
 import random
 import tempfile
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +71,11 @@ def trial(seed: int, args, model=None, tokenizer=None) -> dict:
     report = rda.audit_rl_prompts(rows, [RewardSpec("answer_match", answer_match)], answer_format=FORMAT,
                                   policy=model, tokenizer=tokenizer, sketch_dim=None,
                                   planted=range(first_plant, len(rows)), seed=seed)
-    return {name: {k: d[k] for k in ("true_positives", "planted_count")} | {"flagged": len(d["flagged"])}
+    def kind(example: str) -> str:
+        return example.rsplit("-", 1)[-1] if example.endswith(("-unknown", "-dis", "-plant")) else "arithmetic"
+
+    return {name: {k: d[k] for k in ("true_positives", "planted_count")}
+            | {"flagged": len(d["flagged"]), "kinds": [kind(e) for e in d["flagged"]]}
             for name, d in report["detectors"].items()}
 
 
@@ -85,6 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     model = tokenizer = None
     totals: dict[str, np.ndarray] = {}
+    kinds: dict[str, Counter] = defaultdict(Counter)
     for seed in range(args.trials):
         if args.gradient:
             from tether.models.loading import load_model
@@ -95,6 +101,7 @@ def main() -> None:
         for name, counts in trial(seed, args, model, tokenizer).items():
             row = np.array([counts["true_positives"], counts["flagged"], counts["planted_count"]])
             totals[name] = totals.get(name, 0) + row
+            kinds[name].update(counts["kinds"])
     from tether.judges.validate import wilson_interval
 
     print(f"{args.trials} trials x {args.plants} plants among {args.arithmetic} arithmetic + {args.clean_bbq} "
@@ -104,7 +111,7 @@ def main() -> None:
         precision = f"{tp / flagged:.2f} [{low:.2f}, {high:.2f}]" if flagged else "n/a (none flagged)"
         recall_low, recall_high = wilson_interval(int(tp), int(planted))
         print(f"{name:20s} precision {precision}  recall {tp / planted:.2f} [{recall_low:.2f}, {recall_high:.2f}]"
-              f"  (TP {tp}, flagged {flagged}, planted {planted})")
+              f"  (TP {tp}, flagged {flagged}, planted {planted}; flagged by kind {dict(kinds[name])})")
 
 
 if __name__ == "__main__":
