@@ -133,3 +133,28 @@ def test_online_dpo_rounds_generate_from_the_last_policy_and_resume_exactly_afte
     assert final.keys() == expected.keys() and all(torch.equal(final[k], expected[k]) for k in final)
     for name in (CANDIDATES, PREFERENCES):
         assert (killed.run_dir() / "round-2" / name).read_text() == (run / "round-2" / name).read_text()
+
+
+def test_ppo_rounds_train_each_round_from_the_last_and_audit_every_policy(job, monkeypatch):
+    import tether.feedback.judge_backends as backends
+
+    monkeypatch.setattr(backends, "backend_from_spec", lambda spec, **_: LengthJudge())
+    config = config_for(job, "train.run_name=ppo-rounds", "rlhf.trainer=ppo", "reward_model.max_steps=2",
+                        "reward_model.batch_size=4", "ppo.prompts_per_step=4", "ppo.num_generations=2",
+                        "ppo.max_new_tokens=6", "ppo.eval_prompts=4", "ppo.ppo_epochs=1",
+                        "rlhf.audit=[memorization]", "rlhf.audit_limit=2")
+    policy = run_rlhf(config)
+    run = config.run_dir()
+    assert policy == run / "round-2" / "4-ppo" / "final"
+    report = json.loads((run / rounds.ROUNDS_REPORT).read_text())
+    assert report["rounds"][1]["start_policy"] == str(run / "round-1" / "4-ppo" / "final")
+    assert all("memorization_exact_rate" in r["audit"] for r in report["rounds"])
+
+
+def test_a_misspelt_audit_metric_fails_before_any_round(job):
+    from tether.errors import ConfigError
+
+    config = config_for(job, "train.run_name=misspelt", "rlhf.audit=[biass]")
+    with pytest.raises(ConfigError, match="biass"):
+        run_rlhf(config)
+    assert not config.run_dir().exists()

@@ -187,8 +187,6 @@ def preference_win_rates(path: Path, judge_name: str | None) -> dict:
 
 def audit_policy(policy: Path, modules: Sequence[str], limit: int | None, judge_name: str | None) -> dict:
     """Each ``rlhf.audit`` metric module's numbers on one round's policy."""
-    import importlib
-
     from tether.audit.base import AuditModel, with_judge
     from tether.judges import default_refusal_judge
     from tether.judges.registry import get_judge
@@ -200,10 +198,22 @@ def audit_policy(policy: Path, modules: Sequence[str], limit: int | None, judge_
     judge = get_judge(judge_name) if judge_name else default_refusal_judge()
     values = {}
     for name in modules:
-        module = importlib.import_module(name if "." in name else f"tether.audit.metrics.{name}")
+        module = _metric_module(name)
         for result in module.evaluate(audit_model, limit=limit, **with_judge(module.evaluate, judge)):
             values[result.name] = result.value
     return values
+
+
+def _metric_module(name: str):
+    """An audit metric module by its short name (``bias``) or dotted path."""
+    import importlib
+
+    from tether.errors import ConfigError
+
+    try:
+        return importlib.import_module(name if "." in name else f"tether.audit.metrics.{name}")
+    except ModuleNotFoundError as error:
+        raise ConfigError(f"rlhf.audit: no audit metric module {name!r} ({error})") from None
 
 
 # --------------------------------------------------------------------------------------- the rounds
@@ -214,8 +224,10 @@ def run_rounds(config: RLHFConfig) -> Path:
     from tether.feedback.constitution import load_constitution
 
     check_rlhf(config)
-    run_dir = start_run(config)
     settings = config.rlhf
+    for name in settings.audit:  # a misspelt metric fails now, not after the first round's training
+        _metric_module(name)
+    run_dir = start_run(config)
     history: list[dict] = []
     policy = config.model.path
     for k in range(1, settings.rounds + 1):
