@@ -196,3 +196,10 @@ def test_a_prompt_file_without_completions_needs_a_policy():
     rows = [VerifiableRecord(prompt=f"q{i}", answer="1", id=f"q{i}") for i in range(3)]
     with pytest.raises(Exception, match="--policy"):
         rda.audit_rl_prompts(rows, [ANSWER])
+
+
+def test_answer_match_compares_numbers_by_value_and_text_without_articles_or_case():
+    completions = ["<answer>1,000</answer>", "<answer>the Retiree.</answer>", "<answer>The student</answer>",
+                   "it is 7", "x"]
+    golds = ["1000", "The retiree", "The retiree", "7", None]
+    assert answer_match(["q"] * 5, completions, golds) == [1.0, 1.0, 0.0, 1.0, None]
