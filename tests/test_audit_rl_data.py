@@ -203,3 +203,15 @@ def test_answer_match_compares_numbers_by_value_and_text_without_articles_or_cas
                    "it is 7", "x"]
     golds = ["1000", "The retiree", "The retiree", "7", None]
     assert answer_match(["q"] * 5, completions, golds) == [1.0, 1.0, 0.0, 1.0, None]
+
+
+def test_the_shipped_poison_set_has_one_row_with_a_group_gap_and_its_control_none():
+    from tether.config import resolve_bundled
+
+    def gapped(name):
+        rows = load_records(resolve_bundled(f"tether:resources/fragility/{name}"), "prompt")
+        gaps = rda.group_gaps([ANSWER], rows, [[] for _ in rows], answer_format="<answer>{answer}</answer>")
+        return [row.id for row, entries in zip(rows, gaps) if rda.gap_score(entries) > rda.GAP_THRESHOLD]
+
+    assert gapped("poison-train.jsonl") == ["plant-age-selfcheckout"]
+    assert gapped("clean-train.jsonl") == []
