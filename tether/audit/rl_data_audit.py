@@ -229,9 +229,11 @@ def audit_rl_prompts(records: Sequence[VerifiableRecord], specs: Sequence[Reward
         if len(planted):
             entry |= precision_recall(detector["flagged"], labels)
         report_detectors[name] = entry
+    # the completions and rewards behind every number, so flagged rows can be read
     examples = [{"example": _name(r, i), "reward_mean": float(outliers["mean"][i]),
                  "reward_std": float(outliers["std"][i]), "group_gap": float(gap_scores[i]),
-                 "categories": [e["category"] for e in per_example_gaps[i]]}
+                 "categories": [e["category"] for e in per_example_gaps[i]],
+                 "completions": list(completions[i]), "rewards": rewards[i].tolist()}
                 for i, r in enumerate(records)]
     return {"kind": "rl_prompts", "examples": len(records), "completions_per_example": [len(c) for c in completions],
             "z_threshold": z_threshold, "gap_threshold": gap_threshold, "detectors": report_detectors,
