@@ -149,6 +149,7 @@ def test_ppo_rounds_train_each_round_from_the_last_and_audit_every_policy(job, m
     report = json.loads((run / rounds.ROUNDS_REPORT).read_text())
     assert report["rounds"][1]["start_policy"] == str(run / "round-1" / "4-ppo" / "final")
     assert all("memorization_exact_rate" in r["audit"] for r in report["rounds"])
+    assert "memorization_exact_rate" in report["start_audit"]  # the starting model, for comparison
 
 
 def test_a_misspelt_audit_metric_fails_before_any_round(job):

@@ -180,20 +180,20 @@ def preference_win_rates(path: Path, judge_name: str | None) -> dict:
     judge = get_judge(judge_name) if judge_name else default_refusal_judge()
     records = load_pairs(path)
     names, chosen, rejected = pair_features(records, refusal_judge=judge)
-    return {"pairs": len(records),
-            "win_rates": {row["concept"]: row["win_rate"] for row in win_rates(names, chosen, rejected)},
-            "pairs_differing": {row["concept"]: row["pairs_differing"] for row in win_rates(names, chosen, rejected)}}
+    rates = win_rates(names, chosen, rejected)
+    return {"pairs": len(records), "win_rates": {row["concept"]: row["win_rate"] for row in rates},
+            "pairs_differing": {row["concept"]: row["pairs_differing"] for row in rates}}
 
 
-def audit_policy(policy: Path, modules: Sequence[str], limit: int | None, judge_name: str | None) -> dict:
-    """Each ``rlhf.audit`` metric module's numbers on one round's policy."""
+def audit_policy(policy: str | Path, modules: Sequence[str], limit: int | None, judge_name: str | None) -> dict:
+    """Each ``rlhf.audit`` metric module's numbers on one round's policy (or the starting model)."""
     from tether.audit.base import AuditModel, with_judge
     from tether.judges import default_refusal_judge
     from tether.judges.registry import get_judge
     from tether.models import load_model
 
     model, tokenizer = load_model(str(policy))
-    audit_model = AuditModel(name=policy.parent.parent.name, model=model.eval(), tokenizer=tokenizer,
+    audit_model = AuditModel(name=str(policy), model=model.eval(), tokenizer=tokenizer,
                              path=str(policy), progress=False)
     judge = get_judge(judge_name) if judge_name else default_refusal_judge()
     values = {}
@@ -230,6 +230,9 @@ def run_rounds(config: RLHFConfig) -> Path:
     run_dir = start_run(config)
     history: list[dict] = []
     policy = config.model.path
+    # round 0: the starting model, so the first round's audit numbers have something to rise from
+    start_audit = (audit_policy(policy, settings.audit, settings.audit_limit, settings.refusal_judge)
+                   if settings.audit else {})
     for k in range(1, settings.rounds + 1):
         console.rule(f"RLHF round {k} of {settings.rounds} (policy {policy})")
         single = round_config(config, run_dir, k, str(policy))
@@ -240,36 +243,42 @@ def run_rounds(config: RLHFConfig) -> Path:
         if settings.audit:
             entry["audit"] = audit_policy(policy, settings.audit, settings.audit_limit, settings.refusal_judge)
         history.append(entry)
-        distributed.main_only(lambda: _write_report(run_dir, history, []), "writing rounds.json")
+        distributed.main_only(lambda: _write_report(run_dir, history, [], start_audit), "writing rounds.json")
 
     constitution = load_constitution(config.rank.constitution) if config.rank.source == "judge" else ""
     warnings = tampering_warnings(history, constitution, min_rise=settings.watch_min_rise,
                                   exempt=settings.watch_exempt)
     if distributed.is_main():
-        _write_report(run_dir, history, warnings)
-        print_rounds(history, warnings)
+        _write_report(run_dir, history, warnings, start_audit)
+        print_rounds(history, warnings, start_audit)
     distributed.barrier()
     return Path(policy)
 
 
-def _write_report(run_dir: Path, history: list[dict], warnings: list[dict]) -> None:
+def _write_report(run_dir: Path, history: list[dict], warnings: list[dict], start_audit: dict) -> None:
     path = run_dir / ROUNDS_REPORT
     temporary = path.with_suffix(".tmp")
-    temporary.write_text(json.dumps({"rounds": history, "tampering_warnings": warnings}, indent=2) + "\n")
+    report = {"start_audit": start_audit, "rounds": history, "tampering_warnings": warnings}
+    temporary.write_text(json.dumps(report, indent=2) + "\n")
     temporary.replace(path)
 
 
-def print_rounds(history: Sequence[dict], warnings: Sequence[dict]) -> None:
+def print_rounds(history: Sequence[dict], warnings: Sequence[dict], start_audit: dict | None = None) -> None:
     from rich.table import Table
 
+    start_audit = start_audit or {}
     table = Table(title="preference data per round: P(chosen has more | the pair differs)")
     table.add_column("concept")
+    if start_audit:
+        table.add_column("start", justify="right")
     for entry in history:
         table.add_column(f"round {entry['round']} ({entry['pairs']} pairs)", justify="right")
+    first = ["-"] if start_audit else []
     for concept in dict.fromkeys(c for entry in history for c in entry["win_rates"]):
-        table.add_row(concept, *(_rate(entry["win_rates"].get(concept)) for entry in history))
+        table.add_row(concept, *first, *(_rate(entry["win_rates"].get(concept)) for entry in history))
     for metric in dict.fromkeys(m for entry in history for m in entry.get("audit", {})):
-        table.add_row(f"audit: {metric}", *(_rate(entry.get("audit", {}).get(metric)) for entry in history))
+        table.add_row(f"audit: {metric}", *([_rate(start_audit.get(metric))] if start_audit else []),
+                      *(_rate(entry.get("audit", {}).get(metric)) for entry in history))
     console.print(table)
     for warning in warnings:
         console.print(f"[bold yellow]warning: {warning['message']}[/]")
