@@ -429,7 +429,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("file", help="JSONL of preference pairs (prompt/chosen/rejected) or rankings "
                                      "(prompt/responses/ranks)")
     parser.add_argument("--tokenizer", help="model directory whose tokenizer counts length in tokens")
-    parser.add_argument("--policy", help="DPO-trained policy directory (implicit-reward detector)")
+    parser.add_argument("--policy", help="DPO-trained policy directory (implicit-reward detector); on an RL "
+                                         "prompt set, the policy that samples and whose gradients are compared")
     parser.add_argument("--reference", help="its reference model directory")
     parser.add_argument("--beta", type=float, default=0.1, help="DPO beta for the implicit reward")
     parser.add_argument("--reward", action="append", metavar="NAME[=WEIGHT]",
