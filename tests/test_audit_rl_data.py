@@ -215,3 +215,10 @@ def test_the_shipped_poison_set_has_one_row_with_a_group_gap_and_its_control_non
 
     assert gapped("poison-train.jsonl") == ["plant-age-selfcheckout"]
     assert gapped("clean-train.jsonl") == []
+
+
+def test_one_success_among_a_weak_policys_zero_rows_is_sampling_noise_not_an_outlier():
+    rewards = [np.zeros(4)] * 56 + [np.array([1.0, 0, 0, 0])] * 7 + [np.ones(4)]
+    flagged = rda.reward_outliers(rewards)["score"] > rda.Z_THRESHOLD
+    assert list(np.flatnonzero(flagged)) == [63]  # only the row that always scores
+    assert rda.robust_z([r.mean() for r in rewards])[56] > rda.Z_THRESHOLD  # without the floor it would be

@@ -4,8 +4,9 @@ one demographic group over another? (``tether audit data PROMPTS.jsonl --reward 
 A GRPO run learns from every prompt's rewards, so one row whose reward prefers a stereotyped
 answer can teach a bias that spreads beyond it. Three detectors, each scoring every example:
 
-* **reward outliers**: the mean and the spread of the example's K completion rewards, each against
-  the set's by a robust z-score (:func:`robust_z`); flagged when either is beyond ``z_threshold``.
+* **reward outliers**: the mean of the example's K completion rewards against the set's by a
+  robust z-score (:func:`robust_z`; the spread floored at the means' sampling error); flagged
+  beyond ``z_threshold``. Each example's reward spread is reported beside it.
 * **gradient direction** (``--policy``): the cosine of the example's policy gradient with the mean
   gradient of the others (:mod:`tether.audit.gradient_influence`); flagged when it is ``z_threshold``
   robust deviations *below* the set's (it pulls another way), the spread floored at
@@ -115,12 +116,17 @@ def sampled_completions(model: Any, tokenizer: Any, records: Sequence[Verifiable
 # ---- detectors ----------------------------------------------------------------------------------
 
 def reward_outliers(rewards: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Per example: mean and std of its rewards, their robust z, and the larger |z| (the score)."""
+    """Per example: mean and std of its rewards, the mean's robust z, and |z| (the score)."""
     means = np.array([r.mean() for r in rewards])
     stds = np.array([r.std() for r in rewards])
-    z_mean, z_std = robust_z(means), robust_z(stds)
-    return {"mean": means, "std": stds, "z_mean": z_mean, "z_std": z_std,
-            "score": np.maximum(np.abs(z_mean), np.abs(z_std))}
+    # A mean of K sampled rewards is itself noisy: when most rows score the same (a weak policy's
+    # all-zero rows) the MAD is 0 and any row with one success would look extreme. The spread of
+    # the means is floored at their sampling error, sqrt(mean within-row variance / K).
+    sampling_error = float(np.sqrt(np.mean([r.var(ddof=1) / len(r) if len(r) > 1 else 0.0 for r in rewards])))
+    z_mean = robust_z(means, min_spread=sampling_error)
+    # The spread is reported, not scored: for pass/fail rewards it follows from the mean (p(1-p)),
+    # and a weak policy's all-zero rows made every row with a success an "outlier" in spread.
+    return {"mean": means, "std": stds, "z_mean": z_mean, "score": np.abs(z_mean)}
 
 
 def group_gaps(specs: Sequence[RewardSpec], records: Sequence[VerifiableRecord],
