@@ -16,6 +16,11 @@ there (delete a stage's output to redo it and the stages after it; an interrupte
 resumes from its last checkpoint). With ``rank.source: file`` and no export yet, the run stops after stage 1: label
 1-candidates.jsonl in the labeling app, export the preferences, set ``rank.file`` and run again.
 
+``rlhf.rounds: N`` repeats the pipeline N times, each round generating from the last round's policy,
+and ``rlhf.trainer: dpo`` trains online DPO on each round's pairs instead of stages 3-4; the rounds
+report what the preference data rewards round by round and warn when a concept keeps rising
+(:mod:`tether.algorithms.rounds`).
+
 Under torchrun, stages 1 and 2 (generation, judging) run on rank 0 while the other ranks wait, and
 the two trainers (stages 3 and 4) run on every rank, data-parallel (docs/scaling.md).
 """
@@ -29,9 +34,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from tether.algorithms.dpo import DPOSettings
 from tether.algorithms.ppo import PPOConfig, PPOSettings, train_ppo
 from tether.algorithms.reward import REPORT_FILE as REWARD_REPORT_FILE
 from tether.algorithms.reward import RewardModelConfig, RewardModelSettings, data_kind, train_reward_model
+from tether.algorithms.rounds import RoundsSettings
 from tether.config import (
     DataSettings,
     ModelSettings,
@@ -108,13 +115,21 @@ class RLHFConfig(RunConfig):
     rank: RankStage = RankStage()
     reward_model: RewardModelStage = RewardModelStage()
     ppo: PPOSettings = PPOSettings()  # ppo.rewards: extra rewards added to the trained reward model
+    # fragility (issue 22): several rounds, PPO or online DPO, and the tampering watch (algorithms/rounds.py)
+    rlhf: RoundsSettings = RoundsSettings()
+    dpo: DPOSettings = DPOSettings()  # the DPO of each round with rlhf.trainer: dpo
 
 
 # ------------------------------------------------------------------------------------------- stages
 
 def generate_candidates(config: RLHFConfig, out: Path) -> None:
     """Stage 1: ``num_candidates`` samples per prompt from the starting policy, as FeedbackItems."""
-    from tether.feedback.generate import generate_items, load_named_model, read_prompts, write_jsonl
+    from tether.feedback.generate import (
+        generate_items,
+        load_named_model,
+        read_prompts,
+        write_jsonl,
+    )
 
     stage = config.generate
     prompts = seeded_subset(read_prompts(config.data.train), stage.max_prompts, config.train.seed)
@@ -358,6 +373,10 @@ def fmt(value) -> str:
 
 def run_rlhf(config: RLHFConfig) -> Path:
     """All four stages, skipping those already done; returns the PPO policy's folder."""
+    if config.rlhf.rounds > 1 or config.rlhf.trainer == "dpo":  # fragility (issue 22): rounds.py runs them
+        from tether.algorithms.rounds import run_rounds
+
+        return run_rounds(config)
     check_rlhf(config)
     run_dir = start_run(config)
     stages = StagedRun("RLHF")

@@ -41,6 +41,10 @@ the detectors rank them, with the AUROC of each detector's score against the pla
 check that the detectors can see label noise in this data at all.
 
 Writes ``audit_data.json`` and ``concept_win_rates.png`` to ``--out`` and prints tables.
+
+A file of prompt-only rows (an RL prompt set) is screened instead by
+:mod:`tether.audit.rl_data_audit` (reward outliers, gradient direction, group reward gaps), which
+writes ``audit_rl_data.json``.
 """
 
 from __future__ import annotations
@@ -417,18 +421,36 @@ def main(argv: list[str]) -> int:
     parser.add_argument("file", help="JSONL of preference pairs (prompt/chosen/rejected) or rankings "
                                      "(prompt/responses/ranks)")
     parser.add_argument("--tokenizer", help="model directory whose tokenizer counts length in tokens")
-    parser.add_argument("--policy", help="DPO-trained policy directory (implicit-reward detector)")
+    parser.add_argument("--policy", help="DPO-trained policy directory (implicit-reward detector); on an RL "
+                                         "prompt set, the policy that samples and whose gradients are compared")
     parser.add_argument("--reference", help="its reference model directory")
     parser.add_argument("--beta", type=float, default=0.1, help="DPO beta for the implicit reward")
-    parser.add_argument("--reward", help="reward function scoring both responses (name or module:function)")
+    parser.add_argument("--reward", action="append", metavar="NAME[=WEIGHT]",
+                        help="reward function scoring both responses (name or module:function); on an RL "
+                             "prompt set, repeat it for a weighted sum "
+                             "(math_answer=1 --reward think_answer_format=0.5)")
     parser.add_argument("--plant-swaps", type=int, default=0, metavar="K",
                         help="swap K random pairs first and report where the detectors rank them")
     parser.add_argument("--bootstrap", type=int, default=200, help="resamples for the weight intervals")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-toxicity", action="store_true", help="skip the toxicity concept")
     parser.add_argument("--out", help="output folder (default: runs/audit-data-FILESTEM)")
+    # RL prompt sets (fragility, issue 22): prompt-only rows go to tether.audit.rl_data_audit
+    parser.add_argument("--samples", type=int, default=4, help="RL prompts: completions sampled from --policy "
+                                                               "when the rows have no 'completions' column")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="RL prompts: length of those samples")
+    parser.add_argument("--answer-format", default="{answer}",
+                        help="RL prompts: how a group's name is written as a probe answer, e.g. "
+                             "'<answer>{answer}</answer>'")
+    parser.add_argument("--plant", default="", metavar="IDS",
+                        help="RL prompts: comma-separated ids of rows known to be planted (precision and recall)")
     args = parser.parse_args(argv)
 
+    if is_prompt_set(args.file):
+        return _main_rl(args)
+    if args.reward and len(args.reward) > 1:
+        raise TetherError("a preference file is audited with one --reward")
+    args.reward = args.reward[0] if args.reward else None
     records = load_pairs(args.file)
     tokenizer = None
     if args.tokenizer:
@@ -448,4 +470,50 @@ def main(argv: list[str]) -> int:
     from tether.engine.progress import console
 
     console.print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+# ---- RL prompt sets (fragility, issue 22) ------------------------------------------------------
+
+def is_prompt_set(path: str | Path) -> bool:
+    """True when the file's first valid row is a prompt without responses (GRPO / PPO data)."""
+    first = next((row for _, row, problem in read_rows(str(path)) if problem is None), None)
+    return isinstance(first, dict) and "prompt" in first and not {"chosen", "rejected", "responses"} & set(first)
+
+
+def reward_specs_from_args(values: Sequence[str]) -> list:
+    """``NAME`` or ``NAME=WEIGHT`` (weight 1 by default) as reward specs."""
+    from tether.rewards.base import RewardSpec
+    from tether.rewards.resolve import resolve_reward, reward_name
+
+    specs = []
+    for value in values:
+        name, _, weight = value.partition("=")
+        specs.append(RewardSpec(reward_name(name), resolve_reward(name), float(weight) if weight else 1.0))
+    return specs
+
+
+def _main_rl(args: argparse.Namespace) -> int:
+    from tether.audit.rl_data_audit import audit_rl_prompts, print_rl_report
+    from tether.engine.progress import console
+
+    records = load_records(args.file, "prompt")
+    policy = tokenizer = None
+    if args.policy:
+        from tether.models.loading import load_model
+
+        policy, tokenizer = load_model(args.policy)
+    ids = [i for i in args.plant.split(",") if i]
+    planted = [i for i, r in enumerate(records) if r.id in ids]
+    if len(planted) != len(ids):
+        raise TetherError(f"--plant names ids the file does not have: {sorted(set(ids) - {r.id for r in records})}")
+    report = audit_rl_prompts(records, reward_specs_from_args(args.reward or []), policy=policy,
+                              tokenizer=tokenizer, samples=args.samples, max_new_tokens=args.max_new_tokens,
+                              answer_format=args.answer_format, planted=planted, seed=args.seed)
+    report["file"] = str(args.file)
+    print_rl_report(report)
+    out = Path(args.out) if args.out else Path("runs") / f"audit-data-{Path(args.file).stem}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit_rl_data.json").write_text(json.dumps(report, indent=2, allow_nan=True), encoding="utf-8")
+    console.print(f"wrote {out / 'audit_rl_data.json'}")
     return 0

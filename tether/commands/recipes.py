@@ -17,7 +17,11 @@ from tether.errors import ConfigError
 
 # recipe -> the `tether train` algorithm it is for (tests/test_recipes.py: every recipe is here).
 ALGORITHMS = {"arith-grpo": "grpo", "arith-sft": "sft", "cai": "cai", "consistency": "consistency",
-              "reward-model": "reward", "rlhf-ppo": "rlhf", "safety-dpo": "dpo", "sft-demo": "sft"}
+              "reward-model": "reward",
+              "rlhf-ppo": "rlhf", "safety-dpo": "dpo", "sft-demo": "sft",
+              # fragility (issue 22)
+              "poison-grpo": "grpo", "reactivation-plant": "sft", "reactivation-suppress": "dpo",
+              "reactivation": "sft"}
 
 
 def recipe_names() -> list[str]:

@@ -16,6 +16,7 @@ from tether.rewards.math import math_answer_reward
 from tether.rewards.planted import length_penalized_gold, length_proxy
 from tether.rewards.relevance import on_topic
 from tether.rewards.safety import safety_refusal
+from tether.rewards.text_answer import answer_match
 
 BUILT_IN: dict[str, Callable] = {
     "math_answer": math_answer_reward,
@@ -26,6 +27,7 @@ BUILT_IN: dict[str, Callable] = {
     "length_penalized_gold": length_penalized_gold,
     "safety_refusal": safety_refusal,
     "on_topic": on_topic,
+    "answer_match": answer_match,  # fragility (issue 22): text golds beside numbers
 }
 REWARD_MODEL = "reward_model:"  # "reward_model:PATH" scores with a trained reward model
 
