@@ -18,10 +18,9 @@ import torch
 from rich.table import Table
 
 from tether.algorithms.grpo import GRPOConfig, answer_tasks, mean_scores, train_grpo
-from tether.algorithms.sft import train_sft
+from tether.algorithms.sft import SFTConfig, train_sft
 from tether.audit.base import MetricResult
 from tether.audit.bootstrap import delta_test
-from tether.algorithms.sft import SFTConfig
 from tether.config import load_config
 from tether.data import load_records
 from tether.engine import console, read_metrics
