@@ -34,3 +34,25 @@ def test_demo_smoke_on_the_default_model(tmp_path):
     assert (run_dir / "demo_training_audit.png").stat().st_size > 10_000
     assert (run_dir / "final" / "adapter_config.json").is_file()
     assert "refusal rate, harmful" in result.stderr + result.stdout  # the table wraps at 80 columns
+
+
+def test_arith_demo_reports_accuracy_with_intervals(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "tether.cli", "demo", "arith", "--steps", "1", "--eval-limit", "6",
+         f"train.output_dir={tmp_path}", "train.progress=false", "train.bf16=false"],
+        capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "arith-grpo"
+    results = json.loads((run_dir / "demo_results.json").read_text())
+    intervals = results["accuracy_ci95"]
+    for stage in ("base", "after_sft", "after_grpo"):
+        assert intervals[stage]["n"] == 6 and intervals[stage]["value"] == pytest.approx(results["accuracy"][stage])
+        assert intervals[stage]["low"] <= intervals[stage]["value"] <= intervals[stage]["high"]
+    change = intervals["grpo_change"]
+    assert change["value"] == pytest.approx(results["accuracy"]["after_grpo"] - results["accuracy"]["after_sft"])
+    assert change["low"] <= change["value"] <= change["high"] and 0.0 <= change["p_value"] <= 1.0
+    # the answers behind each held-out number are kept, one row per task
+    for step in (0, 1):
+        answers = (run_dir / "heldout_answers" / f"step-{step:05d}.jsonl").read_text().splitlines()
+        assert len(answers) == 6 and all(json.loads(line)["id"] for line in answers)
+    assert "paired bootstrap" in result.stdout + result.stderr

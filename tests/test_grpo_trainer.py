@@ -140,4 +140,11 @@ def test_grpo_on_conversational_prompt_only_data_with_a_trl_reward(tmp_path):
     train_grpo(config)
     history = read_metrics(config.run_dir())
     assert [row["step"] for row in history if "eval/trl_conversational_reward" in row] == [0, 2]
+    # every held-out answer is kept per evaluation, with its scores, and averages to the logged metric
+    for row in (row for row in history if "eval/trl_conversational_reward" in row):
+        answers = [json.loads(line) for line in
+                   (config.run_dir() / "heldout_answers" / f"step-{row['step']:05d}.jsonl").read_text().splitlines()]
+        assert len(answers) == 8 and all(isinstance(answer["completion"], str) for answer in answers)
+        scores = [answer["trl_conversational_reward"] for answer in answers]
+        assert sum(scores) / 8 == pytest.approx(row["eval/trl_conversational_reward"])
     assert all(0 <= row["reward/mean"] <= 1 for row in history if "reward/mean" in row)

@@ -10,6 +10,7 @@ score them with the rewards, turn rewards into group-relative advantages, then m
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -75,8 +76,9 @@ def compute_advantages(rewards: torch.Tensor, config: GRPOConfig) -> torch.Tenso
     return group_advantages(rewards, settings.num_generations, scale=settings.advantage_scale)
 
 
-def evaluate_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> dict[str, float]:
-    """Greedy answers to held-out tasks; the mean of each reward (accuracy for math_answer)."""
+def answer_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> list[dict]:
+    """Greedy answers to held-out tasks, one row per task: its id, the completion, its length in
+    tokens and each reward's score (None where a reward does not apply)."""
     sampler = TransformersSampler(model, tokenizer)
     settings = config.grpo
     rollout = sampler.sample([r.prompt for r in records], RolloutConfig(
@@ -84,11 +86,20 @@ def evaluate_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> dict
         max_new_tokens=settings.eval_max_new_tokens or settings.max_new_tokens))
     _, per_reward, _ = combine_rewards(specs, [r.prompt for r in records], rollout.texts,
                                        reward_columns(records), on_error="score_failed")
+    lengths = rollout.completion_mask.sum(1).tolist()
+    return [{"id": record.id, "completion": text, "completion_tokens": int(length),
+             **{name: values[i] for name, values in per_reward.items()}}
+            for i, (record, text, length) in enumerate(zip(records, rollout.texts, lengths))]
+
+
+def mean_scores(rows: list[dict], reward_names) -> dict[str, float]:
+    """The mean of each reward over ``answer_tasks`` rows (accuracy for math_answer), and the
+    mean completion length."""
     metrics = {}
-    for name, values in per_reward.items():
-        scored = [v for v in values if v is not None]
+    for name in reward_names:
+        scored = [row[name] for row in rows if row[name] is not None]
         metrics[name] = sum(scored) / max(len(scored), 1)
-    metrics["completion_length"] = rollout.completion_mask.sum(1).float().mean().item()
+    metrics["completion_length"] = sum(row["completion_tokens"] for row in rows) / max(len(rows), 1)
     return metrics
 
 
@@ -149,6 +160,11 @@ def policy_updates(session: TrainingSession, rollout: RolloutBatch, advantages: 
     return metrics, torch.cat(old_parts) if old_parts else None, trained
 
 
+def evaluate_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> dict[str, float]:
+    """Greedy answers to held-out tasks; the mean of each reward (accuracy for math_answer)."""
+    return mean_scores(answer_tasks(model, tokenizer, records, specs, config), [spec.name for spec in specs])
+
+
 def rollout_metrics(rollout: RolloutBatch, rewards: torch.Tensor, lengths: torch.Tensor, truncated: int,
                     flat_groups: torch.Tensor, old_logps: torch.Tensor | None, trained: torch.Tensor,
                     settings: GRPOSettings) -> dict[str, float]:
@@ -186,7 +202,12 @@ def train_grpo(config: GRPOConfig) -> Path:
 
     def evaluate(step: int) -> dict[str, float]:  # on rank 0 alone, with whole weights (on_main)
         with evaluation_mode(model), torch.no_grad(), session.autocast():
-            metrics = evaluate_tasks(model, tokenizer, data.held_out, data.specs, config)
+            rows = answer_tasks(model, tokenizer, data.held_out, data.specs, config)
+            # Every answer is kept, so a change in accuracy can be read and paired task by task.
+            answers = run_dir / "heldout_answers" / f"step-{step:05d}.jsonl"
+            answers.parent.mkdir(exist_ok=True)
+            answers.write_text("".join(json.dumps(row) + "\n" for row in rows))
+            metrics = mean_scores(rows, [spec.name for spec in data.specs])
             metrics = {f"eval/{key}": value for key, value in metrics.items()}
             if monitor is not None:
                 metrics.update(monitor.evaluate(model, tokenizer, step,
