@@ -22,6 +22,7 @@ from tether.data import load_records
 from tether.engine import BatchPlan, TrainingSession, check_run, console, distributed, progress_bar, start_run
 from tether.engine.batches import shuffled_groups
 from tether.engine.plots import plot_metrics
+from tether.envs.rollout import EnvironmentSettings, TrajectoryLog, env_task, rollout_episodes, trained_token_mask
 from tether.errors import ConfigError
 from tether.losses.grpo import (group_advantages, overlong_penalty, policy_loss, rloo_advantages,
                                 zero_variance_groups)
@@ -59,6 +60,8 @@ class GRPOSettings(Section):
     on_reward_error: Literal["raise", "score_failed"] = "raise"
     eval_max_new_tokens: int | None = Field(None, gt=0)  # default: max_new_tokens
     gold: GoldSettings | None = None  # reward-hacking watch on data.eval
+    # agents: multi-turn episodes with tools instead of single completions (docs/agents.md)
+    environment: EnvironmentSettings | None = None
 
 
 class GRPOConfig(RunConfig):
@@ -111,9 +114,13 @@ def evaluate_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> dict
     """Greedy answers to held-out tasks; the mean of each reward (accuracy for math_answer)."""
     sampler = TransformersSampler(model, tokenizer)
     settings = config.grpo
-    rollout = sampler.sample([r.prompt for r in records], RolloutConfig(
-        num_samples=1, temperature=0.0, stop=settings.stop,
-        max_new_tokens=settings.eval_max_new_tokens or settings.max_new_tokens))
+    eval_config = RolloutConfig(num_samples=1, temperature=0.0, stop=settings.stop,
+                                max_new_tokens=settings.eval_max_new_tokens or settings.max_new_tokens)
+    if settings.environment is not None:  # agents: the episode's return is the score
+        rollout = rollout_episodes(sampler, tokenizer, [env_task(r) for r in records], settings.environment, eval_config)
+        return {"environment_return": sum(rollout.rewards) / max(len(rollout.rewards), 1),
+                "tool_calls": sum(t["tool_calls"] for t in rollout.trajectories) / max(len(records), 1)}
+    rollout = sampler.sample([r.prompt for r in records], eval_config)
     _, per_reward, _ = combine_rewards(specs, [r.prompt for r in records], rollout.texts,
                                        reward_columns(records), on_error="score_failed")
     metrics = {}
@@ -179,7 +186,8 @@ def train_grpo(config: GRPOConfig) -> Path:
     def load(path, scored_by):  # TRL's prompt-only rows; `answer` and other columns go to the rewards
         tasks = load_records(path, "prompt", tokenizer=tokenizer, truncation=config.data.truncation,
                              max_prompt_tokens=config.data.max_prompt_tokens)
-        check_reward_columns(scored_by, list(reward_columns(tasks)), path)
+        if settings.environment is None:  # agents: environments score episodes themselves
+            check_reward_columns(scored_by, list(reward_columns(tasks)), path)
         return tasks
 
     tasks = load(config.data.train, specs)
@@ -222,6 +230,9 @@ def train_grpo(config: GRPOConfig) -> Path:
         model.train()
         return metrics
 
+    trajectory_log = (TrajectoryLog(run_dir, session.start_step if config.train.resume else None)
+                      if settings.environment is not None and settings.environment.save_trajectories and world.is_main
+                      else None)  # agents
     if held_out and session.start_step == 0:  # held-out generation on rank 0 (with whole weights)
         session.log(0, distributed.on_main(model, lambda: evaluate(0)) or {})
 
@@ -237,18 +248,26 @@ def train_grpo(config: GRPOConfig) -> Path:
             # ---- rollout: N completions per prompt, the prompt's KV cache shared -----------
             model.eval()
             with torch.no_grad(), session.autocast(), distributed.gathered_params(model):
-                rollout = sampler.sample([t.prompt for t in batch_tasks], RolloutConfig(
+                rollout_config = RolloutConfig(
                     num_samples=n, temperature=settings.temperature, top_p=settings.top_p,
                     max_new_tokens=settings.max_new_tokens, stop=settings.stop,
                     # per-step seed: exact resume; and one stream per rank (rank 0 of 1: the plain seed)
-                    seed=(config.train.seed * 1_000_003 + step) * world.size + world.rank))
+                    seed=(config.train.seed * 1_000_003 + step) * world.size + world.rank)
+                if settings.environment is not None:  # agents: multi-turn episodes (tether/envs/rollout.py)
+                    rollout = rollout_episodes(sampler, tokenizer, [env_task(t) for t in batch_tasks],
+                                               settings.environment, rollout_config)
+                else:
+                    rollout = sampler.sample([t.prompt for t in batch_tasks], rollout_config)
             model.train()
 
             # ---- rewards and advantages (on every rank's groups) ----------------------------
             prompts = [t.prompt for t in batch_tasks for _ in range(n)]
-            totals, per_reward, metrics = combine_rewards(specs, prompts, rollout.texts,
-                                                          reward_columns(batch_tasks, n),
-                                                          on_error=settings.on_reward_error)
+            if settings.environment is not None:  # agents: the episode's return is the reward
+                totals, per_reward, metrics = rollout.rewards, {"environment": rollout.rewards}, {}
+            else:
+                totals, per_reward, metrics = combine_rewards(specs, prompts, rollout.texts,
+                                                              reward_columns(batch_tasks, n),
+                                                              on_error=settings.on_reward_error)
             rewards, lengths, metrics, truncated = pool_scores(  # (P*N,) each, all prompts of the step
                 totals, per_reward, metrics, rollout.completion_mask.sum(1).cpu(),
                 sum(r == "length" for r in rollout.finish_reasons))
@@ -264,7 +283,7 @@ def train_grpo(config: GRPOConfig) -> Path:
             rows = keep[here].nonzero().squeeze(1)
 
             # ---- clipped policy updates on this batch ---------------------------------------
-            mask = rollout.completion_mask.bool()  # (P*N, L)
+            mask = trained_token_mask(rollout)  # (P*N, L); agents: tool outputs are not trained
             chunk = settings.minibatch_rows or max(len(rows), 1)
             total_rows = distributed.all_reduce_sum(len(rows))
             num_tokens = distributed.all_reduce_sum(int(mask[rows].sum()))
@@ -314,6 +333,8 @@ def train_grpo(config: GRPOConfig) -> Path:
 
             # ---- diagnostics -----------------------------------------------------------------
             done = step + 1
+            if trajectory_log is not None:  # agents
+                trajectory_log.write(done, rollout.trajectories)
             metrics.update(update_metrics)
             metrics.update({
                 "reward/mean": rewards.mean().item(), "reward/std": rewards.std().item(),

@@ -1,0 +1,125 @@
+"""Multi-turn rollouts on a tiny model: the loss mask is exactly the model's tokens; a multi-turn
+GRPO run writes every trajectory and resumes exactly after being stopped."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tether.algorithms.grpo import GRPOConfig, completion_token_logps, train_grpo
+from tether.config import load_config
+from tether.envs.rollout import EnvironmentSettings, rollout_episodes, tool_message_ids, trained_token_mask
+from tether.models import load_model
+from tether.models.tiny import save_tiny_llama
+from tether.rollout.sampler import RolloutConfig, TransformersSampler
+
+
+class RecordingSampler(TransformersSampler):
+    """Keeps what each turn sampled, to rebuild the trajectories independently."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.turns = []
+
+    def sample_ids(self, encoded, config):
+        batch = super().sample_ids(encoded, config)
+        self.turns.append((list(encoded), list(batch)))
+        return batch
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    save_tiny_llama(tmp_path / "model")
+    return tmp_path
+
+
+def test_loss_mask_covers_exactly_the_model_tokens(tiny):
+    model, tokenizer = load_model(tiny / "model")
+    sampler = RecordingSampler(model, tokenizer)
+    settings = EnvironmentSettings(name="test_agents_env:Echo", max_turns=3)
+    batch = rollout_episodes(sampler, tokenizer, [{"prompt": "hi"}, {"prompt": "a longer prompt"}], settings,
+                             RolloutConfig(num_samples=2, max_new_tokens=6, seed=1))
+    assert len(sampler.turns) == 3 and len(batch) == 4
+    for row in range(4):
+        expected_tokens, expected_mask = [], []
+        live_index = row  # every Echo episode runs all turns, so rows keep their order each turn
+        for turn, (_, sampled) in enumerate(sampler.turns):
+            model_ids = sampled[live_index].completion_ids
+            expected_tokens += model_ids
+            expected_mask += [1] * len(model_ids)
+            if turn < 2:
+                message = batch.trajectories[row]["messages"][2 + 2 * turn]
+                assert message["role"] == "tool" and message["content"].startswith(f"echo {turn + 1}")
+                tool_ids = tool_message_ids(tokenizer, message, sampled[live_index].finish_reason == "eos")
+                assert tool_ids  # the tool output is in the sequence...
+                expected_tokens += tool_ids
+                expected_mask += [0] * len(tool_ids)  # ...and never trained on
+        length = int(batch.completion_mask[row].sum())
+        assert batch.completion_ids[row, :length].tolist() == expected_tokens
+        assert trained_token_mask(batch)[row, :length].long().tolist() == expected_mask
+        assert not trained_token_mask(batch)[row, length:].any()
+        # later turns were sampled from the exact tokens so far
+        prompt = batch.prompt_ids[row][batch.prompt_mask[row].bool()].tolist()
+        assert sampler.turns[1][0][row] == prompt + expected_tokens[:len(sampler.turns[1][0][row]) - len(prompt)]
+
+    # The teacher-forced log-probs of the model's tokens equal the sampler's (tool outputs attended to).
+    with torch.no_grad():
+        logps = completion_token_logps(model, batch)
+    mask = trained_token_mask(batch)
+    assert torch.allclose(logps[mask], batch.model_logps[mask], atol=1e-4)
+
+
+def test_tool_message_follows_the_chat_template(tiny):
+    _, tokenizer = load_model(tiny / "model")
+    message = {"role": "tool", "content": "<tool_response>\n4\n</tool_response>"}
+    ended = tokenizer.decode(tool_message_ids(tokenizer, message, turn_ended=True))
+    cut = tokenizer.decode(tool_message_ids(tokenizer, message, turn_ended=False))
+    assert ended == "\n<|im_start|>tool\n<tool_response>\n4\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+    assert cut == "<|im_end|>" + ended  # a turn cut by the length limit is closed first
+
+
+def config_for(job, *overrides):
+    return load_config(GRPOConfig, None, [
+        f"model.path={job / 'model'}", f"data.train={job / 'tasks.jsonl'}", f"data.eval={job / 'tasks.jsonl'}",
+        f"train.output_dir={job / 'runs'}", "train.progress=false", "train.bf16=false", "train.tensorboard=false",
+        "grpo.environment={name: 'test_agents_env:Echo', max_turns: 3}", "grpo.num_generations=4",
+        "grpo.prompts_per_step=2", "grpo.max_new_tokens=6", "optim.lr=2e-2", "optim.schedule=constant",
+        "train.max_steps=4", *overrides])
+
+
+def test_multi_turn_grpo_saves_trajectories_and_resumes_exactly(tiny):
+    with (tiny / "tasks.jsonl").open("w") as handle:
+        for i in range(8):
+            handle.write(json.dumps({"prompt": f"task {i}"}) + "\n")
+    straight = config_for(tiny, "train.run_name=straight")
+    train_grpo(straight)
+    lines = [json.loads(line) for line in (straight.run_dir() / "trajectories.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [step for step in range(1, 5) for _ in range(8)]
+    assert all(len(line["messages"]) == 1 + 3 + 2 for line in lines)  # prompt, 3 model turns, 2 tool outputs
+
+    import tether.algorithms.grpo as grpo_module
+
+    calls = {"n": 0}
+    original = grpo_module.rollout_episodes
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 1 initial eval + 3 steps, then the 4th step stops
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    grpo_module.rollout_episodes = failing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_grpo(config_for(tiny, "train.run_name=resumed", "train.save_every=2"))
+    finally:
+        grpo_module.rollout_episodes = original
+    resumed = config_for(tiny, "train.run_name=resumed", "train.save_every=2", "train.resume=true")
+    train_grpo(resumed)
+    a = load_file(str(straight.run_dir() / "final" / "model.safetensors"))
+    b = load_file(str(resumed.run_dir() / "final" / "model.safetensors"))
+    for name in a:
+        assert (a[name] == b[name]).all(), name
+    again = [json.loads(line) for line in (resumed.run_dir() / "trajectories.jsonl").read_text().splitlines()]
+    assert again == lines  # the stopped steps' episodes were dropped and made again, the same
