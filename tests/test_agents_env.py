@@ -112,3 +112,23 @@ class Echo(Environment):
             return StepResult(None, float(len(action) % 3), True)
         self.calls += 1
         return StepResult({"role": "tool", "content": f"echo {self.turns}: {action[:5]}"}, 0.0, False)
+
+
+def test_sft_on_a_tool_episode_learns_the_model_turns_only(tmp_path):
+    import json
+
+    from tether.data import load_records
+    from tether.data.tokenize import encode_sft
+    from tether.envs.arithmetic import tool_warmup_messages
+    from tether.models.tiny import save_tiny_llama
+    from tether.models import load_tokenizer
+
+    save_tiny_llama(tmp_path / "model")
+    tokenizer = load_tokenizer(tmp_path / "model")
+    messages = tool_warmup_messages({"prompt": [{"role": "user", "content": "What is 9 + 13?"}], "answer": "22"})
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "tool", "assistant"]
+    (tmp_path / "sft.jsonl").write_text(json.dumps({"messages": messages}) + "\n")
+    record = load_records(tmp_path / "sft.jsonl", "sft")[0]  # "tool" is a valid role
+    encoded = encode_sft(record, tokenizer, 1024)
+    learned = tokenizer.decode([t for t, label in zip(encoded["input_ids"], encoded["labels"]) if label != -100])
+    assert learned == messages[2]["content"] + "<|im_end|>" + "<answer>22</answer><|im_end|>"

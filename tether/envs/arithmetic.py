@@ -12,6 +12,7 @@ from typing import Any
 from tether.data.records import Message
 from tether.envs.base import Environment
 from tether.envs.files import FileTree
+from tether.envs.tool_calls import format_tool_call
 from tether.rewards.math import math_answer_reward
 
 TOOL_HELP = """You may use a calculator tool. To call it, write exactly:
@@ -43,3 +44,13 @@ class ArithmeticEnv(Environment):
 
     def final_reward(self, text: str) -> float:
         return float(math_answer_reward([None], [text], [self.task["answer"]])[0] or 0.0)
+
+
+def tool_warmup_messages(task: dict[str, Any]) -> list[Message]:
+    """One worked episode for an SFT warm-up that teaches the call format: the environment's
+    opening messages, a calculator call on the question, its output, the answer."""
+    messages = ArithmeticEnv().reset(task)
+    expression = messages[-1]["content"].removeprefix("What is ").removesuffix("?")
+    return [*messages, {"role": "assistant", "content": format_tool_call("calculator", expression=expression)},
+            {"role": "tool", "content": f"<tool_response>\n{task['answer']}\n</tool_response>"},
+            {"role": "assistant", "content": f"<answer>{task['answer']}</answer>"}]
