@@ -21,10 +21,11 @@ TREE_DIR = "work"  # the tree's folder inside the sandbox (main.py, the harness,
 # Writes the tree, runs the model's code in it, reports the tree back through the report pipe
 # (kept apart from the program's own output), even when the code raised.
 _HARNESS = """\
-import json, os
+import json, os, sys
 _tree = json.loads({tree!r})
 os.makedirs({folder!r}, exist_ok=True)
 os.chdir({folder!r})
+sys.path.insert(0, os.getcwd())  # the tree's modules import each other (python -I leaves the folder out)
 for _path, _text in _tree.items():
     os.makedirs(os.path.dirname(_path) or ".", exist_ok=True)
     with open(_path, "w") as _file:

@@ -157,7 +157,8 @@ def _as_batch(episodes: list[_Episode], n: int, device: Any, tokenizer: Any) -> 
         model_logps[row, :length] = torch.tensor(e.model_logps)
     trajectories = [{"task": row // n, "sample": row % n, "reward": e.reward,
                      "turns": e.env.turns, "tool_calls": e.env.calls, "messages": e.messages,
-                     "events": e.env.events} for row, e in enumerate(episodes)]
+                     "events": e.env.events, **(e.env.record() if hasattr(e.env, "record") else {})}
+                    for row, e in enumerate(episodes)]
     return MultiTurnBatch(
         prompt_ids=prompt_ids.to(device), prompt_mask=prompt_mask.to(device),
         completion_ids=completion_ids.to(device), completion_mask=completion_mask.to(device),
