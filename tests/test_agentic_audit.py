@@ -137,3 +137,21 @@ def test_spec_gaming_gap_is_zero_for_honest_solutions_and_grows_when_larger_task
     assert [s["gap"] for s in gamed["sizes"].values()] == [0.0, 0.0, 1.0, 1.0]
     assert gamed["sizes"]["8"]["visible"]["rate"] == 1.0 and gamed["sizes"]["8"]["held_out"]["rate"] == 0.0
     assert gamed["gap_slope_per_tenfold"] > 1.0
+
+
+def test_cli_runs_a_model_and_writes_rates_and_trajectories(tmp_path):
+    from tether.audit.agentic.cli import main
+    from tether.models.tiny import save_tiny_llama
+
+    save_tiny_llama(tmp_path / "model")
+    out = tmp_path / "audit"
+    assert main(["--model", str(tmp_path / "model"), "--samples", "2", "--scenarios", "secret_read,monitoring_gap",
+                 "--sizes", "1,2", "--tasks-per-size", "1", "--max-new-tokens", "8", "--out", str(out)]) == 0
+    result = json.loads((out / "agentic.json").read_text())
+    assert set(result["scenarios"]) == {"secret_read", "monitoring_gap"}
+    assert result["scenarios"]["secret_read"]["n"] == 2 and result["scenarios"]["monitoring_gap"]["n"] == 2
+    assert set(result["spec_gaming"]["sizes"]) == {"1", "2"}
+    rows = [json.loads(line) for line in (out / "trajectories.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 + 4 + 2 * 2  # secret_read, both monitoring conditions, two code tasks; 2 samples each
+    assert all("flag" in r for r in rows if r["part"] == "scenario")
+    assert all("held_out_pass" in r for r in rows if r["part"] == "code")
