@@ -21,6 +21,7 @@ from rich.table import Table
 
 from tether.algorithms.grpo import GRPOConfig, evaluate_tasks, train_grpo
 from tether.algorithms.sft import SFTConfig, train_sft
+from tether.demos.arith import _first_lines
 from tether.config import load_config
 from tether.data import load_records
 from tether.engine import console
@@ -64,7 +65,9 @@ def run_arith_tools_demo(overrides: list[str], steps: int | None = None, eval_li
     sft_config = load_config(SFTConfig, RECIPES / "arith-tools-sft.yaml", shared)
     sft_config.data.train = str(write_tool_warmup(Path(sft_config.train.output_dir) / "arith-tools-data" / "tool_sft.jsonl"))
     grpo_config.model.path = str(sft_config.run_dir() / "final")
-    held_out = load_records(grpo_config.data.eval, "verifiable")[:eval_limit]
+    if eval_limit:  # GRPO's own evaluations read data.eval too
+        grpo_config.data.eval = _first_lines(grpo_config.data.eval, eval_limit, grpo_config.run_dir())
+    held_out = load_records(grpo_config.data.eval, "verifiable")
 
     results: dict = {"num_heldout": len(held_out)}
     console.rule("1/4  the base model, without and with the calculator")
