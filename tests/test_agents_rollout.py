@@ -123,3 +123,73 @@ def test_multi_turn_grpo_saves_trajectories_and_resumes_exactly(tiny):
         assert (a[name] == b[name]).all(), name
     again = [json.loads(line) for line in (resumed.run_dir() / "trajectories.jsonl").read_text().splitlines()]
     assert again == lines  # the stopped steps' episodes were dropped and made again, the same
+
+
+def test_episode_gae_bridges_tool_outputs_and_equals_gae_without_them():
+    from tether.envs.rollout import episode_gae
+    from tether.losses.ppo import gae
+
+    torch.manual_seed(0)
+    rewards, values = torch.randn(2, 7), torch.randn(2, 7)
+    mask = torch.tensor([[1, 1, 0, 0, 1, 1, 0], [1, 0, 1, 0, 1, 0, 0]], dtype=torch.bool)
+    advantages, returns = episode_gae(rewards, values, mask, gamma=0.9, lam=0.8)
+    for row in range(2):
+        keep = mask[row].nonzero().squeeze(1)
+        expected_adv, expected_ret = gae(rewards[row, keep][None], values[row, keep][None],
+                                         torch.ones(1, len(keep), dtype=torch.bool), gamma=0.9, lam=0.8)
+        assert torch.allclose(advantages[row, keep], expected_adv[0]) and torch.allclose(returns[row, keep], expected_ret[0])
+        assert (advantages[row, ~mask[row]] == 0).all() and (returns[row, ~mask[row]] == 0).all()
+    # By hand, row 1's first token: delta_0 = r_0 + 0.9 * V_2 - V_0 uses the next *model* token's value.
+    delta = [rewards[1, t] + 0.9 * nxt - values[1, t] for t, nxt in ((0, values[1, 2]), (2, values[1, 4]), (4, 0.0))]
+    assert torch.isclose(advantages[1, 0], delta[0] + 0.72 * (delta[1] + 0.72 * delta[2]))
+    plain = torch.tensor([[1, 1, 1, 0, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    for got, want in zip(episode_gae(rewards, values, plain, gamma=0.9, lam=0.8),
+                         gae(rewards, values, plain, gamma=0.9, lam=0.8)):
+        assert torch.equal(got, want)
+
+
+def test_multi_turn_ppo_trains_on_episodes_and_resumes_exactly(tiny):
+    from tether.algorithms.ppo import PPOConfig, train_ppo
+
+    with (tiny / "tasks.jsonl").open("w") as handle:
+        for i in range(8):
+            handle.write(json.dumps({"prompt": f"task {i}"}) + "\n")
+
+    def config(*overrides):
+        return load_config(PPOConfig, None, [
+            f"model.path={tiny / 'model'}", f"data.train={tiny / 'tasks.jsonl'}", f"train.output_dir={tiny / 'runs'}",
+            "train.progress=false", "train.bf16=false", "train.tensorboard=false",
+            "ppo.environment={name: 'test_agents_env:Echo', max_turns: 3}", "ppo.prompts_per_step=4",
+            "ppo.num_generations=2", "ppo.max_new_tokens=6", "ppo.value_warmup_steps=2", "optim.lr=1e-3",
+            "optim.schedule=constant", "train.max_steps=3", *overrides])
+
+    straight = config("train.run_name=ppo-straight")
+    train_ppo(straight)
+    lines = (straight.run_dir() / "trajectories.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [s for s in range(1, 4) for _ in range(8)]
+
+    import tether.algorithms.ppo as ppo_module
+
+    calls = {"n": 0}
+    original = ppo_module.rollout_episodes
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # 2 steps, then the third stops
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    ppo_module.rollout_episodes = failing
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_ppo(config("train.run_name=ppo-resumed", "train.save_every=1"))
+    finally:
+        ppo_module.rollout_episodes = original
+    resumed = config("train.run_name=ppo-resumed", "train.save_every=1", "train.resume=true")
+    train_ppo(resumed)
+    for name in ("model.safetensors", "value_head.safetensors"):  # full fine-tuning: the whole policy
+        a, b = load_file(str(straight.run_dir() / "final" / name)), load_file(str(resumed.run_dir() / "final" / name))
+        assert a.keys() == b.keys()
+        for key in a:
+            assert (a[key] == b[key]).all(), key
+    assert (resumed.run_dir() / "trajectories.jsonl").read_text().splitlines() == lines

@@ -39,6 +39,7 @@ from tether.engine.batches import shuffled_groups
 from tether.engine.checkpoint import copy_weights
 from tether.engine.optim import build_optimizer
 from tether.engine.plots import plot_metrics
+from tether.envs.rollout import EnvironmentSettings, TrajectoryLog, env_task, episode_gae, rollout_episodes, trained_token_mask
 from tether.errors import ConfigError
 from tether.losses.ppo import (AdaptiveKLController, FixedKLController, approx_kl, explained_variance, gae,
                                policy_loss, token_rewards, value_loss, whiten)
@@ -83,6 +84,8 @@ class PPOSettings(Section):
     eval_max_new_tokens: int | None = Field(None, gt=0)
     eval_prompts: int | None = Field(None, gt=0)  # N prompts of data.eval drawn with train.seed; None: all
     eval_samples: int = Field(1, gt=0)  # samples per held-out prompt at each evaluation (more: less noise)
+    # agents: multi-turn episodes with tools; the episode's return is the score (docs/agents.md)
+    environment: EnvironmentSettings | None = None
 
 
 class PPOConfig(RunConfig):
@@ -90,7 +93,7 @@ class PPOConfig(RunConfig):
 
     @model_validator(mode="after")
     def _has_a_reward(self) -> "PPOConfig":
-        if not self.ppo.rewards:
+        if not self.ppo.rewards and self.ppo.environment is None:
             raise ValueError("ppo.rewards is empty: name at least one reward, e.g. "
                              "[{name: 'reward_model:runs/reward-model/final'}]")
         return self
@@ -244,7 +247,8 @@ def train_ppo(config: PPOConfig) -> Path:
     def load(path, scored_by):  # TRL's prompt-only rows: `prompt` plus any columns the rewards read
         rows = load_records(path, "prompt", tokenizer=tokenizer, max_prompt_tokens=config.data.max_prompt_tokens,
                             truncation=config.data.truncation)
-        check_reward_columns(scored_by, list(reward_columns(rows)), path)
+        if settings.environment is None:  # agents: environments score episodes themselves
+            check_reward_columns(scored_by, list(reward_columns(rows)), path)
         return rows
 
     prompts = load(config.data.train, specs)
@@ -255,6 +259,8 @@ def train_ppo(config: PPOConfig) -> Path:
                           f"{settings.prompts_per_step}")
     if settings.gold is not None and not held_out:
         raise ConfigError("ppo.gold is scored on held-out prompts: set data.eval")
+    if settings.environment is not None and held_out:  # agents
+        raise ConfigError("ppo.environment: held-out evaluation of episodes is not built for PPO yet; unset data.eval")
 
     run_dir = start_run(config)
     policy, tokenizer = load_policy(config.model, run_dir)
@@ -291,6 +297,9 @@ def train_ppo(config: PPOConfig) -> Path:
         controller.value = saved
     session.kl_coef = controller.value
     sampler = TransformersSampler(policy, tokenizer)
+    trajectory_log = (TrajectoryLog(run_dir, session.start_step if config.train.resume else None)
+                      if settings.environment is not None and settings.environment.save_trajectories and world.is_main
+                      else None)  # agents
 
     monitor = None
     if held_out:
@@ -327,22 +336,32 @@ def train_ppo(config: PPOConfig) -> Path:
 
             # ---- rollout (FSDP: whole weights, since ranks decode different numbers of tokens) ------
             with torch.no_grad(), session.autocast(), distributed.gathered_params(session.module):
-                rollout = sampler.sample([r.prompt for r in batch], RolloutConfig(
+                rollout_config = RolloutConfig(
                     num_samples=n, temperature=settings.temperature, top_p=settings.top_p,
                     max_new_tokens=settings.max_new_tokens, stop=settings.stop,
                     # per-step seed: exact resume; one stream per rank (rank 0 of 1: the plain seed)
-                    seed=(config.train.seed * 1_000_003 + step) * world.size + world.rank))
+                    seed=(config.train.seed * 1_000_003 + step) * world.size + world.rank)
+                if settings.environment is not None:  # agents: multi-turn episodes (tether/envs/rollout.py)
+                    rollout = rollout_episodes(sampler, tokenizer, [env_task(r) for r in batch],
+                                               settings.environment, rollout_config)
+                else:
+                    rollout = sampler.sample([r.prompt for r in batch], rollout_config)
             actor_critic.train()
 
             # ---- score, old log-probs and values, per-token rewards, GAE -----------------------
-            totals, per_reward, metrics = combine_rewards(
-                specs, [r.prompt for r in batch for _ in range(n)], rollout.texts, reward_columns(batch, n),
-                on_error=settings.on_reward_error)
+            if settings.environment is not None:  # agents: the episode's return is the score
+                totals, per_reward, metrics = rollout.rewards, {"environment": rollout.rewards}, {}
+            else:
+                totals, per_reward, metrics = combine_rewards(
+                    specs, [r.prompt for r in batch for _ in range(n)], rollout.texts, reward_columns(batch, n),
+                    on_error=settings.on_reward_error)
             scores = torch.tensor(totals)  # (b,) this rank's completions
             truncated = torch.tensor([reason == "length" for reason in rollout.finish_reasons])  # (b,)
             if settings.missing_eos_penalty is not None:
                 scores = scores - settings.missing_eos_penalty * truncated.float()
-            mask = rollout.completion_mask.bool()  # (b, L)
+            mask = trained_token_mask(rollout)  # (b, L); agents: tool outputs are not trained
+            # agents: GAE runs over the model's tokens, bridging the tool outputs between its turns
+            advantage_estimate = episode_gae if settings.environment is not None else gae
             with torch.no_grad(), session.autocast(), distributed.gathered_params(session.module):
                 old_logps, old_values = forward_chunks(session.module, rollout, minibatch)  # (b, L) each
                 # With LoRA the reference is free, so the KL is measured even when kl_coef = 0.
@@ -357,7 +376,8 @@ def train_ppo(config: PPOConfig) -> Path:
             if step == 0 and settings.value_warmup_steps:  # step 0: a fresh run (resume starts later)
                 # ---- critic warm-up: the zero head would make these advantages the bare returns ----
                 # Its target is the Monte-Carlo return (lam = 1), which needs no critic.
-                _, mc_returns = gae(rewards, torch.zeros_like(old_values), mask, gamma=settings.gamma, lam=1.0)
+                _, mc_returns = advantage_estimate(rewards, torch.zeros_like(old_values), mask,
+                                                   gamma=settings.gamma, lam=1.0)
                 warmed = warm_up_critic(session, rollout, mc_returns, mask, steps=settings.value_warmup_steps,
                                         chunk=minibatch)  # (b, L)
                 warmup = {"value_warmup/explained_variance_before": pooled_explained_variance(old_values, mc_returns,
@@ -367,7 +387,7 @@ def train_ppo(config: PPOConfig) -> Path:
                               f"variance {warmup['value_warmup/explained_variance_before']:.3f} -> "
                               f"{warmup['value_warmup/explained_variance_after']:.3f}")
                 old_values = warmed  # the critic the updates start from, and the GAE baseline
-            advantages, returns = gae(rewards, old_values, mask, gamma=settings.gamma, lam=settings.lam)
+            advantages, returns = advantage_estimate(rewards, old_values, mask, gamma=settings.gamma, lam=settings.lam)
             if settings.whiten_advantages:
                 advantages = pooled_whiten(advantages, mask)
 
@@ -424,6 +444,8 @@ def train_ppo(config: PPOConfig) -> Path:
             controller.update(sequence_kl.mean().item(), len(sequence_kl))
             session.kl_coef = controller.value
             done = step + 1
+            if trajectory_log is not None:  # agents
+                trajectory_log.write(done, rollout.trajectories)
             metrics.update({key: value / updates for key, value in sums.items()})
             metrics.update({
                 "approx_kl": kl_sum / updates,

@@ -189,3 +189,21 @@ class TrajectoryLog:
         with self.path.open("a", encoding="utf-8") as handle:
             for trajectory in trajectories:
                 handle.write(json.dumps({"step": step, **trajectory}) + "\n")
+
+
+def episode_gae(rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """``losses.ppo.gae`` over each row's masked tokens read as one sequence. In an episode the
+    model's turns are separated by tool outputs (mask 0): plain GAE would stop at the first gap
+    (it treats a masked token as the end of the episode), so the model tokens are packed to the
+    left, GAE runs there, and the results go back to their columns. Equal to ``gae`` without gaps.
+
+    Shape: rewards, values, mask (B, T) -> advantages, returns (B, T), 0 off the mask.
+    """
+    from tether.losses.ppo import gae
+
+    mask = mask.bool()
+    order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)  # (B, T) model tokens first, in order
+    advantages, returns = gae(rewards.gather(1, order), values.gather(1, order), mask.gather(1, order),
+                              gamma=gamma, lam=lam)
+    return (torch.zeros_like(advantages).scatter(1, order, advantages),
+            torch.zeros_like(returns).scatter(1, order, returns))
