@@ -39,7 +39,8 @@ def test_tool_errors_are_shown_not_raised_and_limits_end_the_episode():
     result = env.step(format_tool_call("rm_rf") + format_tool_call("calculator", wrong=1))
     assert "unknown tool 'rm_rf'" in result.observation["content"]
     assert "unexpected keyword argument" in result.observation["content"]
-    result = env.step(format_tool_call("calculator", expression="2 + 2"))  # second turn: the limit
+    result = env.step(format_tool_call("calculator", expression="0 + 4"))  # second turn: the limit
+    # ends on a tool call: no answer was given, though the call's text ends in the right number
     assert result.done and result.info["truncated"] and result.reward == 0.0
     env = make_env("arithmetic", max_turns=5, max_tool_calls=1)
     env.reset({"prompt": "What is 2 + 2?", "answer": "4"})

@@ -51,7 +51,9 @@ def test_loss_mask_covers_exactly_the_model_tokens(tiny):
             if turn < 2:
                 message = batch.trajectories[row]["messages"][2 + 2 * turn]
                 assert message["role"] == "tool" and message["content"].startswith(f"echo {turn + 1}")
-                tool_ids = tool_message_ids(tokenizer, message, sampled[live_index].finish_reason == "eos")
+                row_sample = sampled[live_index]
+                tool_ids = tool_message_ids(tokenizer, message, row_sample.completion_ids[-1]
+                                            if row_sample.finish_reason == "eos" else None)
                 assert tool_ids  # the tool output is in the sequence...
                 expected_tokens += tool_ids
                 expected_mask += [0] * len(tool_ids)  # ...and never trained on
@@ -73,8 +75,8 @@ def test_loss_mask_covers_exactly_the_model_tokens(tiny):
 def test_tool_message_follows_the_chat_template(tiny):
     _, tokenizer = load_model(tiny / "model")
     message = {"role": "tool", "content": "<tool_response>\n4\n</tool_response>"}
-    ended = tokenizer.decode(tool_message_ids(tokenizer, message, turn_ended=True))
-    cut = tokenizer.decode(tool_message_ids(tokenizer, message, turn_ended=False))
+    ended = tokenizer.decode(tool_message_ids(tokenizer, message, tokenizer.convert_tokens_to_ids("<|im_end|>")))
+    cut = tokenizer.decode(tool_message_ids(tokenizer, message, None))
     assert ended == "\n<|im_start|>tool\n<tool_response>\n4\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
     assert cut == "<|im_end|>" + ended  # a turn cut by the length limit is closed first
 

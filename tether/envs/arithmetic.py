@@ -12,7 +12,7 @@ from typing import Any
 from tether.data.records import Message
 from tether.envs.base import Environment
 from tether.envs.files import FileTree
-from tether.envs.tool_calls import format_tool_call
+from tether.envs.tool_calls import format_tool_call, parse_tool_calls
 from tether.rewards.math import math_answer_reward
 
 TOOL_HELP = """You may use a calculator tool. To call it, write exactly:
@@ -43,6 +43,8 @@ class ArithmeticEnv(Environment):
         return text if status == "[ok]" else output
 
     def final_reward(self, text: str) -> float:
+        if parse_tool_calls(text):  # out of turns while still calling the tool: no answer given
+            return 0.0
         return float(math_answer_reward([None], [text], [self.task["answer"]])[0] or 0.0)
 
 

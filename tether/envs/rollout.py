@@ -62,18 +62,18 @@ def trained_token_mask(rollout: RolloutBatch) -> Tensor:
     return (rollout.completion_mask if mask is None else mask).bool()
 
 
-def tool_message_ids(tokenizer: Any, message: Message, turn_ended: bool) -> list[int]:
+def tool_message_ids(tokenizer: Any, message: Message, end_token: int | None) -> list[int]:
     """Tokens between the model's turn and its next one: end of turn (unless the model already
-    sampled it), the tool message, the generation prompt."""
+    sampled it: ``end_token``, the id its turn ended on, None when cut by the length limit), the
+    tool message, the generation prompt."""
     if not has_chat_template(tokenizer):
         return list(tokenizer("\n" + message["content"] + "\n", add_special_tokens=False)["input_ids"])
     rendered = tokenizer.apply_chat_template(
         [{"role": "user", "content": "."}, {"role": "assistant", "content": _MARK}, message],
         tokenize=False, add_generation_prompt=True)
     between = rendered[rendered.index(_MARK) + len(_MARK):]
-    if turn_ended:  # the sampled end-of-turn token (EOS) is already in the context
-        end = tokenizer.eos_token or ""
-        between = between.removeprefix(end) if end and between.startswith(end) else between
+    if end_token is not None:  # the sampled end-of-turn token is already in the context
+        between = between.removeprefix(tokenizer.decode([end_token]))
     return list(tokenizer(between, add_special_tokens=False)["input_ids"])
 
 
@@ -126,7 +126,8 @@ def rollout_episodes(sampler: Any, tokenizer: Any, tasks: list[dict[str, Any]], 
             if result.done or turn == settings.max_turns - 1:
                 episode.done = True
                 continue
-            between = tool_message_ids(tokenizer, result.observation, turn_ended=row.finish_reason == "eos")
+            ended = row.completion_ids[-1] if row.finish_reason == "eos" and row.completion_ids else None
+            between = tool_message_ids(tokenizer, result.observation, ended)
             episode.messages.append(result.observation)
             episode.tokens += between
             episode.trained += [0] * len(between)
