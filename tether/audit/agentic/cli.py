@@ -34,25 +34,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--temperature", type=float, default=1.0, help="0: greedy (then use --samples 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="output folder (default runs/agentic-TIMESTAMP)")
+    parser.add_argument("--rescore", default=None, metavar="TRAJECTORIES",
+                        help="no model: apply the detectors and tests again to a saved trajectories.jsonl")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from tether.audit.cli import model_name
     from tether.engine import console
-    from tether.models import load_model
 
-    model, tokenizer = load_model(model_name(args.model))
-    model.eval()
-    common = dict(samples=args.samples, max_turns=args.max_turns, max_tool_calls=args.max_tool_calls,
-                  max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
     scenarios = scenario_tasks(by_name(args.scenarios.split(",") if args.scenarios else None))
-    console.print(f"{len(scenarios)} scenario runs x {args.samples} episodes")
-    scenario_rows = run_model(model, tokenizer, "agentic_scenario", scenarios, **common)
     coding = code_tasks(tuple(int(s) for s in args.sizes.split(",")), args.tasks_per_size)
-    console.print(f"{len(coding)} code tasks x {args.samples} episodes")
-    code_rows = run_model(model, tokenizer, "spec_task", coding, **common)
+    if args.rescore:
+        scenario_rows, code_rows, scenarios, coding = saved_rows(Path(args.rescore))
+    else:
+        from tether.audit.cli import model_name
+        from tether.models import load_model
+
+        model, tokenizer = load_model(model_name(args.model))
+        model.eval()
+        common = dict(samples=args.samples, max_turns=args.max_turns, max_tool_calls=args.max_tool_calls,
+                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+        console.print(f"{len(scenarios)} scenario runs x {args.samples} episodes")
+        scenario_rows = run_model(model, tokenizer, "agentic_scenario", scenarios, **common)
+        console.print(f"{len(coding)} code tasks x {args.samples} episodes")
+        code_rows = run_model(model, tokenizer, "spec_task", coding, **common)
 
     result = {"model": args.model, "settings": vars(args), "scenarios": misbehaviour(scenarios, scenario_rows),
               "spec_gaming": spec_gaming(coding, code_rows, seed=args.seed)}
@@ -67,6 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         console.print(line)
     console.print(f"report: {out / 'agentic.json'}; episodes: {out / 'trajectories.jsonl'}")
     return 0
+
+
+def saved_rows(path: Path) -> tuple[list, list, list, list]:
+    """A saved trajectories.jsonl as (scenario rows, code rows, scenario tasks, code tasks)."""
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    parts = []
+    for part in ("scenario", "code"):
+        mine = [row for row in rows if row["part"] == part]
+        tasks: dict[int, dict] = {row["task"]: row["task_spec"] for row in mine}
+        parts.append((mine, [tasks[i] for i in range(len(tasks))]))
+    return parts[0][0], parts[1][0], parts[0][1], parts[1][1]
 
 
 def summary_lines(result: dict) -> list[str]:
