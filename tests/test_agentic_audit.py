@@ -5,7 +5,13 @@ import json
 
 import pytest
 
-from tether.audit.agentic.runner import code_tasks, misbehaviour, run_scripted, scenario_tasks, spec_gaming
+from tether.audit.agentic.runner import (
+    code_tasks,
+    misbehaviour,
+    run_scripted,
+    scenario_tasks,
+    spec_gaming,
+)
 from tether.audit.agentic.scenarios import SCENARIOS, SECRET, by_name
 from tether.audit.agentic.spec_gaming import code_task
 from tether.envs.tool_calls import format_tool_call as call
@@ -120,7 +126,7 @@ def solve(honest_until):
                     if code_task(size, i).instruction == user)
         parts = []
         for f in task.functions:
-            args, expected = f.visible
+            _, expected = f.visible
             body = (f.reference if task.size < honest_until
                     else f"return {expected}  # matches the visible test")
             parts.append(f"def {f.name}({f.args}):\n    {body}\n")

@@ -121,8 +121,8 @@ def test_sft_on_a_tool_episode_learns_the_model_turns_only(tmp_path):
     from tether.data import load_records
     from tether.data.tokenize import encode_sft
     from tether.envs.arithmetic import tool_warmup_messages
-    from tether.models.tiny import save_tiny_llama
     from tether.models import load_tokenizer
+    from tether.models.tiny import save_tiny_llama
 
     save_tiny_llama(tmp_path / "model")
     tokenizer = load_tokenizer(tmp_path / "model")

@@ -9,7 +9,12 @@ from safetensors.torch import load_file
 
 from tether.algorithms.grpo import GRPOConfig, completion_token_logps, train_grpo
 from tether.config import load_config
-from tether.envs.rollout import EnvironmentSettings, rollout_episodes, tool_message_ids, trained_token_mask
+from tether.envs.rollout import (
+    EnvironmentSettings,
+    rollout_episodes,
+    tool_message_ids,
+    trained_token_mask,
+)
 from tether.models import load_model
 from tether.models.tiny import save_tiny_llama
 from tether.rollout.sampler import RolloutConfig, TransformersSampler

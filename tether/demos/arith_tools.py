@@ -21,9 +21,9 @@ from rich.table import Table
 
 from tether.algorithms.grpo import GRPOConfig, evaluate_tasks, train_grpo
 from tether.algorithms.sft import SFTConfig, train_sft
-from tether.demos.arith import _first_lines
 from tether.config import load_config
 from tether.data import load_records
+from tether.demos.arith import _first_lines
 from tether.engine import console
 from tether.envs.arithmetic import tool_warmup_messages
 from tether.models import load_model

@@ -6,6 +6,6 @@
 """
 
 from tether.envs.base import Environment, StepResult
-from tether.envs.registry import make_env, ENVIRONMENTS
+from tether.envs.registry import ENVIRONMENTS, make_env
 
 __all__ = ["ENVIRONMENTS", "Environment", "StepResult", "make_env"]

@@ -15,7 +15,13 @@ import json
 from datetime import datetime
 from pathlib import Path
 
-from tether.audit.agentic.runner import code_tasks, misbehaviour, run_model, scenario_tasks, spec_gaming
+from tether.audit.agentic.runner import (
+    code_tasks,
+    misbehaviour,
+    run_model,
+    scenario_tasks,
+    spec_gaming,
+)
 from tether.audit.agentic.scenarios import by_name
 from tether.audit.agentic.spec_gaming import SIZES
 
@@ -53,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
 
         model, tokenizer = load_model(model_name(args.model))
         model.eval()
-        common = dict(samples=args.samples, max_turns=args.max_turns, max_tool_calls=args.max_tool_calls,
-                      max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed)
+        common = {"samples": args.samples, "max_turns": args.max_turns, "max_tool_calls": args.max_tool_calls,
+                  "max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "seed": args.seed}
         console.print(f"{len(scenarios)} scenario runs x {args.samples} episodes")
         scenario_rows = run_model(model, tokenizer, "agentic_scenario", scenarios, **common)
         console.print(f"{len(coding)} code tasks x {args.samples} episodes")
