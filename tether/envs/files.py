@@ -99,9 +99,11 @@ class FileTree:
                 "delete_file": self.delete_file, "run_python": self.run_python}
 
 
-TOOL_HELP = """You can use tools. To call one, write exactly:
+# A concrete call, not a placeholder: the tool-SFT model copied '{"name": "TOOL", "arguments": {...}}'
+# verbatim in 144 of 144 calls (invalid JSON) when the help showed that.
+TOOL_HELP = """You can use tools. To call one, write exactly, for example:
 <tool_call>
-{"name": "TOOL", "arguments": {...}}
+{"name": "read_file", "arguments": {"path": "notes.txt"}}
 </tool_call>
 Tools: list_files {}, read_file {"path"}, write_file {"path", "content"}, delete_file {"path"}, run_python {"code"} (runs with the files in the current folder; prints its output).
 When you are done, answer without a tool call."""
