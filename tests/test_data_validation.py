@@ -195,7 +195,7 @@ def test_wrong_message_shapes(tmp_path):
     )
     assert problems(path, "sft") == [
         f"{path}:1: field 'messages': expected a list of messages, got string",
-        f"{path}:2: field 'messages[1].role': must be one of system, user, assistant, got 'bot'",
+        f"{path}:2: field 'messages[1].role': must be one of system, user, assistant, tool, got 'bot'",
         f"{path}:3: field 'messages[1]': expected a message object with 'role' and 'content', "
         f"got string",
         f"{path}:4: field 'messages': has no assistant message to learn from",

@@ -32,6 +32,7 @@ from tether.config import GoldSettings, RewardSettings, RunConfig, Section
 from tether.engine import BatchPlan, TrainingSession, console, distributed, progress_bar, start_run
 from tether.engine.batches import shuffled_groups
 from tether.engine.plots import plot_metrics
+from tether.envs.rollout import EnvironmentSettings, TrajectoryLog, env_task, rollout_episodes, trained_token_mask
 from tether.losses.grpo import group_advantages, overlong_penalty, policy_loss, rloo_advantages, zero_variance_groups
 from tether.models import evaluation_mode
 from tether.rewards.base import combine_rewards, reward_columns
@@ -63,6 +64,8 @@ class GRPOSettings(Section):
     on_reward_error: Literal["raise", "score_failed"] = "raise"
     eval_max_new_tokens: int | None = Field(None, gt=0)  # default: max_new_tokens
     gold: GoldSettings | None = None  # reward-hacking watch on data.eval
+    # agents: multi-turn episodes with tools instead of single completions (docs/agents.md)
+    environment: EnvironmentSettings | None = None
 
 
 class GRPOConfig(RunConfig):
@@ -81,9 +84,7 @@ def answer_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> list[d
     tokens and each reward's score (None where a reward does not apply)."""
     sampler = TransformersSampler(model, tokenizer)
     settings = config.grpo
-    rollout = sampler.sample([r.prompt for r in records], RolloutConfig(
-        num_samples=1, temperature=0.0, stop=settings.stop,
-        max_new_tokens=settings.eval_max_new_tokens or settings.max_new_tokens))
+    rollout = sampler.sample([r.prompt for r in records], eval_rollout_config(settings))
     _, per_reward, _ = combine_rewards(specs, [r.prompt for r in records], rollout.texts,
                                        reward_columns(records), on_error="score_failed")
     lengths = rollout.completion_mask.sum(1).tolist()
@@ -109,7 +110,7 @@ def policy_updates(session: TrainingSession, rollout: RolloutBatch, advantages: 
     """``updates_per_rollout`` clipped policy updates on this rank's ``rows`` of the rollout, in parts
     of ``minibatch_rows``; returns the metrics (summed over ranks), the old log-probs of the trained
     rows (None when no row was trained) and those rows. Shape: advantages (b,), rows (r,)."""
-    mask = rollout.completion_mask.bool()  # (b, L)
+    mask = trained_token_mask(rollout)  # (b, L); agents: tool outputs are not trained
     chunk = settings.minibatch_rows or max(len(rows), 1)
     total_rows = distributed.all_reduce_sum(len(rows))
     num_tokens = distributed.all_reduce_sum(int(mask[rows].sum()))
@@ -160,8 +161,19 @@ def policy_updates(session: TrainingSession, rollout: RolloutBatch, advantages: 
     return metrics, torch.cat(old_parts) if old_parts else None, trained
 
 
+def eval_rollout_config(settings: GRPOSettings) -> RolloutConfig:
+    return RolloutConfig(num_samples=1, temperature=0.0, stop=settings.stop,
+                         max_new_tokens=settings.eval_max_new_tokens or settings.max_new_tokens)
+
+
 def evaluate_tasks(model, tokenizer, records, specs, config: GRPOConfig) -> dict[str, float]:
     """Greedy answers to held-out tasks; the mean of each reward (accuracy for math_answer)."""
+    settings = config.grpo
+    if settings.environment is not None:  # agents: the episode's return is the score
+        rollout = rollout_episodes(TransformersSampler(model, tokenizer), tokenizer, [env_task(r) for r in records],
+                                   settings.environment, eval_rollout_config(settings))
+        return {"environment_return": sum(rollout.rewards) / max(len(rollout.rewards), 1),
+                "tool_calls": sum(t["tool_calls"] for t in rollout.trajectories) / max(len(records), 1)}
     return mean_scores(answer_tasks(model, tokenizer, records, specs, config), [spec.name for spec in specs])
 
 
@@ -202,6 +214,9 @@ def train_grpo(config: GRPOConfig) -> Path:
 
     def evaluate(step: int) -> dict[str, float]:  # on rank 0 alone, with whole weights (on_main)
         with evaluation_mode(model), torch.no_grad(), session.autocast():
+            if settings.environment is not None:  # agents
+                return {f"eval/{key}": value for key, value in
+                        evaluate_tasks(model, tokenizer, data.held_out, data.specs, config).items()}
             rows = answer_tasks(model, tokenizer, data.held_out, data.specs, config)
             # Every answer is kept, so a change in accuracy can be read and paired task by task.
             answers = run_dir / "heldout_answers" / f"step-{step:05d}.jsonl"
@@ -214,6 +229,9 @@ def train_grpo(config: GRPOConfig) -> Path:
                                                 reference.logps if reference.available else None))
         return metrics
 
+    trajectory_log = (TrajectoryLog(run_dir, session.start_step if config.train.resume else None)
+                      if settings.environment is not None and settings.environment.save_trajectories
+                      and session.world.is_main else None)  # agents
     if data.held_out and session.start_step == 0:
         session.log(0, distributed.on_main(model, lambda: evaluate(0)) or {})
 
@@ -224,10 +242,18 @@ def train_grpo(config: GRPOConfig) -> Path:
         for step in range(session.start_step, plan.total_steps):
             indices, here = step_prompts(plan, step, n)  # this rank's prompts, and its rows of the step
             batch = [data.train[i] for i in indices]
-            rollout = sample_rollout(sampler, session, [t.prompt for t in batch], settings, step)
+            if settings.environment is not None:  # agents: multi-turn episodes (tether/envs/rollout.py)
+                rollout = sample_rollout(sampler, session, [env_task(t) for t in batch], settings, step,
+                                         episodes=lambda tasks, rollout_config: rollout_episodes(
+                                             sampler, tokenizer, tasks, settings.environment, rollout_config))
+            else:
+                rollout = sample_rollout(sampler, session, [t.prompt for t in batch], settings, step)
 
             # ---- rewards and advantages, over every rank's groups ------------------------------
-            totals, per_reward, metrics = score_rollout(data.specs, batch, rollout, n, settings.on_reward_error)
+            if settings.environment is not None:  # agents: the episode's return is the reward
+                totals, per_reward, metrics = rollout.rewards, {"environment": rollout.rewards}, {}
+            else:
+                totals, per_reward, metrics = score_rollout(data.specs, batch, rollout, n, settings.on_reward_error)
             rewards, lengths, metrics, truncated = pool_scores(  # (P*N,) each, all prompts of the step
                 totals, per_reward, metrics, rollout.completion_mask.sum(1).cpu(),
                 sum(r == "length" for r in rollout.finish_reasons))
@@ -246,6 +272,8 @@ def train_grpo(config: GRPOConfig) -> Path:
             metrics.update(rollout_metrics(rollout, rewards, lengths, truncated, flat_groups, old_logps, trained,
                                            settings))
             done = step + 1
+            if trajectory_log is not None:  # agents
+                trajectory_log.write(done, rollout.trajectories)
             wants_eval = data.held_out and session.eval_due(done, config.train.eval_every)
             if wants_eval:
                 metrics.update(distributed.on_main(model, functools.partial(evaluate, done)) or {})

@@ -51,6 +51,14 @@ from tether.engine.batches import shuffled_groups
 from tether.engine.checkpoint import copy_weights
 from tether.engine.optim import build_optimizer
 from tether.engine.plots import plot_metrics
+from tether.envs.rollout import (
+    EnvironmentSettings,
+    TrajectoryLog,
+    env_task,
+    episode_gae,
+    rollout_episodes,
+    trained_token_mask,
+)
 from tether.errors import ConfigError
 from tether.losses.ppo import (
     AdaptiveKLController,
@@ -96,6 +104,8 @@ class PPOSettings(Section):
     target_kl: float | None = Field(None, gt=0)  # stop this rollout's updates once approx_kl passes it
     # ---- held-out evaluation (data.eval): proxy reward, KL, and the gold reward when set
     gold: GoldSettings | None = None
+    # agents: multi-turn episodes with tools; the episode's return is the score (docs/agents.md)
+    environment: EnvironmentSettings | None = None
     eval_max_new_tokens: int | None = Field(None, gt=0)
     eval_prompts: int | None = Field(None, gt=0)  # N prompts of data.eval drawn with train.seed; None: all
     eval_samples: int = Field(1, gt=0)  # samples per held-out prompt at each evaluation (more: less noise)
@@ -106,7 +116,7 @@ class PPOConfig(RunConfig):
 
     @model_validator(mode="after")
     def _has_a_reward(self) -> PPOConfig:
-        if not self.ppo.rewards:
+        if not self.ppo.rewards and self.ppo.environment is None:
             raise ValueError("ppo.rewards is empty: name at least one reward, e.g. "
                              "[{name: 'reward_model:runs/reward-model/final'}]")
         return self
@@ -188,6 +198,12 @@ def kl_controller(settings: PPOSettings, session: PPOSession) -> AdaptiveKLContr
     return controller
 
 
+def advantage_estimator(settings: PPOSettings):
+    """GAE; in multi-turn episodes it runs over the model's tokens, bridging the tool outputs
+    between its turns (agents)."""
+    return episode_gae if settings.environment is not None else gae
+
+
 def warm_up_first_critic(session: TrainingSession, rollout: RolloutBatch, rewards: torch.Tensor,
                          values: torch.Tensor, mask: torch.Tensor, settings: PPOSettings, chunk: int
                          ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -195,7 +211,8 @@ def warm_up_first_critic(session: TrainingSession, rollout: RolloutBatch, reward
     Its target is the Monte-Carlo return (lam = 1), which needs no critic. Returns the warmed
     critic's values (the updates' start and the GAE baseline) and how well each head explains the
     returns. Shape: rewards, values, mask (b, L)."""
-    _, mc_returns = gae(rewards, torch.zeros_like(values), mask, gamma=settings.gamma, lam=1.0)
+    _, mc_returns = advantage_estimator(settings)(rewards, torch.zeros_like(values), mask, gamma=settings.gamma,
+                                                  lam=1.0)
     warmed = warm_up_critic(session, rollout, mc_returns, mask, steps=settings.value_warmup_steps, chunk=chunk)
     metrics = {"value_warmup/explained_variance_before": pooled_explained_variance(values, mc_returns, mask),
                "value_warmup/explained_variance_after": pooled_explained_variance(warmed, mc_returns, mask)}
@@ -216,7 +233,7 @@ def ppo_updates(session: TrainingSession, rollout: RolloutBatch, old_logps: torc
     minibatch's tokens (the losses are token means), and the gradients add up to the one-process
     gradient. A rank with no row in a minibatch makes a zero-weight pass, so it still joins the
     gradient collective. Shape: old_logps, old_values, advantages, returns (b, L)."""
-    mask = rollout.completion_mask.bool()
+    mask = trained_token_mask(rollout)  # agents: tool outputs are not trained
     input_ids, attention_mask, position_ids = rollout.sequences()
     start = rollout.prompt_ids.shape[1]
     shuffler = torch.Generator().manual_seed(session.config.train.seed * 7_919 + step)
@@ -288,6 +305,8 @@ def train_ppo(config: PPOConfig) -> Path:
     if len(data.train) < settings.prompts_per_step:
         raise ConfigError(f"{config.data.train} has {len(data.train)} prompts, fewer than ppo.prompts_per_step="
                           f"{settings.prompts_per_step}")
+    if settings.environment is not None and data.held_out:  # agents
+        raise ConfigError("ppo.environment: held-out evaluation of episodes is not built for PPO yet; unset data.eval")
     run_dir = start_run(config)
     policy, tokenizer = load_policy(config.model, run_dir)
     actor_critic = PolicyWithValueHead(policy)
@@ -303,6 +322,9 @@ def train_ppo(config: PPOConfig) -> Path:
     reference.to(session.world.device)
     controller = kl_controller(settings, session)
     sampler = TransformersSampler(policy, tokenizer)
+    trajectory_log = (TrajectoryLog(run_dir, session.start_step if config.train.resume else None)
+                      if settings.environment is not None and settings.environment.save_trajectories
+                      and session.world.is_main else None)  # agents
     monitor = (held_out_monitor(config, settings, data, session.start_step, f"PPO {config.train.run_name}",
                                 samples_per_prompt=settings.eval_samples) if data.held_out else None)
 
@@ -324,15 +346,23 @@ def train_ppo(config: PPOConfig) -> Path:
         for step in range(session.start_step, plan.total_steps):
             indices, here = step_prompts(plan, step, n)  # this rank's prompts, and its rows of the step
             batch = [data.train[i] for i in indices]
-            rollout = sample_rollout(sampler, session, [r.prompt for r in batch], settings, step)
+            if settings.environment is not None:  # agents: multi-turn episodes (tether/envs/rollout.py)
+                rollout = sample_rollout(sampler, session, [env_task(r) for r in batch], settings, step,
+                                         episodes=lambda tasks, rollout_config: rollout_episodes(
+                                             sampler, tokenizer, tasks, settings.environment, rollout_config))
+            else:
+                rollout = sample_rollout(sampler, session, [r.prompt for r in batch], settings, step)
 
             # ---- score, old log-probs and values, per-token rewards, GAE -----------------------
-            totals, per_reward, metrics = score_rollout(data.specs, batch, rollout, n, settings.on_reward_error)
+            if settings.environment is not None:  # agents: the episode's return is the score
+                totals, per_reward, metrics = rollout.rewards, {"environment": rollout.rewards}, {}
+            else:
+                totals, per_reward, metrics = score_rollout(data.specs, batch, rollout, n, settings.on_reward_error)
             scores = torch.tensor(totals)  # (b,) this rank's completions
             truncated = torch.tensor([reason == "length" for reason in rollout.finish_reasons])  # (b,)
             if settings.missing_eos_penalty is not None:
                 scores = scores - settings.missing_eos_penalty * truncated.float()
-            mask = rollout.completion_mask.bool()  # (b, L)
+            mask = trained_token_mask(rollout)  # (b, L); agents: tool outputs are not trained
             with torch.no_grad(), session.autocast(), distributed.gathered_params(session.module):
                 old_logps, old_values = forward_chunks(session.module, rollout, minibatch)  # (b, L) each
                 # With LoRA the reference is free, so the KL is measured even when kl_coef = 0.
@@ -346,7 +376,8 @@ def train_ppo(config: PPOConfig) -> Path:
             if step == 0 and settings.value_warmup_steps:  # step 0: a fresh run (resume starts later)
                 old_values, warmup = warm_up_first_critic(session, rollout, rewards, old_values, mask, settings,
                                                           minibatch)
-            advantages, returns = gae(rewards, old_values, mask, gamma=settings.gamma, lam=settings.lam)
+            advantages, returns = advantage_estimator(settings)(rewards, old_values, mask, gamma=settings.gamma,
+                                                                lam=settings.lam)
             if settings.whiten_advantages:
                 advantages = pooled_whiten(advantages, mask)
             update_metrics = ppo_updates(session, rollout, old_logps, old_values, advantages, returns, here,
@@ -374,6 +405,8 @@ def train_ppo(config: PPOConfig) -> Path:
                 "frac_truncated": num_truncated / len(all_scores), **warmup,
             })
             done = step + 1
+            if trajectory_log is not None:  # agents
+                trajectory_log.write(done, rollout.trajectories)
             wants_eval = monitor is not None and session.eval_due(done, config.train.eval_every)
             if wants_eval:
                 metrics.update(evaluate(done))

@@ -48,7 +48,8 @@ def load_rl_data(config: RunConfig, settings, section: str, eval_prompts: int | 
     def load(path, scored_by):
         rows = load_records(path, "prompt", tokenizer=tokenizer, truncation=config.data.truncation,
                             max_prompt_tokens=config.data.max_prompt_tokens)
-        check_reward_columns(scored_by, list(reward_columns(rows)), path)
+        if getattr(settings, "environment", None) is None:  # agents: environments score episodes themselves
+            check_reward_columns(scored_by, list(reward_columns(rows)), path)
         return rows
 
     train = load(config.data.train, specs)
@@ -115,16 +116,18 @@ def step_prompts(plan, step: int, rows_per_prompt: int) -> tuple[list[int], slic
     return indices, slice(block.start * rows_per_prompt, block.stop * rows_per_prompt)
 
 
-def sample_rollout(sampler, session: TrainingSession, prompts, settings, step: int) -> RolloutBatch:
+def sample_rollout(sampler, session: TrainingSession, prompts, settings, step: int, episodes=None) -> RolloutBatch:
     """``settings.num_generations`` completions per prompt, sharing the prompt's KV cache, with a
     per-step seed (exact resume) and one stream per rank (rank 0 of 1: the plain seed). Under FSDP
-    the weights are gathered whole, since ranks decode different numbers of tokens."""
+    the weights are gathered whole, since ranks decode different numbers of tokens. ``episodes``
+    (``episodes(tasks, rollout_config)``) runs multi-turn episodes on ``prompts`` (environment tasks)."""
     world = session.world
+    config = RolloutConfig(
+        num_samples=settings.num_generations, temperature=settings.temperature, top_p=settings.top_p,
+        max_new_tokens=settings.max_new_tokens, stop=settings.stop,
+        seed=(session.config.train.seed * 1_000_003 + step) * world.size + world.rank)
     with torch.no_grad(), session.autocast(), distributed.gathered_params(session.module):
-        return sampler.sample(prompts, RolloutConfig(
-            num_samples=settings.num_generations, temperature=settings.temperature, top_p=settings.top_p,
-            max_new_tokens=settings.max_new_tokens, stop=settings.stop,
-            seed=(session.config.train.seed * 1_000_003 + step) * world.size + world.rank))
+        return episodes(prompts, config) if episodes is not None else sampler.sample(prompts, config)
 
 
 def score_rollout(specs, tasks, rollout: RolloutBatch, num_generations: int, on_error: str):

@@ -1,9 +1,10 @@
-"""``tether audit ...``: four tools under one word.
+"""``tether audit ...``: five tools under one word.
 
     tether audit --baseline PATH --candidate PATH [--suite default] [--fail-on "over_refusal>+5pp"]
     tether audit data FILE                 # what a preference file rewards; suspicious pairs
     tether audit overoptimization ...      # best-of-n sweep: where a proxy reward stops helping
     tether audit representations --baseline A --candidate B   # erased, or only suppressed?
+    tether audit agentic --model PATH      # agent misbehaviour in scripted scenarios; spec gaming
 
 Each tool parses its own arguments (``main(argv)`` in its module).
 """
@@ -14,6 +15,7 @@ import argparse
 import importlib
 
 TOOLS = {
+    "agentic": "tether.audit.agentic.cli",
     "data": "tether.audit.data_audit",
     "overoptimization": "tether.audit.overoptimization",
     "representations": "tether.audit.representations",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-DEMOS = ("safety", "arith", "consistency")
+DEMOS = ("safety", "arith", "arith-tools", "consistency")
 
 
 def _demo(args: argparse.Namespace) -> None:
@@ -22,6 +22,8 @@ def _demo(args: argparse.Namespace) -> None:
         raise SystemExit(f"tether demo: --seeds is for the consistency job; run {job} again with train.seed=N")
     if job == "safety":
         from tether.demos.safety import run_demo
+    elif job == "arith-tools":
+        from tether.demos.arith_tools import run_arith_tools_demo as run_demo
     else:
         from tether.demos.arith import run_arith_demo as run_demo
     run_demo(words, steps=args.steps, eval_limit=args.eval_limit)
@@ -35,7 +37,8 @@ def register(commands) -> None:
     demo.add_argument("--seeds", type=int, default=1, help="consistency: train and audit this many seeds")
     demo.add_argument("overrides", nargs="*", metavar="[JOB] OVERRIDES",
                       help="JOB is safety (LoRA DPO, refusal rates before/after; the default), "
-                           "arith (SFT warm-up then GRPO with verifiable rewards) or consistency "
+                           "arith (SFT warm-up then GRPO with verifiable rewards), arith-tools (the same with a "
+                           "calculator tool in multi-turn episodes) or consistency "
                            "(BCT against jailbreak wrappers, audited; model.path=runs/safety-dpo/final); "
                            "then key.sub=value")
     demo.set_defaults(handler=_demo)

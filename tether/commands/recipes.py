@@ -16,7 +16,8 @@ from tether.config import RECIPES_DIR
 from tether.errors import ConfigError
 
 # recipe -> the `tether train` algorithm it is for (tests/test_recipes.py: every recipe is here).
-ALGORITHMS = {"arith-grpo": "grpo", "arith-sft": "sft", "cai": "cai", "consistency": "consistency",
+ALGORITHMS = {"arith-grpo": "grpo", "arith-sft": "sft", "arith-tools-grpo": "grpo",
+              "arith-tools-sft": "sft", "cai": "cai", "consistency": "consistency",
               "reward-model": "reward",
               "rlhf-ppo": "rlhf", "safety-dpo": "dpo", "sft-demo": "sft",
               # fragility (issue 22)

@@ -25,11 +25,11 @@ from typing import Any, TypedDict
 
 
 class Message(TypedDict):
-    role: str  # "system" | "user" | "assistant"
+    role: str  # "system" | "user" | "assistant" | "tool" (tool output in agent episodes)
     content: str
 
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 
 Prompt = str | list[Message]
 Completion = str | list[Message]

@@ -88,7 +88,7 @@ def _messages(value: Any, field: str, out: _Problems, *, assistant_only: bool = 
         if role is None:
             out.add(f"{where}.role", MISSING)
         elif role not in ROLES:
-            out.add(f"{where}.role", f"must be one of system, user, assistant, got {role!r}")
+            out.add(f"{where}.role", f"must be one of {', '.join(ROLES)}, got {role!r}")
         elif assistant_only and role != "assistant":
             out.add(f"{where}.role", f"must be 'assistant' in a completion, got {role!r}")
         content = _text(message.get("content"), f"{where}.content", out)

@@ -160,6 +160,9 @@ class Sampler(Protocol):
 
     def sample(self, prompts: Sequence[Prompt], config: RolloutConfig) -> RolloutBatch: ...
 
+    # Prompts given as token ids (multi-turn rollouts continue from the sampled tokens).
+    def sample_ids(self, encoded: Sequence[list[int]], config: RolloutConfig) -> RolloutBatch: ...
+
 
 def sampling_logprobs(logits: Tensor, temperature: float, top_p: float) -> Tensor:
     """log q over the vocabulary: softmax(z / T), outside the top-p nucleus set to -inf and the
@@ -244,8 +247,14 @@ class TransformersSampler:
     @torch.no_grad()
     def sample(self, prompts: Sequence[Prompt], config: RolloutConfig) -> RolloutBatch:
         """N completions for each prompt, rendered with the chat template; rows grouped by prompt."""
+        return self.sample_ids([encode_prompt(prompt, self.tokenizer) for prompt in prompts], config)
+
+    @torch.no_grad()
+    def sample_ids(self, encoded: Sequence[list[int]], config: RolloutConfig) -> RolloutBatch:
+        """``sample`` on prompts already tokenized: multi-turn rollouts (tether/envs) continue a
+        conversation from the exact tokens sampled so far, which re-rendering text may not give."""
         device = self.model.device
-        encoded = [encode_prompt(prompt, self.tokenizer) for prompt in prompts]
+        encoded = list(encoded)
         generator = None
         if config.seed is not None:
             generator = torch.Generator(device=device).manual_seed(config.seed)
