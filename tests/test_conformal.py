@@ -121,9 +121,9 @@ def test_calibrated_judge_on_the_labelled_set():
     from tether.judges.validate import BUNDLED_LABELS, LABELED_SET
 
     patterns = RefusalPatternsJudge()
-    # by default the labeled set's calibration half: 148 compliant answers, none called a refusal
+    # by default the labeled set's calibration half: 289 compliant answers, none called a refusal
     default = calibrated_judge([patterns], "missed_compliance<=5%@90%").guarantee()["calibration"]
-    assert default["n"] == 148 and default["misses"] == 0 and default["source"] == str(LABELED_SET)
+    assert default["n"] == 289 and default["misses"] == 0 and default["source"] == str(LABELED_SET)
     judge = calibrated_judge([patterns], "missed_compliance<=5%@90%", labels_path=BUNDLED_LABELS)
     guarantee = judge.guarantee()
     c = guarantee["calibration"]

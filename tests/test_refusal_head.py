@@ -56,6 +56,14 @@ def test_labeled_set_is_what_the_build_merges(rows):
     assert all(row["label"] == labels[row["id"]] for row in rows)
 
 
+def test_extra_rows_are_calibration_only_and_ask_nothing_the_test_half_asks(rows):
+    extra = [row for row in rows if row["origin"] == "extra"]
+    assert len(extra) >= 200
+    assert {row["split"] for row in extra} == {"calibration"}
+    test_prompts = {row["prompt"].lower() for row in rows if row["split"] == "test"}
+    assert not test_prompts & {row["prompt"].lower() for row in extra}
+
+
 def test_no_prompt_the_demo_reports_on(rows):
     heldout = LABELS_DIR.parent / "safety" / "heldout.jsonl"
     demo_prompts = {json.loads(line)["prompt"] for line in heldout.read_text().splitlines()}
@@ -79,7 +87,7 @@ def _test_half_accuracy(judge, rows) -> dict:
     return training.accuracy_row(verdicts, test)
 
 
-@pytest.mark.xfail(strict=True, reason="measured 83.3% [77.9%, 87.7%] on the test half (docs/refusal-judge.md); "
+@pytest.mark.xfail(strict=True, reason="measured 86.0% [80.9%, 90.0%] on the test half (docs/refusal-judge.md); "
                                        "the issue's bar is 95%")
 def test_judge_reaches_95_percent_on_the_test_half(rows, judge):
     accuracy = _test_half_accuracy(judge, rows)
@@ -175,6 +183,7 @@ def test_build_reproduces_the_prompts_and_their_sources(rows):
     assert prompts == training.load_rows(LABELS_DIR / "prompts.jsonl")
     work = build.assign_sources(prompts)
     answered = {(row["id"], name) for name, chosen in work.items() for row in chosen}
+    answered |= {(row["id"], name) for name, chosen in build.extra_work().items() for row in chosen}
     assert {(row["prompt_id"], row["source"]) for row in rows} == answered
     per_prompt = {}
     for prompt_id, source in answered:

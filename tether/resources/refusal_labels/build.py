@@ -48,6 +48,12 @@ PROBES_SKIPPED = 24
 # The sources' names fix which prompts each one answers (assign_sources), so a source can be
 # generated on its own, in any order; its model is given on the command line (README.md).
 SOURCES = ("base", "base-t07", "dpo-8", "dpo-16", "dpo-16-t07", "dpo-32", "overrefuse", "sft")
+# More calibration rows (`generate --extra`): 70 prompts written later (extra_prompts.jsonl), all on
+# the calibration side so the test half stays as it was, answered mostly by trained checkpoints,
+# whose soft refusals are where the judges go wrong.
+EXTRA_PROMPTS = HERE / "extra_prompts.jsonl"
+EXTRA_GENERATED = HERE / "generated_extra"
+EXTRA_SOURCES = ("base", "dpo-8", "dpo-16", "dpo-16-t07", "dpo-32", "sft")
 
 
 def _read(path: Path) -> list[dict]:
@@ -83,15 +89,22 @@ def choose_prompts() -> list[dict]:
     return pool
 
 
+def extra_prompts() -> list[dict]:
+    """The later prompts, every one on the calibration side."""
+    return [{"id": row["id"], "prompt": row["prompt"], "prompt_kind": _kind(row["kind"]), "origin": "extra",
+             "split": "calibration"} for row in _read(EXTRA_PROMPTS)]
+
+
 def _kind(kind: str) -> str:
     return "harmful" if kind == "harmful" else "benign"
 
 
-def assign_sources(prompts: list[dict]) -> dict[str, list[dict]]:
+def assign_sources(prompts: list[dict], sources: tuple[str, ...] = SOURCES, seed: int = SEED + 1
+                   ) -> dict[str, list[dict]]:
     """Each prompt to RESPONSES_PER_PROMPT distinct sources, every source getting about as many."""
-    rng = random.Random(SEED + 1)
-    order = list(SOURCES)
-    work: dict[str, list[dict]] = {name: [] for name in SOURCES}
+    rng = random.Random(seed)
+    order = list(sources)
+    work: dict[str, list[dict]] = {name: [] for name in sources}
     for row in prompts:
         rng.shuffle(order)
         for name in sorted(order, key=lambda name: len(work[name]))[:RESPONSES_PER_PROMPT]:
@@ -106,7 +119,7 @@ def parse_source(spec: str) -> dict:
     return {"name": name, "model": model, "checkpoint": checkpoint or None, "temperature": float(temperature or 0)}
 
 
-def generate(specs: list[str]) -> None:
+def generate(specs: list[str], extra: bool = False) -> None:
     """Write ``generated/SOURCE.jsonl`` for each source (one file each, so sources can be generated
     by separate processes at once), then collect them all into ``responses.jsonl``."""
     import torch
@@ -116,12 +129,14 @@ def generate(specs: list[str]) -> None:
     from tether.rollout.generate import generate_responses
 
     sources = [parse_source(spec) for spec in specs]
-    unknown = [source["name"] for source in sources if source["name"] not in SOURCES]
+    names = EXTRA_SOURCES if extra else SOURCES
+    unknown = [source["name"] for source in sources if source["name"] not in names]
     if unknown:
-        raise SystemExit(f"unknown sources {unknown}; the names are {SOURCES}")
-    work = assign_sources(_read(HERE / "prompts.jsonl"))
+        raise SystemExit(f"unknown sources {unknown}; the names are {names}")
+    work = extra_work() if extra else assign_sources(_read(HERE / "prompts.jsonl"))
+    folder = EXTRA_GENERATED if extra else GENERATED
     for source in sources:
-        out = GENERATED / f"{source['name']}.jsonl"
+        out = folder / f"{source['name']}.jsonl"
         if out.is_file():
             continue
         todo = work[source["name"]]
@@ -134,7 +149,7 @@ def generate(specs: list[str]) -> None:
             texts = generate_responses(model, tokenizer, [row["prompt"] for row in todo],
                                        max_new_tokens=MAX_NEW_TOKENS, temperature=source["temperature"],
                                        seed=SEED, description=source["name"])
-        GENERATED.mkdir(exist_ok=True)
+        folder.mkdir(exist_ok=True)
         _write(out, [{"prompt_id": row["id"], "prompt": row["prompt"], "response": text,
                       "source": source["name"], "prompt_kind": row["prompt_kind"],
                       "origin": row["origin"], "split": row["split"]} for row, text in zip(todo, texts)])
@@ -142,9 +157,14 @@ def generate(specs: list[str]) -> None:
     collect()
 
 
+def extra_work() -> dict[str, list[dict]]:
+    return assign_sources(extra_prompts(), EXTRA_SOURCES, SEED + 2)
+
+
 def collect() -> None:
     """``responses.jsonl``: every generated source's rows, in a fixed order with stable ids."""
-    rows = [row for path in sorted(GENERATED.glob("*.jsonl")) for row in _read(path)]
+    rows = [row for folder in (GENERATED, EXTRA_GENERATED) for path in sorted(folder.glob("*.jsonl"))
+            for row in _read(path)]
     _write(HERE / "responses.jsonl", _numbered(rows))
 
 
@@ -171,11 +191,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("stage", choices=["prompts", "generate", "merge"])
     parser.add_argument("--source", action="append", default=[], help="NAME=MODEL[@CHECKPOINT][:TEMPERATURE]")
+    parser.add_argument("--extra", action="store_true", help="answer extra_prompts.jsonl (calibration side only)")
     args = parser.parse_args()
     if args.stage == "prompts":
         _write(HERE / "prompts.jsonl", choose_prompts())
     elif args.stage == "generate":
-        generate(args.source)
+        generate(args.source, args.extra)
     else:
         merge()
 
