@@ -17,8 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tether.judges.refusal_head_train import (LABELED, best_threshold, fit_logistic, grouped_folds,
-                                              is_refusal_label, load_rows, print_report, test_report)
+from tether.judges.refusal_head_train import (
+    LABELED,
+    best_threshold,
+    fit_logistic,
+    grouped_folds,
+    is_refusal_label,
+    load_rows,
+    print_report,
+    test_report,
+)
 from tether.judges.refusal_states import WEIGHTS, RefusalStatesJudge, combined_score, cue_width
 
 # Candidate layer sets (SmolLM2-135M has 30 layers; hidden_states[0] is the embeddings).
