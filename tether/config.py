@@ -120,6 +120,9 @@ class TrainSettings(Section):
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
     tensorboard: bool = True  # deprecated spelling: false takes tensorboard out of report_to
     threads: int | None = Field(None, gt=0)  # torch intra-op threads; None keeps torch's default
+    # Recompute each decoder layer's activations in the backward instead of keeping them: less
+    # peak memory (more with longer sequences) for about one more forward's compute.
+    gradient_checkpointing: bool = False
     # Under torchrun: "ddp" (a model copy per rank), "fsdp" (FSDP2 shards weights, grads and
     # optimizer state), "auto" (fsdp when the training state would not fit half a GPU). One
     # process ignores it. See docs/scaling.md.

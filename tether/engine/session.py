@@ -14,6 +14,7 @@ import torch
 
 from tether.config import RunConfig
 from tether.engine import distributed
+from tether.engine.activation_checkpointing import enable_gradient_checkpointing
 from tether.engine.checkpoint import latest_checkpoint, load_checkpoint, remove_partial_checkpoints, save_checkpoint
 from tether.engine.metrics import MetricsLogger
 from tether.engine.optim import build_optimizer, build_scheduler
@@ -34,6 +35,8 @@ class TrainingSession:
         self.world = distributed.world()
         self.strategy = distributed.choose_strategy(config.train.distributed, model)
         self.module = model
+        if config.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)  # before DDP/FSDP wrap the layers
         self.model = distributed.wrap_model(model, self.strategy)  # before the optimizer: FSDP2 swaps params
         self.config = config
         self.total_steps = total_steps
