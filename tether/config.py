@@ -70,6 +70,9 @@ class DataSettings(Section):
 
 class OptimSettings(Section):
     lr: float = Field(2e-5, gt=0)  # peak learning rate (AdamW)
+    # "adamw_8bit": bitsandbytes' AdamW8bit, moments kept in 8 bits (blockwise quantized): 2 bytes of
+    # optimizer state per trainable weight instead of 8. pip install 'tether[bnb]'; runs on CPU and CUDA.
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     eps: float = 1e-8  # AdamW
