@@ -122,3 +122,31 @@ def test_peak_memory_is_lower_on_long_sequences():
     # backward (attention over 2048 positions), the logits and the gradients.
     assert without > 300 * 1024
     assert with_checkpointing < 0.75 * without, (with_checkpointing, without)
+
+
+def test_shared_prompt_scoring_gives_the_same_logps_and_gradients():
+    """GRPO and PPO score completions on their prompt's KV cache, which checkpointed layers drop:
+    under checkpointing the rows are packed into one forward instead."""
+    from tether.losses.logprobs import shared_prompt_token_logps
+
+    generator = torch.Generator().manual_seed(0)
+    prompts = torch.randint(4, 300, (2, 6), generator=generator)
+    prompt_mask = torch.ones_like(prompts)
+    prompt_mask[1, :2] = 0  # left padding
+    completions = torch.randint(4, 300, (4, 5), generator=generator)
+    completion_mask = torch.ones_like(completions)
+    completion_mask[3, 3:] = 0
+    results = []
+    for checkpointing in (False, True):
+        model = make_model(lora=True)
+        if checkpointing:
+            enable_gradient_checkpointing(model)
+        model.train()
+        logps = shared_prompt_token_logps(model, prompts, prompt_mask, torch.tensor([0, 0, 1, 1]),
+                                          completions, completion_mask) * completion_mask
+        logps.sum().backward()
+        results.append((logps.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (plain, plain_grads), (checkpointed, grads) = results
+    torch.testing.assert_close(checkpointed, plain, rtol=1e-5, atol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], rtol=1e-4, atol=1e-6, msg=name)
