@@ -8,22 +8,9 @@ Peak: the best of ``--peak-repeats`` timings of an n x n x n matmul (2 n^3 FLOPs
 in bfloat16, with the same thread count as the training steps. MFU divides by the peak of the
 dtype the step computes in (float32 unless ``--bf16``).
 
-Model FLOPs of one step (only matmuls; norms, softmax, the optimizer are not counted):
-
-    Linear layers. A weight W (d_out x d_in) costs 2 d_in d_out FLOPs per token forward. Backward
-    costs 2 d_in d_out for the input gradient plus 2 d_in d_out for the weight gradient, the
-    latter only when W trains. So per token, with N_t trainable and N_f frozen matmul parameters:
-        training    6 N_t + 4 N_f         (full fine-tune: the usual 6 N; LoRA: ~4 N + 6 N_lora)
-        forward     2 (N_t + N_f)          (generation, reference passes)
-    The trunk (decoder layers) runs on every real token; the lm_head (V x d, tied or not) only on
-    positions whose logits are computed (tether skips the prompt's logits where it can). Padding
-    is not counted: the numbers are useful work.
-    Attention. Per layer, a query attending to one key costs 2 d (q.k) + 2 d (weights x v) FLOPs;
-    a causal sequence of T tokens has T (T + 1) / 2 such pairs, so per layer and sequence
-        forward 4 d T (T + 1) / 2,   training 3x that
-    (PaLM's 12 L d T per token counts the full T x T square; the causal half is what a causal
-    kernel must compute). In decoding, generated token j of a row whose prompt has p tokens
-    attends to p + j keys.
+Model FLOPs of one step: the formulas in ``tether/engine/flops.py`` (only matmuls; linear layers
+6 N_t + 4 N_f per token in training, causal attention 3 x 4 d T (T + 1) / 2 per layer; padding not
+counted), the same ones every training run's throughput line uses.
 
 Steps, on ``--model`` (``tether:default`` is SmolLM2-135M-Instruct; ``tiny`` the test model):
     sft   one optimizer step on B sequences of T tokens (all completion), tether's SFT loss
@@ -41,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -58,6 +44,14 @@ from tether.algorithms.dpo import DPOConfig, collate_pairs, dpo_step_loss, pair_
 from tether.algorithms.rl_step import completion_token_logps  # noqa: E402
 from tether.config import OptimSettings, load_config  # noqa: E402
 from tether.data import pad_batch  # noqa: E402
+from tether.engine.flops import (  # noqa: E402
+    ModelShape,
+    causal_pairs,
+    machine_name,
+    matmul_peak,
+    shared_prompt_flops,
+    step_flops,
+)
 from tether.engine.optim import build_optimizer  # noqa: E402
 from tether.losses.grpo import group_advantages, policy_loss  # noqa: E402
 from tether.losses.sft import sft_loss  # noqa: E402
@@ -66,73 +60,6 @@ from tether.rollout.sampler import RolloutConfig, TransformersSampler  # noqa: E
 
 TEXT = ("Alignment after pre-training teaches a model to follow instructions, to refuse what it should "
         "refuse, and to answer the rest helpfully; every step of it is measured before and after. ")
-
-
-# ---- peak -------------------------------------------------------------------------------------
-
-def matmul_peak(dtype: torch.dtype, n: int, repeats: int) -> float:
-    """Best FLOP/s of an (n x n) @ (n x n) matmul in ``dtype``: 2 n^3 FLOPs each."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    torch.mm(a, b)  # warm-up: thread pool, packing buffers
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best
-
-
-# ---- FLOP counting ------------------------------------------------------------------------------
-
-@dataclass
-class ModelShape:
-    trunk_trainable: int  # matmul parameters in the decoder layers
-    trunk_frozen: int
-    head_trainable: int  # lm_head
-    head_frozen: int
-    layers: int
-    hidden: int
-
-    @classmethod
-    def of(cls, model: torch.nn.Module) -> ModelShape:
-        counts = {"trunk_trainable": 0, "trunk_frozen": 0, "head_trainable": 0, "head_frozen": 0}
-        for name, module in model.named_modules():
-            if isinstance(module, torch.nn.Linear):
-                part = "head" if name.endswith("lm_head") else "trunk"
-                kind = "trainable" if module.weight.requires_grad else "frozen"
-                counts[f"{part}_{kind}"] += module.weight.numel()
-        config = getattr(model, "config", None) or model.get_base_model().config
-        return cls(**counts, layers=config.num_hidden_layers, hidden=config.hidden_size)
-
-
-def linear_flops(trainable: int, frozen: int, tokens: int, training: bool) -> int:
-    per_token = 6 * trainable + 4 * frozen if training else 2 * (trainable + frozen)
-    return per_token * tokens
-
-
-def attention_flops(shape: ModelShape, pairs: int, training: bool) -> int:
-    """``pairs``: query-key pairs summed over sequences (T (T + 1) / 2 for a causal sequence)."""
-    return (3 if training else 1) * 4 * shape.hidden * shape.layers * pairs
-
-
-def step_flops(shape: ModelShape, trunk_tokens: int, head_positions: int, pairs: int, training: bool) -> int:
-    return (linear_flops(shape.trunk_trainable, shape.trunk_frozen, trunk_tokens, training)
-            + linear_flops(shape.head_trainable, shape.head_frozen, head_positions, training)
-            + attention_flops(shape, pairs, training))
-
-
-def causal_pairs(lengths: list[int]) -> int:
-    return sum(t * (t + 1) // 2 for t in lengths)
-
-
-def shared_prompt_flops(shape: ModelShape, prompts: list[int], rows: list[tuple[int, int]], training: bool) -> int:
-    """``shared_prompt_token_logps``: each prompt once (lm_head at its last token only), then every
-    completion on top of its prompt's cache (lm_head at each completion token).
-
-    ``prompts``: distinct prompt lengths; ``rows``: (prompt length, completion length) per completion."""
-    completion_tokens = sum(g for _, g in rows)
-    pairs = causal_pairs(prompts) + sum(p * g + g * (g + 1) // 2 for p, g in rows)
-    return step_flops(shape, sum(prompts) + completion_tokens, len(prompts) + completion_tokens, pairs, training)
 
 
 # ---- the steps ------------------------------------------------------------------------------
@@ -280,16 +207,6 @@ def measure(algo: str, mode: str, args, peak: float) -> Row:
                best.flops / best.seconds / 1e9, best.flops / best.seconds / peak, phases)
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", choices=["default", "tiny"], default="default")
@@ -319,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     peaks = {"float32": matmul_peak(torch.float32, args.peak_size, args.peak_repeats),
              "bfloat16": matmul_peak(torch.bfloat16, args.peak_size, args.peak_repeats)}
     peak = peaks["bfloat16" if args.bf16 else "float32"]
-    print(f"machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
+    print(f"machine: {machine_name()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}, "
           f"{args.threads} threads, cuda: {torch.cuda.is_available()}")
     print(f"matmul peak ({args.peak_size}^3, best of {args.peak_repeats}): float32 {peaks['float32'] / 1e9:.1f} "
           f"GFLOP/s, bfloat16 {peaks['bfloat16'] / 1e9:.1f} GFLOP/s; MFU against "
@@ -343,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{phase['mfu']:>7.1%}")
     if args.json:
         args.json.write_text(json.dumps({
-            "machine": {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "threads": args.threads,
+            "machine": {"cpu": machine_name(), "logical_cpus": os.cpu_count(), "threads": args.threads,
                         "cuda": torch.cuda.is_available(), "torch": torch.__version__},
             "peak_flops": peaks, "mfu_against": "bfloat16" if args.bf16 else "float32",
             "settings": {k: v for k, v in vars(args).items() if k not in ("json", "model_path")},

@@ -70,6 +70,9 @@ class DataSettings(Section):
 
 class OptimSettings(Section):
     lr: float = Field(2e-5, gt=0)  # peak learning rate (AdamW)
+    # "adamw_8bit": bitsandbytes' AdamW8bit, moments kept in 8 bits (blockwise quantized): 2 bytes of
+    # optimizer state per trainable weight instead of 8. pip install 'tether[bnb]'; runs on CPU and CUDA.
+    optimizer: Literal["adamw", "adamw_8bit"] = "adamw"
     weight_decay: float = Field(0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)  # AdamW
     eps: float = 1e-8  # AdamW
@@ -120,6 +123,9 @@ class TrainSettings(Section):
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
     tensorboard: bool = True  # deprecated spelling: false takes tensorboard out of report_to
     threads: int | None = Field(None, gt=0)  # torch intra-op threads; None keeps torch's default
+    # Recompute each decoder layer's activations in the backward instead of keeping them: less
+    # peak memory (more with longer sequences) for about one more forward's compute.
+    gradient_checkpointing: bool = False
     # Under torchrun: "ddp" (a model copy per rank), "fsdp" (FSDP2 shards weights, grads and
     # optimizer state), "auto" (fsdp when the training state would not fit half a GPU). One
     # process ignores it. See docs/scaling.md.

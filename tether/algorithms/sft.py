@@ -13,7 +13,7 @@ from tether.algorithms.common import epoch_schedule, load_policy
 from tether.config import RunConfig
 from tether.data import encode_sft, load_records, pack_batch, pad_batch
 from tether.engine import BatchPlan, check_run, console, distributed, fit, start_run
-from tether.losses.sft import sft_loss
+from tether.losses.sft import labelled_positions, next_token_loss, sft_loss
 from tether.models import load_tokenizer
 
 
@@ -58,9 +58,11 @@ def train_sft(config: SFTConfig) -> Path:
     # ---- the loss ------------------------------------------------------------------------
     def compute_loss(model, batch):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        # Logits only where a label is read: the lm_head skips the prompts (K <= T - 1 positions).
+        positions = labelled_positions(batch["labels"])  # (K,)
         # No KV cache: with one, transformers ignores packed position ids and attends across sequences.
-        logits = model(**inputs, use_cache=False).logits  # (B, T, V)
-        loss, num_tokens = sft_loss(logits, batch["labels"])
+        logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits  # (B, K, V)
+        loss, num_tokens = next_token_loss(logits, batch["labels"][:, positions + 1])
         return loss, {"tokens": float(num_tokens)}
 
     def evaluate(model) -> dict[str, float]:

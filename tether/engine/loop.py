@@ -13,6 +13,7 @@ same way, are summed over ranks, so every number is the one-process number (engi
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,7 @@ def fit(model: torch.nn.Module, plan: BatchPlan, collate: Callable[[list[int]], 
     with progress_bar(f"train {config.train.run_name}", plan.total_steps,
                       completed=session.start_step, enabled=config.train.progress) as bar:
         for step in range(session.start_step, plan.total_steps):
+            step_start = time.perf_counter()
             batches = [collate(indices) for indices in distributed.local_micro_batches(plan.micro_batches(step))]
             total_items = distributed.all_reduce_sum(sum(batch["num_items"] for batch in batches))
             step_metrics: dict[str, float] = {}
@@ -61,6 +63,7 @@ def fit(model: torch.nn.Module, plan: BatchPlan, collate: Callable[[list[int]], 
                     step_metrics[key] = step_metrics.get(key, 0.0) + value * share
             step_metrics = distributed.sum_metrics(step_metrics)
             step_metrics.update(session.optimizer_step(step, total_items))
+            session.throughput.add(batches, time.perf_counter() - step_start)
 
             done = step + 1
             wants_eval = evaluate is not None and session.eval_due(done, eval_every)

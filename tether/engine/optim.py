@@ -1,4 +1,7 @@
-"""AdamW with decoupled weight decay (none on biases and norms) and warmup + decay schedules."""
+"""AdamW with decoupled weight decay (none on biases and norms) and warmup + decay schedules.
+
+``optim.optimizer: adamw_8bit`` swaps in bitsandbytes' AdamW8bit (the same update with the two
+moments stored blockwise-quantized in 8 bits; tensors under 4096 weights keep 32-bit moments)."""
 
 from __future__ import annotations
 
@@ -7,9 +10,10 @@ import math
 import torch
 
 from tether.config import OptimSettings
+from tether.errors import ConfigError
 
 
-def build_optimizer(model: torch.nn.Module, settings: OptimSettings) -> torch.optim.AdamW:
+def build_optimizer(model: torch.nn.Module, settings: OptimSettings) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for param in model.parameters():
         if not param.requires_grad:
@@ -20,8 +24,16 @@ def build_optimizer(model: torch.nn.Module, settings: OptimSettings) -> torch.op
         raise ValueError("the model has no trainable parameters")
     groups = [{"params": decay, "weight_decay": settings.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=settings.lr,
-                             betas=settings.betas, eps=settings.eps)
+    adamw = _adamw_8bit() if settings.optimizer == "adamw_8bit" else torch.optim.AdamW
+    return adamw([g for g in groups if g["params"]], lr=settings.lr, betas=settings.betas, eps=settings.eps)
+
+
+def _adamw_8bit():
+    try:
+        from bitsandbytes.optim import AdamW8bit
+    except ImportError as error:
+        raise ConfigError("optim.optimizer=adamw_8bit needs bitsandbytes: pip install 'tether[bnb]'") from error
+    return AdamW8bit
 
 
 def lr_multiplier(step: int, *, total_steps: int, warmup_steps: int, schedule: str) -> float:

@@ -14,10 +14,12 @@ import torch
 
 from tether.config import RunConfig
 from tether.engine import distributed
+from tether.engine.activation_checkpointing import enable_gradient_checkpointing
 from tether.engine.checkpoint import latest_checkpoint, load_checkpoint, remove_partial_checkpoints, save_checkpoint
 from tether.engine.metrics import MetricsLogger
 from tether.engine.optim import build_optimizer, build_scheduler
 from tether.engine.progress import console
+from tether.engine.throughput import Throughput
 from tether.engine.trackers import open_trackers
 from tether.errors import CheckpointError, TrainingDivergedError
 
@@ -34,6 +36,8 @@ class TrainingSession:
         self.world = distributed.world()
         self.strategy = distributed.choose_strategy(config.train.distributed, model)
         self.module = model
+        if config.train.gradient_checkpointing:
+            enable_gradient_checkpointing(model)  # before DDP/FSDP wrap the layers
         self.model = distributed.wrap_model(model, self.strategy)  # before the optimizer: FSDP2 swaps params
         self.config = config
         self.total_steps = total_steps
@@ -48,6 +52,8 @@ class TrainingSession:
                                       trackers=open_trackers(config, self.run_dir,
                                                              resumed=self.resumed_from is not None))
                         if self.world.is_main else _NoMetrics())  # one writer: rank 0
+        self.throughput = Throughput(model, torch.bfloat16 if config.train.bf16 else torch.float32,
+                                     self.world.device.type)  # fed by fit: tokens/s and MFU
         self._window_start = time.perf_counter()
         self._window_items = 0
         # called as hook(session, done) at the end of every step, before its checkpoint
@@ -108,9 +114,13 @@ class TrainingSession:
         return done == self.total_steps or done % self.config.train.log_every == 0
 
     def log(self, done: int, metrics: dict[str, float]) -> None:
-        """Write one metrics line; adds throughput since the previous line."""
+        """Write one metrics line; adds throughput since the previous line (and, at the last step,
+        tokens/s and MFU over the whole run as ``run_tokens_per_s``, ``run_mfu``)."""
         elapsed = time.perf_counter() - self._window_start
         metrics["items_per_s"] = self._window_items / max(elapsed, 1e-9)
+        metrics.update(self.throughput.take_window())
+        if done == self.total_steps:
+            metrics.update({f"run_{key}": value for key, value in self.throughput.rates(self.throughput.run).items()})
         self._window_start, self._window_items = time.perf_counter(), 0
         self.metrics.log(done, metrics)
 
@@ -143,6 +153,9 @@ class TrainingSession:
             if hasattr(hook, "finish"):
                 hook.finish(self)
         self.metrics.close()
+        summary = self.throughput.summary()
+        if summary and self.world.is_main:
+            console.print(summary)
 
     def diverged(self, what: str) -> None:
         last = latest_checkpoint(self.checkpoint_dir)

@@ -210,7 +210,17 @@ def shared_prompt_token_logps(model: nn.Module, prompt_ids: Tensor, prompt_mask:
         prompt_of_row: (R,) long, the prompt row each completion continues
         completion_ids, completion_mask: (R, L), right-padded
         output: (R, L) float32; padding columns hold the log-prob of the pad id (mask them)
+
+    Under activation checkpointing with gradients, the checkpointed layers drop the KV cache this
+    route reads, so the rows go through ``packed_prompt_token_logps`` (the same numbers, one forward).
     """
+    if _checkpointing_with_gradients(model):
+        if _CUSTOM_MASKS.get(_attention_implementation(model)) is None:
+            raise ValueError("train.gradient_checkpointing drops the KV cache shared-prompt scoring reads, and "
+                             f"the {_attention_implementation(model)} attention takes no block mask to pack "
+                             "the rows instead: use attn_implementation sdpa or eager, or turn checkpointing off")
+        return packed_prompt_token_logps(model, prompt_ids, prompt_mask, prompt_of_row, completion_ids,
+                                         completion_mask, chunk_size=chunk_size)
     positions = positions_from_mask(prompt_mask)  # (U, S)
     prompt_out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions,
                        use_cache=True, logits_to_keep=1)
@@ -226,6 +236,12 @@ def shared_prompt_token_logps(model: nn.Module, prompt_ids: Tensor, prompt_mask:
                         position_ids=completion_positions, use_cache=True, **{CACHE_KWARG: cache}).logits
     logits = torch.cat([first_logits, rest_logits], dim=1)  # (R, L, V)
     return selective_log_softmax(logits, completion_ids, chunk_size)
+
+
+def _checkpointing_with_gradients(model: nn.Module) -> bool:
+    """True when a forward would run checkpointed layers (training mode, gradients on)."""
+    return (model.training and torch.is_grad_enabled()
+            and any(getattr(module, "gradient_checkpointing", False) is True for module in model.modules()))
 
 
 # Attention implementations that take a ready-made (B, 1, T, T) mask, and the form they take it in:

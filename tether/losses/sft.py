@@ -21,10 +21,24 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, 
     Returns:
         (loss, N). The loss is 0 with no gradient path broken when N == 0.
     """
-    shifted_logits = logits[:, :-1, :]  # (B, T-1, V)
-    shifted_labels = labels[:, 1:]  # (B, T-1)
-    num_tokens = int((shifted_labels != IGNORE_INDEX).sum())
-    loss_sum = F.cross_entropy(shifted_logits.reshape(-1, shifted_logits.size(-1)).float(),
-                               shifted_labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                               reduction="sum")
+    return next_token_loss(logits[:, :-1, :], labels[:, 1:])  # position t predicts token t+1
+
+
+def labelled_positions(labels: torch.Tensor) -> torch.Tensor:
+    """The positions whose logits the loss reads: t where some row labels token t+1.
+
+    Pass them as ``logits_to_keep`` and the lm_head (and the (B, T, V) logits) skips the prompts;
+    then ``next_token_loss(logits, labels[:, positions + 1])`` is ``sft_loss`` of the full logits.
+
+    Shape: labels (B, T) -> (K,) increasing positions in [0, T-1)."""
+    return (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().squeeze(1)
+
+
+def next_token_loss(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy of ``targets`` (-100: ignored) under ``logits``, already aligned.
+
+    Shape: logits (B, K, V), targets (B, K). Returns (loss, N labelled targets)."""
+    num_tokens = int((targets != IGNORE_INDEX).sum())
+    loss_sum = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                               ignore_index=IGNORE_INDEX, reduction="sum")
     return loss_sum / max(num_tokens, 1), num_tokens

@@ -1,0 +1,77 @@
+"""Model FLOPs (engine/flops.py) against hand counts, and the tokens/s and MFU every fit run logs."""
+
+import json
+
+import pytest
+import torch
+
+from tests.test_engine import make_config, run, toy_data
+from tether.engine import read_metrics
+from tether.engine.flops import ModelShape, cached_peak, causal_pairs, shared_prompt_flops, step_flops
+from tether.engine.throughput import batch_flops, sequence_lengths
+from tether.models import apply_lora
+from tether.models.tiny import tiny_llama
+
+TOY = ModelShape(trunk_trainable=10, trunk_frozen=100, head_trainable=0, head_frozen=50, layers=2, hidden=4)
+
+
+def test_step_flops_match_a_hand_count():
+    # 3 tokens, one causal sequence: 6 query-key pairs.
+    linear = (6 * 10 + 4 * 100) * 3  # trainable weights: forward + input grad + weight grad; frozen: no weight grad
+    head = 4 * 50 * 3
+    attention = 3 * (2 * 4 + 2 * 4) * 2 * 6  # training = 3 forwards; q.k and weights x v; 2 layers
+    assert causal_pairs([3]) == 6
+    assert step_flops(TOY, 3, 3, 6, training=True) == linear + head + attention == 2556
+    assert step_flops(TOY, 3, 3, 6, training=False) == 2 * 110 * 3 + 2 * 50 * 3 + 16 * 2 * 6
+
+
+def test_model_shape_counts_the_tiny_models_matmuls():
+    model, _ = tiny_llama(seed=0)  # hidden 64, MLP 128, 2 layers, 4 heads of 16, 2 key-value heads
+    per_layer = 64 * 64 * 2 + 64 * 32 * 2 + 64 * 128 * 3  # q, o; k, v; gate, up, down
+    assert ModelShape.of(model) == ModelShape(2 * per_layer, 0, 320 * 64, 0, layers=2, hidden=64)
+    lora = ModelShape.of(apply_lora(tiny_llama(seed=0)[0], r=4, alpha=8))
+    # per adapted linear: A (r x d_in) and B (d_out x r); 7 linears per layer, 2 layers
+    adapters = 2 * sum(4 * d_in + d_out * 4 for d_in, d_out in
+                       [(64, 64), (64, 32), (64, 32), (64, 64), (64, 128), (64, 128), (128, 64)])
+    assert (lora.trunk_frozen, lora.trunk_trainable, lora.head_frozen) == (2 * per_layer, adapters, 320 * 64)
+
+
+def test_dpo_pair_rows_count_each_prompt_once():
+    batch = {"prompt_mask": torch.tensor([[0, 1, 1]]),  # a 2-token prompt, left-padded
+             "completion_mask": torch.tensor([[1, 1, 1], [1, 0, 0]])}  # chosen 3 tokens, rejected 1
+    tokens, flops = batch_flops(TOY, batch)
+    assert tokens == 2 + 3 + 1
+    # pairs: the prompt's 3, chosen 2*3 + 6, rejected 2*1 + 1; lm_head: prompt's last token + 4 answer tokens
+    assert flops == step_flops(TOY, 6, 5, 3 + 12 + 3, training=True)
+    assert flops == shared_prompt_flops(TOY, [2], [(2, 3), (2, 1)], training=True)
+
+
+def test_packed_and_padded_rows_split_into_their_sequences():
+    assert sequence_lengths({"position_ids": torch.tensor([[0, 1, 2, 0, 1]])}) == [3, 2]
+    assert sequence_lengths({"input_ids": torch.zeros(2, 5), "attention_mask": torch.tensor(
+        [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])}) == [3, 5]
+    assert sequence_lengths({"input_ids": torch.zeros(2, 4, dtype=torch.long)}) == [4, 4]
+
+
+def test_the_peak_is_measured_once_and_cached(tmp_path):
+    cache = tmp_path / "peaks.json"
+    peak = cached_peak(torch.float32, cache=cache)
+    assert peak > 1e8  # any CPU of this decade does over 0.1 GFLOP/s
+    (key,) = json.loads(cache.read_text())
+    assert "float32" in key and "threads" in key
+    cache.write_text(json.dumps({key: 123.0}))
+    assert cached_peak(torch.float32, cache=cache) == 123.0
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_every_fit_run_logs_tokens_per_second_and_mfu(tmp_path, monkeypatch, capsys, grad_accum):
+    monkeypatch.setenv("TETHER_HOME", str(tmp_path / "home"))
+    config = make_config(tmp_path, "train.max_steps=3", f"train.grad_accum={grad_accum}")
+    run(config, toy_data())
+    history = read_metrics(tmp_path / "t")
+    for row in history:
+        assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
+    assert history[-1]["run_tokens_per_s"] > 0 and 0 < history[-1]["run_mfu"] < 1
+    assert (tmp_path / "home" / "matmul_peaks.json").exists()
+    printed = capsys.readouterr().err
+    assert "tokens/s" in printed and "MFU" in printed
