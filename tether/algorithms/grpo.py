@@ -24,13 +24,14 @@ from tether.engine.batches import shuffled_groups
 from tether.engine.plots import plot_metrics
 from tether.errors import ConfigError
 from tether.losses.grpo import (group_advantages, overlong_penalty, policy_loss, rloo_advantages,
-                                zero_variance_groups)
+                                truncated_importance_weights, zero_variance_groups)
 from tether.losses.kl import masked_mean
 from tether.losses.logprobs import shared_prompt_token_logps
 from tether.models import load_tokenizer, reference_mode
 from tether.rewards.base import _mean_std as mean_std
 from tether.rewards.base import check_reward_columns, combine_rewards
 from tether.rewards.resolve import reward_specs
+from tether.rollout.backends import RolloutSettings, make_sampler
 from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSampler
 
 
@@ -63,6 +64,7 @@ class GRPOSettings(Section):
 
 class GRPOConfig(RunConfig):
     grpo: GRPOSettings = GRPOSettings()
+    rollout: RolloutSettings = RolloutSettings()  # the sampling engine (transformers or vllm)
 
 
 def completion_token_logps(model, rollout: RolloutBatch, rows: torch.Tensor | None = None) -> torch.Tensor:
@@ -206,7 +208,7 @@ def train_grpo(config: GRPOConfig) -> Path:
     world, device = session.world, session.world.device
     if reference is not None:
         reference.to(device)  # a full frozen copy on every rank, also under FSDP (see docs/scaling.md)
-    sampler = TransformersSampler(model, tokenizer)
+    sampler = make_sampler(model, tokenizer, config.rollout, bf16=config.train.bf16)
     monitor = gold_monitor(config, held_out, specs, gold_specs, session.start_step)
     # The KL on held-out prompts needs a reference: the LoRA-off base, or the loaded model.
     reference_fn = ((lambda rollout: reference_logps(model, reference, rollout))
@@ -294,12 +296,15 @@ def train_grpo(config: GRPOConfig) -> Path:
                         if update == 0 and real:
                             old_parts.append(logps.detach())
                         old = old_parts[index] if real else logps.detach()  # a zero-weight pass: any value
+                        # vLLM's log-probs differ from the trainer's: weigh tokens by their ratio (TIS)
+                        weights = truncated_importance_weights(old, rollout.model_logps[part],
+                                                               config.rollout.importance_cap)
                         ref = None if ref_parts is None else ref_parts[index] if real else old
                         loss, loss_metrics = policy_loss(
                             logps, old, advantages[part], mask[part],
                             loss_type=settings.loss_type, epsilon_low=settings.epsilon_low,
                             epsilon_high=settings.epsilon_high, beta=settings.beta, ref_logps=ref,
-                            max_completion_length=settings.max_new_tokens,
+                            max_completion_length=settings.max_new_tokens, token_weights=weights,
                             num_tokens=num_tokens if settings.loss_type == "dapo" else None)
                     # dapo already divides by the batch's token count; others average over rows.
                     share = 1.0 if settings.loss_type == "dapo" else len(part) / total_rows
