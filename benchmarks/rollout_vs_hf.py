@@ -8,7 +8,8 @@ padding fed to finished rows is cost, not output.
     python benchmarks/rollout_vs_hf.py --model tiny
     python benchmarks/rollout_vs_hf.py --model default --prompts 4 --n 8 --max-new-tokens 64
     python benchmarks/rollout_vs_hf.py --model default --compare-compact   # is compaction worth it?
-    python benchmarks/rollout_vs_hf.py --model default --prompts 16 --vllm --precision bf16
+    python benchmarks/rollout_vs_hf.py --model default --vllm --engines vllm --precision bf16
+    python benchmarks/rollout_vs_hf.py --model default --engines tether,hf --precision bf16
 
 ``--vllm`` adds tether's vLLM backend (``rollout.backend: vllm``; in-process, eager, both cores
 bound), started once before the timed runs; ``--precision bf16`` runs HF and tether under bf16
@@ -98,6 +99,9 @@ def main() -> None:
                         help="time each contender this many times, interleaved; report the fastest")
     parser.add_argument("--precision", choices=["float32", "bf16"], default="float32")
     parser.add_argument("--vllm", action="store_true", help="also time the vLLM backend")
+    parser.add_argument("--engines", default="tether,hf,vllm",
+                        help="which of tether, hf, vllm to time (vllm only with --vllm); one process each "
+                             "keeps vLLM's in-process thread settings away from the others")
     parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="vLLM's KV cache")
     parser.add_argument("--compare-compact", action="store_true",
                         help="also time tether without dropping finished rows")
@@ -127,14 +131,16 @@ def main() -> None:
 
     warm = config.model_copy(update={"num_samples": 2, "max_new_tokens": 4})
     with autocast():
-        tether_sample(model, tokenizer, prompts[:2], warm)
-        hf_generate(model, tokenizer, prompts[:2], warm, end_ids)
+        if "tether" in args.engines:
+            tether_sample(model, tokenizer, prompts[:2], warm)
+        if "hf" in args.engines:
+            hf_generate(model, tokenizer, prompts[:2], warm, end_ids)
     if engine is not None:
         engine.sample(prompts[:2], warm)
 
     print(f"model={args.model} prompts={args.prompts} n={args.n} max_new_tokens={args.max_new_tokens} "
           f"temperature={args.temperature} top_p={args.top_p} threads={torch.get_num_threads()} "
-          f"precision={args.precision}")
+          f"precision={args.precision}", flush=True)
 
     def under_autocast(run):
         def wrapped():
@@ -142,9 +148,13 @@ def main() -> None:
                 return run()
         return wrapped
 
-    runs = {"tether": under_autocast(lambda: tether_sample(model, tokenizer, prompts, config)),
-            "hf generate": under_autocast(lambda: hf_generate(model, tokenizer, prompts, config, end_ids))}
-    if engine is not None:
+    wanted = set(args.engines.split(","))
+    runs = {}
+    if "tether" in wanted:
+        runs["tether"] = under_autocast(lambda: tether_sample(model, tokenizer, prompts, config))
+    if "hf" in wanted:
+        runs["hf generate"] = under_autocast(lambda: hf_generate(model, tokenizer, prompts, config, end_ids))
+    if engine is not None and "vllm" in wanted:
         runs["tether vllm"] = lambda: int(engine.sample(prompts, config).completion_mask.sum())
     if args.compare_compact:
         padded = config.model_copy(update={"compact": False})
@@ -153,17 +163,17 @@ def main() -> None:
     for _ in range(args.repeats):  # interleaved, so a burst of load on a shared machine hits all
         for name, run in runs.items():
             tokens, seconds = timed(run)
+            print(f"  ran {name}: {tokens} tokens in {seconds:.2f} s", flush=True)
             if name not in best or seconds < best[name][1]:
                 best[name] = (tokens, seconds)
     speeds = {}
     for name, (tokens, seconds) in best.items():
         speeds[name] = tokens / seconds
         print(f"{name:>20}: {tokens:6d} tokens in {seconds:7.2f} s = {speeds[name]:8.1f} tokens/s")
-    print(f"{'tether / hf':>20}: {speeds['tether'] / speeds['hf generate']:.2f}x")
-    if engine is not None:
-        print(f"{'vllm / hf':>20}: {speeds['tether vllm'] / speeds['hf generate']:.2f}x")
-        print(f"{'vllm / tether':>20}: {speeds['tether vllm'] / speeds['tether']:.2f}x")
-    if args.compare_compact:
+    for a, b in (("tether", "hf generate"), ("tether vllm", "hf generate"), ("tether vllm", "tether")):
+        if a in speeds and b in speeds:
+            print(f"{a + ' / ' + b:>20}: {speeds[a] / speeds[b]:.2f}x")
+    if args.compare_compact and "tether" in speeds:
         print(f"{'compact / no compact':>20}: {speeds['tether'] / speeds['tether (no compact)']:.2f}x")
 
 

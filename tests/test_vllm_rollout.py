@@ -179,3 +179,17 @@ def test_grpo_on_vllm_resumes_exactly(job):
     b = load_file(str(job / "runs" / "resumed" / "final" / "model.safetensors"))
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_tether_generate_on_vllm_gives_the_greedy_answers_hf_gives(tiny_dir, tmp_path):
+    from tether.feedback.generate import generate_items
+
+    model, tokenizer = load_model(str(tiny_dir))
+    prompts = [(f"p{i}", text, {}) for i, text in enumerate(PROMPTS)]
+    kwargs = dict(num_candidates=2, max_new_tokens=8, temperature=[0.0, 1.0], seed=0, progress=False)
+    on_vllm = generate_items(prompts, [("m", model, tokenizer)], backend="vllm", **kwargs)
+    on_hf = generate_items(prompts, [("m", model, tokenizer)], backend="transformers", **kwargs)
+    assert [c.model for c in on_vllm[0].candidates] == ["m@T0", "m@T1"]
+    for a, b in zip(on_vllm, on_hf, strict=True):
+        assert a.candidates[0].text == b.candidates[0].text  # greedy: the same answer on both engines
+        assert isinstance(a.candidates[1].text, str)
