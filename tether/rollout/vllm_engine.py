@@ -171,7 +171,7 @@ class VLLMSampler:
         weights = [(name, tensor) for name, tensor in policy_weights(self.model, only_adapted=only_adapted)
                    if not (self._tied_head and name == "lm_head.weight")]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
-        if self._tied_head:
+        if self._tied_head and any(name.endswith("embed_tokens.weight") for name, _ in weights):
             self.llm.apply_model(_repack_tied_head)
         self.llm.reset_prefix_cache()
         self._pushed = self._weights_version()
