@@ -24,7 +24,7 @@ from tether.rollout.sampler import Sampler, TransformersSampler
 
 class RolloutSettings(Section):
     backend: Literal["transformers", "vllm"] = "transformers"  # engine that samples rollouts
-    kv_cache_gib: float = Field(1.0, gt=0)  # vllm: KV-cache memory (GiB); on CPU reserved at start
+    kv_cache_gib: float = Field(1.0, gt=0)  # vllm: KV-cache memory (GiB); on CPU whole GiB, reserved at start
     # GRPO: cap C of truncated importance sampling; each token's loss is weighted by
     # min(exp(trainer_old_logp - sampler_logp), C). None: no correction (the sampler/trainer gap
     # is still logged as logps/sampler_gap). PPO recomputes old log-probs and ignores it
