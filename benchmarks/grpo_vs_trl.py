@@ -3,6 +3,12 @@
     python benchmarks/grpo_vs_trl.py --model tiny
     python benchmarks/grpo_vs_trl.py --model default --lora --steps 4 --prompts-per-step 4 \\
         --num-generations 8 --max-new-tokens 32
+    python benchmarks/grpo_vs_trl.py --model default --lora --tether-backend vllm   # .venv-vllm
+
+``--tether-backend vllm`` runs tether with ``rollout.backend: vllm`` (in-process, eager, weights
+pushed before each rollout; the push is inside the rollout time). TRL stays on ``model.generate``:
+TRL 1.16's own vLLM mode supports vLLM 0.22-0.31 and pushes weights with the model's
+``load_weights``, which the CPU backend (weights re-packed at load) does not take (docs/scaling.md).
 
 Both trainers get the same model weights, the same arithmetic tasks in the same order (step k
 samples the same P prompts on both sides), the same group size N, completion budget, sampling
@@ -93,6 +99,7 @@ def tether_config(spec: dict, run_name: str):
     return GRPOConfig.model_validate({
         "model": {"path": spec["model_path"], "lora": LORA if spec["lora"] else None},
         "data": {"train": spec["data_path"]},
+        "rollout": {"backend": spec.get("tether_backend", "transformers"), "kv_cache_gib": 1},
         "grpo": {"loss_type": "grpo", "num_generations": spec["num_generations"],
                  "prompts_per_step": spec["prompts_per_step"], "max_new_tokens": spec["max_new_tokens"],
                  "temperature": 1.0, "top_p": 1.0, "stop": [], "updates_per_rollout": 1,
@@ -160,10 +167,13 @@ def run_tether(spec: dict) -> None:
             marks["end"] = time.perf_counter()
             rss.stop()
 
-    class TimedSampler(grpo.TransformersSampler):
+    class TimedSampler:
+        def __init__(self, inner):
+            self.inner = inner
+
         def sample(self, prompts, config):
             began = time.perf_counter()
-            rollout = super().sample(prompts, config)
+            rollout = self.inner.sample(prompts, config)
             rollouts.append({"seconds": time.perf_counter() - began,
                              "prompts": [prompt_key(p) for p in prompts],
                              "prompt_tokens": int(rollout.prompt_mask.sum()),
@@ -178,7 +188,9 @@ def run_tether(spec: dict) -> None:
         marks["checkpoint_s"] += time.perf_counter() - began
         return path
 
-    grpo.TrainingSession, grpo.TransformersSampler = TimedSession, TimedSampler
+    real_make_sampler = grpo.make_sampler
+    grpo.TrainingSession = TimedSession
+    grpo.make_sampler = lambda *args, **kwargs: TimedSampler(real_make_sampler(*args, **kwargs))
     # Every module that imported save_checkpoint by name holds its own reference: wrap them all.
     for module in [m for name, m in sys.modules.items() if name.startswith("tether.")]:
         if getattr(module, "save_checkpoint", None) is real_checkpoint:
@@ -324,6 +336,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads in each child")
     parser.add_argument("--order", default="trl,tether", help="which trainer runs first")
+    parser.add_argument("--tether-backend", choices=("transformers", "vllm"), default="transformers",
+                        help="tether's rollout.backend (vllm: run from .venv-vllm)")
     parser.add_argument("--trl-gradient-checkpointing", action="store_true",
                         help="keep TRL's default gradient checkpointing (off by default: tether has none)")
     parser.add_argument("--json", metavar="OUT", help="also write the results to this JSON file")
@@ -359,7 +373,7 @@ def prepare(args: argparse.Namespace, work_dir: Path) -> dict:
             "data_source": str(ARITH_TASKS.relative_to(REPO)), "steps": args.steps,
             "prompts_per_step": args.prompts_per_step, "num_generations": args.num_generations,
             "max_new_tokens": args.max_new_tokens, "lora": args.lora, "bf16": args.bf16, "lr": args.lr,
-            "seed": args.seed, "threads": args.threads,
+            "seed": args.seed, "threads": args.threads, "tether_backend": args.tether_backend,
             "trl_gradient_checkpointing": args.trl_gradient_checkpointing, "work_dir": str(work_dir)}
 
 
@@ -438,6 +452,7 @@ def main(argv: list[str] | None = None) -> int:
                         title=("GRPO benchmark: model={spec[model]} lora={spec[lora]} bf16={spec[bf16]} "
                  "steps={spec[steps]} prompts/step={spec[prompts_per_step]} generations={spec[num_generations]} "
                  "max_new_tokens={spec[max_new_tokens]} lr={spec[lr]:g} threads={spec[threads]} "
+                 "tether rollout backend={spec[tether_backend]} "
                  "tasks={spec[data_source]}"),
                         ok_key="same_job")
 

@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from tether.losses.grpo import group_advantages, overlong_penalty, policy_loss, rloo_advantages, zero_variance_groups
+from tether.losses.grpo import (
+    group_advantages,
+    overlong_penalty,
+    policy_loss,
+    rloo_advantages,
+    truncated_importance_weights,
+    zero_variance_groups,
+)
 
 E = math.e
 NAN = float("nan")
@@ -166,6 +173,30 @@ def test_grpo_averages_tokens_then_sequences():
     _close(metrics["ratio/mean"], 1.0)
     _close(metrics["clip_ratio/region_mean"], 0.0)
     assert "kl" not in metrics  # beta = 0 and no reference model
+
+
+def test_truncated_importance_weights_are_the_capped_ratio_of_trainer_to_engine():
+    old = torch.tensor([[-1.0, -2.0, -0.5]])
+    engine = torch.tensor([[-1.0, -2.0 + math.log(2), -0.5 - math.log(4)]])  # the engine: 1x, 2x, 1/4 as likely
+    _close(truncated_importance_weights(old, engine, cap=2.0), [[1.0, 0.5, 2.0]])  # 4 capped at 2
+    _close(truncated_importance_weights(old, engine, cap=10.0), [[1.0, 0.5, 4.0]])
+    assert truncated_importance_weights(old, engine, cap=None) is None
+
+
+def test_token_weights_scale_each_tokens_policy_gradient_term_but_not_the_kl():
+    weights = torch.tensor([[1.0, 0.5, 2.0], [3.0, 9.0, 9.0]])
+    loss, grad, metrics = _on_policy(loss_type="grpo", token_weights=weights)
+    # sequence means: -(1 + 0.5 + 2) / 3 = -7/6 and 2 * 3 = 6 -> (-7/6 + 6) / 2
+    _close(loss, (-7 / 6 + 6) / 2)
+    _close(grad, [[-1 / 6, -0.5 / 6, -2 / 6], [3.0, 0.0, 0.0]])
+    _close(metrics["importance_weight/mean"], (1 + 0.5 + 2 + 3) / 4)
+    # With beta > 0 the KL term is added after the weighting: the same KL either way.
+    ref = [[-1.2, -2.0, -0.4], [-1.5, 50.0, 50.0]]
+    plain, _, _ = _loss(ON_POLICY["logps"], ON_POLICY["logps"], ON_POLICY["advantages"], ON_POLICY["mask"],
+                        loss_type="grpo", beta=0.1, ref_logps=torch.tensor(ref))
+    weighted, _, _ = _loss(ON_POLICY["logps"], ON_POLICY["logps"], ON_POLICY["advantages"], ON_POLICY["mask"],
+                           loss_type="grpo", beta=0.1, ref_logps=torch.tensor(ref), token_weights=weights)
+    _close(weighted - plain, (-7 / 6 + 6) / 2 - 0.5)
 
 
 def test_bnpo_averages_over_the_batch_tokens():

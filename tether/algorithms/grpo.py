@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from tether.algorithms.common import load_policy
 from tether.algorithms.rl_pooled import pool_scores, pooled_masked_mean
@@ -33,9 +33,17 @@ from tether.engine import BatchPlan, TrainingSession, console, distributed, prog
 from tether.engine.batches import shuffled_groups
 from tether.engine.plots import plot_metrics
 from tether.envs.rollout import EnvironmentSettings, TrajectoryLog, env_task, rollout_episodes, trained_token_mask
-from tether.losses.grpo import group_advantages, overlong_penalty, policy_loss, rloo_advantages, zero_variance_groups
+from tether.losses.grpo import (
+    group_advantages,
+    overlong_penalty,
+    policy_loss,
+    rloo_advantages,
+    truncated_importance_weights,
+    zero_variance_groups,
+)
 from tether.models import evaluation_mode
 from tether.rewards.base import combine_rewards, reward_columns
+from tether.rollout.backends import RolloutSettings, check_episode_backend, make_sampler
 from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSampler
 
 
@@ -70,6 +78,12 @@ class GRPOSettings(Section):
 
 class GRPOConfig(RunConfig):
     grpo: GRPOSettings = GRPOSettings()
+    rollout: RolloutSettings = RolloutSettings()  # the sampling engine (transformers or vllm)
+
+    @model_validator(mode="after")
+    def _episodes_on_a_sampler_that_continues_them(self) -> GRPOConfig:
+        check_episode_backend(self.grpo.environment, self.rollout, "grpo")
+        return self
 
 
 def compute_advantages(rewards: torch.Tensor, config: GRPOConfig) -> torch.Tensor:
@@ -111,6 +125,7 @@ def policy_updates(session: TrainingSession, rollout: RolloutBatch, advantages: 
     of ``minibatch_rows``; returns the metrics (summed over ranks), the old log-probs of the trained
     rows (None when no row was trained) and those rows. Shape: advantages (b,), rows (r,)."""
     mask = trained_token_mask(rollout)  # (b, L); agents: tool outputs are not trained
+    importance_cap = session.config.rollout.importance_cap
     chunk = settings.minibatch_rows or max(len(rows), 1)
     total_rows = distributed.all_reduce_sum(len(rows))
     num_tokens = distributed.all_reduce_sum(int(mask[rows].sum()))
@@ -141,11 +156,13 @@ def policy_updates(session: TrainingSession, rollout: RolloutBatch, advantages: 
                     old_parts.append(logps.detach())
                 old = old_parts[index] if real else logps.detach()  # a zero-weight pass: any value
                 ref = None if ref_parts is None else ref_parts[index] if real else old
+                # vLLM's log-probs differ from the trainer's: weigh tokens by their ratio (TIS)
+                weights = truncated_importance_weights(old, rollout.model_logps[part], importance_cap)
                 loss, loss_metrics = policy_loss(
                     logps, old, advantages[part], mask[part],
                     loss_type=settings.loss_type, epsilon_low=settings.epsilon_low,
                     epsilon_high=settings.epsilon_high, beta=settings.beta, ref_logps=ref,
-                    max_completion_length=settings.max_new_tokens,
+                    max_completion_length=settings.max_new_tokens, token_weights=weights,
                     num_tokens=num_tokens if settings.loss_type == "dapo" else None)
             # dapo already divides by the batch's token count; others average over rows.
             share = 1.0 if settings.loss_type == "dapo" else len(part) / total_rows
@@ -208,7 +225,7 @@ def train_grpo(config: GRPOConfig) -> Path:
     session = TrainingSession(model, config, plan.total_steps,
                               optimizer_steps=plan.total_steps * settings.updates_per_rollout)
     reference.to(session.world.device)
-    sampler = TransformersSampler(model, tokenizer)
+    sampler = make_sampler(model, tokenizer, config.rollout, bf16=config.train.bf16)
     monitor = (held_out_monitor(config, settings, data, session.start_step, f"GRPO {config.train.run_name}")
                if settings.gold is not None else None)
 

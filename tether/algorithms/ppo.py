@@ -70,7 +70,8 @@ from tether.losses.ppo import (
     value_loss,
 )
 from tether.models.value_head import PolicyWithValueHead, ValueHead, save_value_head
-from tether.rollout.sampler import RolloutBatch, TransformersSampler
+from tether.rollout.backends import RolloutSettings, check_episode_backend, make_sampler
+from tether.rollout.sampler import RolloutBatch
 
 
 class PPOSettings(Section):
@@ -113,9 +114,11 @@ class PPOSettings(Section):
 
 class PPOConfig(RunConfig):
     ppo: PPOSettings = PPOSettings()
+    rollout: RolloutSettings = RolloutSettings()  # the sampling engine (transformers or vllm)
 
     @model_validator(mode="after")
     def _has_a_reward(self) -> PPOConfig:
+        check_episode_backend(self.ppo.environment, self.rollout, "ppo")
         if not self.ppo.rewards and self.ppo.environment is None:
             raise ValueError("ppo.rewards is empty: name at least one reward, e.g. "
                              "[{name: 'reward_model:runs/reward-model/final'}]")
@@ -321,7 +324,7 @@ def train_ppo(config: PPOConfig) -> Path:
     session = PPOSession(actor_critic, config, plan.total_steps, optimizer_steps=plan.total_steps * updates_per_step)
     reference.to(session.world.device)
     controller = kl_controller(settings, session)
-    sampler = TransformersSampler(policy, tokenizer)
+    sampler = make_sampler(policy, tokenizer, config.rollout, bf16=config.train.bf16)
     trajectory_log = (TrajectoryLog(run_dir, session.start_step if config.train.resume else None)
                       if settings.environment is not None and settings.environment.save_trajectories
                       and session.world.is_main else None)  # agents
@@ -399,6 +402,8 @@ def train_ppo(config: PPOConfig) -> Path:
                 "rlhf_reward": (all_scores - kl_coef * sequence_kl).mean().item(),
                 # -log pi of sampled tokens: a one-sample estimate of the policy's per-token entropy
                 "entropy": pooled_masked_mean(-old_logps, mask),
+                # the sampler's log-probs against the trainer's recomputed old ones (PPO trains on the latter)
+                "logps/sampler_gap": pooled_masked_mean((old_logps - rollout.model_logps).abs(), mask),
                 "value/mean": pooled_masked_mean(old_values, mask),
                 "explained_variance": pooled_explained_variance(old_values, returns, mask),
                 "completion_length": lengths.float().mean().item(),

@@ -21,7 +21,7 @@ def _generate(args: argparse.Namespace) -> None:
     items = generate_items(prompts, models, num_candidates=args.num_candidates,
                            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            seed=args.seed, batch_prompts=args.batch_prompts,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress, backend=args.backend)
     count = write_jsonl(args.out, items)
     console.print(f"{count} items with {len(items[0].candidates)} candidates each -> {args.out}")
 
@@ -41,6 +41,8 @@ def register(commands) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-prompts", type=int, default=4,
                         help="prompts sampled together (each with its K samples)")
+    parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                        help="sampling engine (vllm: needs the vllm extra, docs/scaling.md)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N prompts")
     parser.add_argument("--out", "-o", required=True, help="FeedbackItem JSONL to write")
     parser.add_argument("--no-progress", action="store_true")

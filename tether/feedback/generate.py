@@ -28,7 +28,8 @@ from tether.errors import ConfigError, DataValidationError
 from tether.feedback.records import Candidate, FeedbackItem
 from tether.models import load_model
 from tether.models.default_model import is_default_name
-from tether.rollout.sampler import RolloutConfig, TransformersSampler
+from tether.rollout.backends import RolloutSettings, make_sampler
+from tether.rollout.sampler import RolloutConfig, Sampler, TransformersSampler
 
 RecordT = TypeVar("RecordT", bound=BaseModel)
 
@@ -102,9 +103,11 @@ def load_named_model(spec: str):
 
 def sample_candidates(model, tokenizer, prompts: list[Prompt], *, num_candidates: int,
                       max_new_tokens: int, temperature: float, seed: int, batch_prompts: int = 4,
-                      progress: bool = True, description: str = "generate") -> list[list[str]]:
-    """``num_candidates`` sampled responses per prompt, grouped per prompt, in input order."""
-    sampler = TransformersSampler(model, tokenizer)
+                      progress: bool = True, description: str = "generate", sampler: Sampler | None = None
+                      ) -> list[list[str]]:
+    """``num_candidates`` sampled responses per prompt, grouped per prompt, in input order
+    (``sampler``: an engine already built on ``model``; default tether's own decode loop)."""
+    sampler = sampler or TransformersSampler(model, tokenizer)
     groups: list[list[str]] = []
     with progress_bar(description, len(prompts), enabled=progress) as bar:
         for start in range(0, len(prompts), batch_prompts):
@@ -123,13 +126,14 @@ def sample_candidates(model, tokenizer, prompts: list[Prompt], *, num_candidates
 def generate_items(prompts: list[tuple[str, Prompt, dict]], models: list[tuple[str, object, object]],
                    *, num_candidates: int = 2, max_new_tokens: int = 128,
                    temperature: float | Sequence[float] = 1.0, seed: int = 0, batch_prompts: int = 4,
-                   progress: bool = True) -> list[FeedbackItem]:
+                   progress: bool = True, backend: str = "transformers") -> list[FeedbackItem]:
     """One FeedbackItem per prompt with ``num_candidates`` candidates from each ``(name, model,
     tokenizer)``; every model samples with the same seed.
 
     ``temperature`` may list several values: each model's candidates are then shared out among them
     (4 candidates at [0.3, 1.0]: two at each), and a candidate's ``model`` reads ``NAME@T0.3``. Mixed
-    temperatures give a ranking clear contrasts (a focused answer beside a wandering one)."""
+    temperatures give a ranking clear contrasts (a focused answer beside a wandering one).
+    ``backend`` is ``rollout.backend``: "transformers" or "vllm" (one engine per model)."""
     temperatures = [float(temperature)] if isinstance(temperature, (int, float)) else [float(t) for t in temperature]
     if num_candidates * len(models) < 2:
         raise ConfigError("an item needs at least two candidates: pass --num-candidates 2 or more, "
@@ -144,12 +148,15 @@ def generate_items(prompts: list[tuple[str, Prompt, dict]], models: list[tuple[s
     texts = [prompt for _, prompt, _ in prompts]
     per_model = []  # (candidate model label, [candidates of prompt i])
     for name, model, tokenizer in models:
+        sampler = make_sampler(model, tokenizer, RolloutSettings(backend=backend), bf16=False)
         for t, share in zip(temperatures, shares):
             label = name if len(temperatures) == 1 else f"{name}@T{t:g}"
             per_model.append((label, sample_candidates(model, tokenizer, texts, num_candidates=share,
                                                        max_new_tokens=max_new_tokens, temperature=t, seed=seed,
                                                        batch_prompts=batch_prompts, progress=progress,
-                                                       description=f"generate {label}")))
+                                                       description=f"generate {label}", sampler=sampler)))
+        if hasattr(sampler, "close"):
+            sampler.close()  # one engine's KV cache at a time
     items = []
     for index, (item_id, prompt, metadata) in enumerate(prompts):
         candidates = [(name, text) for name, groups in per_model for text in groups[index]]

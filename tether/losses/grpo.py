@@ -36,6 +36,16 @@ DAPO's paper also raises the upper clip, epsilon_high = 0.28 ("clip-higher"); ep
 the clip symmetric, TRL's default. Gradient-accumulation scaling (TRL divides by the number of
 micro-batches) is left to the training loop.
 
+Truncated importance sampling (TIS; Yao et al. 2025, TRL's vllm_importance_sampling_correction,
+verl's rollout_is): when another engine (vLLM) sampled the tokens, its log-probs mu differ from the
+trainer's pi_old (other kernels, other rounding), so the samples are slightly off-policy. Each token's
+policy-gradient term is weighted by
+
+    rho_it = min( exp(old_logps_it - engine_logps_it), C )
+
+(``truncated_importance_weights``; passed to ``policy_loss`` as ``token_weights``, applied before the
+KL term is added, as TRL does). C bounds the variance the correction adds.
+
 gspo is TRL's importance_sampling_level="sequence" with the "grpo" aggregation, the setup of the GSPO
 paper, which clips far tighter (epsilon_low = 3e-4, epsilon_high = 4e-4). Its gradient flows through the
 one sequence ratio to every token; the paper's GSPO-token variant (per-token advantages through a
@@ -209,7 +219,8 @@ def _check_policy_loss_args(logps: Tensor, old_logps: Tensor, advantages: Tensor
 def policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, *, loss_type: str,
                 epsilon_low: float = 0.2, epsilon_high: float | None = None, ref_logps: Tensor | None = None,
                 beta: float = 0.0, max_completion_length: int | None = None, num_tokens: int | Tensor | None = None,
-                kl_bias_correction: bool = True) -> tuple[Tensor, dict[str, Tensor]]:
+                kl_bias_correction: bool = True, token_weights: Tensor | None = None
+                ) -> tuple[Tensor, dict[str, Tensor]]:
     """Clipped GRPO-family policy loss (formulas in the module docstring) and its diagnostics.
 
     ``old_logps`` are the log-probs under the policy that sampled the tokens; on the first update
@@ -218,6 +229,8 @@ def policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tens
     ``max_completion_length`` is read by dr_grpo only. ``num_tokens`` (dapo only) is the number of
     completion tokens in the whole generation batch, over all micro-batches and ranks; it defaults to
     this batch's ``mask.sum()``. Passing it makes the micro-batch losses add up to one token mean.
+    ``token_weights`` (B, T), no gradient: truncated importance weights of the sampling engine
+    (``truncated_importance_weights``), multiplying each token's policy-gradient term.
 
     Metrics (TRL's names), detached 0-d tensors so that no device sync happens here:
         clip_ratio/low_mean     fraction with w < 1 - epsilon_low and A < 0 (the clip removed the gradient)
@@ -249,6 +262,8 @@ def policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tens
     pg_loss1 = ratio * advantages
     pg_loss2 = clipped_ratio * advantages
     per_token_loss = -torch.min(pg_loss1, pg_loss2)  # (B, T) or (B, 1)
+    if token_weights is not None:
+        per_token_loss = per_token_loss * token_weights.detach()  # (B, T)
 
     per_token_kl = None
     if ref_logps is not None:  # with beta = 0, for the kl metric only
@@ -285,7 +300,20 @@ def policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tens
         }
         if per_token_kl is not None:
             metrics["kl"] = masked_mean(per_token_kl, mask)
+        if token_weights is not None:
+            metrics["importance_weight/mean"] = masked_mean(token_weights.float(), mask)
     return loss, metrics
+
+
+def truncated_importance_weights(old_logps: Tensor, engine_logps: Tensor, cap: float | None) -> Tensor | None:
+    """rho = min(exp(old_logps - engine_logps), cap) per token (module docstring), or None when
+    ``cap`` is None (no correction). Padding positions get whatever; the loss masks them.
+
+    Shape: old_logps, engine_logps (B, T) -> (B, T).
+    """
+    if cap is None:
+        return None
+    return torch.exp(old_logps.detach() - engine_logps).clamp(max=cap)
 
 
 def _masked_sum(x: Tensor, mask: Tensor) -> Tensor:
