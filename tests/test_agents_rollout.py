@@ -202,11 +202,3 @@ def test_multi_turn_ppo_trains_on_episodes_and_resumes_exactly(tiny):
             assert (a[key] == b[key]).all(), key
     assert (resumed.run_dir() / "trajectories.jsonl").read_text().splitlines() == lines
 
-
-def test_episodes_on_the_vllm_backend_are_refused_with_a_clear_error():
-    from tether.algorithms.grpo import GRPOConfig
-
-    with pytest.raises(ValueError, match="rollout.backend=transformers"):
-        GRPOConfig.model_validate({"data": {"train": "x.jsonl"}, "grpo": {"environment": {"name": "arithmetic"}},
-                                   "rollout": {"backend": "vllm"},
-                                   "train": {"bf16": False}})

@@ -93,6 +93,32 @@ def test_a_weight_push_changes_greedy_output_as_in_hf_and_pushing_back_restores_
     assert strip(greedy(engine), pad) == before
 
 
+
+def test_multi_turn_episodes_on_vllm_match_the_transformers_sampler(engine, monkeypatch):
+    """Episodes continue from the exact token ids sampled so far (``sample_ids``): greedy episodes
+    on vLLM and on tether's own sampler give the same tokens, tool outputs and mask. (Placed before
+    the tests that start engines of their own: a second in-process engine unsets the first's state.)"""
+    import sys
+    from pathlib import Path
+
+    from tether.envs.rollout import EnvironmentSettings, rollout_episodes, trained_token_mask
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))  # the Echo environment lives in a test module
+    sys.modules.pop("test_agents_env", None)
+    settings = EnvironmentSettings(name="test_agents_env:Echo", max_turns=3)
+    config = RolloutConfig(num_samples=1, temperature=0.0, max_new_tokens=6)
+    tasks = [{"prompt": "hi"}, {"prompt": "a longer prompt"}]
+    hf = rollout_episodes(TransformersSampler(engine.model, engine.tokenizer), engine.tokenizer, tasks, settings,
+                          config)
+    vllm = rollout_episodes(engine, engine.tokenizer, tasks, settings, config)
+    assert [t["messages"] for t in vllm.trajectories] == [t["messages"] for t in hf.trajectories]
+    assert len(hf.trajectories[0]["messages"]) >= 5  # three model turns with tool messages between them
+    for row in range(len(tasks)):
+        length = int(hf.completion_mask[row].sum())
+        assert vllm.completion_ids[row, :length].tolist() == hf.completion_ids[row, :length].tolist()
+        assert torch.equal(trained_token_mask(vllm)[row, :length], trained_token_mask(hf)[row, :length])
+
+
 def test_lora_is_pushed_merged(tiny_dir):
     from peft import LoraConfig, get_peft_model
 
@@ -157,10 +183,10 @@ def test_grpo_on_vllm_resumes_exactly(job):
     straight = config_for(job, "train.run_name=straight", *common)
     train_grpo(straight)
 
-    import tether.algorithms.grpo as grpo_module
+    import tether.algorithms.rl_step as rl_step  # where the rollout is scored
 
     calls = {"n": 0}
-    original = grpo_module.combine_rewards
+    original = rl_step.combine_rewards
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -168,12 +194,12 @@ def test_grpo_on_vllm_resumes_exactly(job):
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    grpo_module.combine_rewards = failing
+    rl_step.combine_rewards = failing
     try:
         with pytest.raises(KeyboardInterrupt):
             train_grpo(config_for(job, "train.run_name=resumed", "train.save_every=2", *common))
     finally:
-        grpo_module.combine_rewards = original
+        rl_step.combine_rewards = original
     train_grpo(config_for(job, "train.run_name=resumed", "train.resume=true", "train.save_every=2", *common))
     a = load_file(str(job / "runs" / "straight" / "final" / "model.safetensors"))
     b = load_file(str(job / "runs" / "resumed" / "final" / "model.safetensors"))

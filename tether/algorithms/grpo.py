@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from tether.algorithms.common import load_policy
 from tether.algorithms.rl_pooled import pool_scores, pooled_masked_mean
@@ -43,7 +43,7 @@ from tether.losses.grpo import (
 )
 from tether.models import evaluation_mode
 from tether.rewards.base import combine_rewards, reward_columns
-from tether.rollout.backends import RolloutSettings, check_episode_backend, make_sampler
+from tether.rollout.backends import RolloutSettings, make_sampler
 from tether.rollout.sampler import RolloutBatch, RolloutConfig, TransformersSampler
 
 
@@ -79,11 +79,6 @@ class GRPOSettings(Section):
 class GRPOConfig(RunConfig):
     grpo: GRPOSettings = GRPOSettings()
     rollout: RolloutSettings = RolloutSettings()  # the sampling engine (transformers or vllm)
-
-    @model_validator(mode="after")
-    def _episodes_on_a_sampler_that_continues_them(self) -> GRPOConfig:
-        check_episode_backend(self.grpo.environment, self.rollout, "grpo")
-        return self
 
 
 def compute_advantages(rewards: torch.Tensor, config: GRPOConfig) -> torch.Tensor:

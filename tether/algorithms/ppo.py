@@ -70,7 +70,7 @@ from tether.losses.ppo import (
     value_loss,
 )
 from tether.models.value_head import PolicyWithValueHead, ValueHead, save_value_head
-from tether.rollout.backends import RolloutSettings, check_episode_backend, make_sampler
+from tether.rollout.backends import RolloutSettings, make_sampler
 from tether.rollout.sampler import RolloutBatch
 
 
@@ -118,7 +118,6 @@ class PPOConfig(RunConfig):
 
     @model_validator(mode="after")
     def _has_a_reward(self) -> PPOConfig:
-        check_episode_backend(self.ppo.environment, self.rollout, "ppo")
         if not self.ppo.rewards and self.ppo.environment is None:
             raise ValueError("ppo.rewards is empty: name at least one reward, e.g. "
                              "[{name: 'reward_model:runs/reward-model/final'}]")

@@ -32,14 +32,6 @@ class RolloutSettings(Section):
     enforce_eager: bool = True  # vllm: no torch.compile (compiling takes ~1 min at every start on CPU)
 
 
-def check_episode_backend(environment: Any, settings: RolloutSettings, section: str) -> None:
-    """Multi-turn episodes continue each row from its sampled token ids (``Sampler.sample_ids``),
-    which only the Transformers sampler has."""
-    if environment is not None and settings.backend != "transformers":
-        raise ValueError(f"{section}.environment runs multi-turn episodes, which rollout.backend={settings.backend} "
-                         "cannot continue yet: use rollout.backend=transformers")
-
-
 def make_sampler(model: Any, tokenizer: Any, settings: RolloutSettings, *, bf16: bool) -> Sampler:
     """The sampler ``settings.backend`` names, sampling from ``model``'s current weights.
 

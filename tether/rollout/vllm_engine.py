@@ -183,13 +183,18 @@ class VLLMSampler:
     @torch.no_grad()
     def sample(self, prompts: Sequence[Prompt], config: RolloutConfig) -> RolloutBatch:
         """N completions per prompt from the trainer's current weights; rows grouped by prompt."""
+        return self.sample_ids([encode_prompt(prompt, self.tokenizer) for prompt in prompts], config)
+
+    def sample_ids(self, encoded: Sequence[list[int]], config: RolloutConfig) -> RolloutBatch:
+        """``sample`` on prompts already tokenized (multi-turn episodes continue from the exact
+        tokens sampled so far)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         if self._weights_version() != self._pushed:  # an optimizer step (or any edit) since the last push
             self.push_weights()
         n = config.num_samples
-        encoded = [encode_prompt(prompt, self.tokenizer) for prompt in prompts]
+        encoded = [list(ids) for ids in encoded]
         stop_ids = sorted(self.end_ids | special_stop_ids(self.tokenizer, config.stop))
         text_stops = [s for s in config.stop if s]
         params = [SamplingParams(
