@@ -101,7 +101,7 @@ def anchor_batch(job, config, model, tokenizer):
     anchors = consistency.encode_anchors(rows, targets, tokenizer, config)
     run_dir = job / "anchor-run"
     run_dir.mkdir(exist_ok=True)
-    consistency.anchor_reference(model, anchors, config, run_dir)
+    consistency.anchor_reference(model, anchors, tokenizer.pad_token_id, config, run_dir)
     examples = consistency.build_examples(rows, targets, load_wrappers(job / "wrappers.yaml"), tokenizer, config)
     return consistency.collate(examples, list(range(len(examples))), tokenizer.pad_token_id, "bct", anchors), targets
 

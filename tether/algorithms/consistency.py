@@ -89,28 +89,30 @@ def encode_anchors(rows, targets: list[str], tokenizer, config: ConsistencyConfi
 
 
 @torch.no_grad()
-def anchor_reference(model, anchors: list[dict | None], config: ConsistencyConfig, run_dir: Path) -> None:
-    """log pi_ref of each anchor's answer tokens under the starting weights, scored once (one row at a
-    time, under the run's autocast), kept in the run folder and read back on resume; stored in
-    ``anchor["ref_logps"]``."""
+def anchor_reference(model, anchors: list[dict | None], pad_id: int, config: ConsistencyConfig, run_dir: Path) -> None:
+    """log pi_ref of each anchor's answer tokens under the starting weights, scored once (right-padded
+    batches of ``train.batch_size``, under the run's autocast), kept in the run folder and read back
+    on resume; stored in ``anchor["ref_logps"]``."""
     path = run_dir / ANCHOR_REFERENCE_FILE
     if not path.is_file():
         def score():
             was_training = model.training
             model.eval()
-            lines = []
-            for anchor in anchors:
-                values = None
-                if anchor is not None:
-                    ids = torch.tensor([anchor["input_ids"]], device=model.device)
-                    with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
-                        logps = token_logps(model, ids, torch.ones_like(ids))[0]  # (T-1,)
-                    answer = torch.tensor(anchor["labels"][1:], device=model.device) != -100
-                    values = logps[answer].float().cpu().tolist()
-                lines.append(json.dumps({"ref_logps": values}) + "\n")
+            present = [i for i, anchor in enumerate(anchors) if anchor is not None]
+            values: list[list[float] | None] = [None] * len(anchors)
+            size = config.train.batch_size
+            for chunk in (present[start:start + size] for start in range(0, len(present), size)):
+                batch = pad_batch([{"input_ids": anchors[i]["input_ids"], "labels": anchors[i]["labels"]}
+                                   for i in chunk], pad_id)
+                batch = distributed.to_device(batch, model.device)
+                with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
+                    logps = token_logps(model, batch["input_ids"], batch["attention_mask"])  # (B, T-1)
+                answer = batch["labels"][:, 1:] != -100
+                for row, i in enumerate(chunk):
+                    values[i] = logps[row][answer[row]].float().cpu().tolist()
             model.train(was_training)
             temporary = path.with_suffix(".tmp")
-            temporary.write_text("".join(lines))
+            temporary.write_text("".join(json.dumps({"ref_logps": v}) + "\n" for v in values))
             temporary.replace(path)
 
         distributed.main_only(score, "scoring the clean answers under the starting model (anchor reference)")
@@ -240,7 +242,7 @@ def train_consistency(config: ConsistencyConfig) -> Path:
     if settings.anchor != "none":
         anchors = encode_anchors(rows, targets, tokenizer, config)
         if settings.anchor == "kl":
-            anchor_reference(model, anchors, config, run_dir)
+            anchor_reference(model, anchors, tokenizer.pad_token_id, config, run_dir)
     console.print(f"{len(rows)} clean prompts x {len(wrappers)} wrappers -> {len(examples)} examples "
                   f"({settings.method}, anchor {settings.anchor})")
     plan = BatchPlan(epoch_schedule([len(e["input_ids"]) for e in examples], config.data, config.train.batch_size),
