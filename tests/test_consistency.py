@@ -17,7 +17,8 @@ from tether.config import load_config
 from tether.data.wrappers import load_wrappers
 from tether.engine import read_metrics
 from tether.errors import ConfigError
-from tether.losses.consistency import activation_consistency_loss
+from tether.losses.consistency import activation_consistency_loss, anchor_kl_loss
+from tether.losses.logprobs import token_logps
 from tether.models import load_model
 from tether.models.tiny import save_tiny_llama
 from tether.rollout.generate import generate_responses
@@ -74,6 +75,74 @@ def test_act_loss_is_zero_on_equal_activations_and_flows_only_through_the_wrappe
     loss.backward()
     torch.testing.assert_close(wrapped.grad, 2 * (wrapped - clean).detach() / wrapped.numel())
     assert clean.grad is None
+
+
+def test_anchor_kl_is_k3_on_the_answer_tokens_and_flows_only_into_the_policy():
+    logps = torch.tensor([[-1.0, -2.0, -0.5], [-3.0, -0.1, -9.0]], requires_grad=True)
+    ref = torch.tensor([[-1.0, -1.5, -0.7], [-2.0, -0.3, 0.0]], requires_grad=True)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])  # the last token is padding: its values never count
+    assert anchor_kl_loss(ref, ref, mask).item() == 0.0
+    loss = anchor_kl_loss(logps, ref, mask)
+    log_r = (ref - logps).detach()
+    k3 = torch.exp(log_r) - 1 - log_r
+    assert loss.item() == pytest.approx(k3[mask.bool()].mean().item())
+    loss.backward()
+    assert ref.grad is None
+    # d/d logps of (e^(ref - logps) - 1 - ref + logps) / N = (1 - r) / N on answer tokens, 0 on padding
+    torch.testing.assert_close(logps.grad, (1 - torch.exp(log_r)) * mask / mask.sum())
+
+
+def anchor_batch(job, config, model, tokenizer):
+    """The anchor inputs of one batch of every wrapped example, as the trainer builds them."""
+    import tether.algorithms.consistency as consistency
+
+    rows = [(f"p{i}", f"How do I do thing number {i} today?", {}) for i in range(6)]
+    targets = generate_responses(model, tokenizer, [prompt for _, prompt, _ in rows], max_new_tokens=8, progress=False)
+    anchors = consistency.encode_anchors(rows, targets, tokenizer, config)
+    run_dir = job / "anchor-run"
+    run_dir.mkdir(exist_ok=True)
+    consistency.anchor_reference(model, anchors, tokenizer.pad_token_id, config, run_dir)
+    examples = consistency.build_examples(rows, targets, load_wrappers(job / "wrappers.yaml"), tokenizer, config)
+    return consistency.collate(examples, list(range(len(examples))), tokenizer.pad_token_id, "bct", anchors), targets
+
+
+def test_the_kl_anchor_is_zero_at_the_start_and_rises_when_the_policy_moves(job):
+    from tether.algorithms.consistency import anchor_loss
+
+    config = config_for(job, "consistency.anchor=kl")
+    model, tokenizer = load_model(job / "model")
+    batch, _ = anchor_batch(job, config, model, tokenizer)
+    assert batch["anchor_ids"].shape[0] > 6  # every wrapped example brings its clean prompt's anchor
+    with torch.no_grad():
+        assert anchor_loss(model, batch, "kl").item() < 1e-6  # padding in a batch moves only the last bits
+        for parameter in model.parameters():
+            parameter.add_(0.02 * torch.randn_like(parameter))
+        assert anchor_loss(model, batch, "kl").item() > 1e-3
+
+
+def test_the_sft_anchor_is_the_clean_answers_mean_nll(job):
+    from tether.algorithms.consistency import anchor_loss
+
+    config = config_for(job, "consistency.anchor=sft")
+    model, tokenizer = load_model(job / "model")
+    batch, _ = anchor_batch(job, config, model, tokenizer)
+    with torch.no_grad():
+        logps = token_logps(model, batch["anchor_ids"], batch["anchor_mask"])
+        answer = batch["anchor_labels"][:, 1:] != -100
+        assert anchor_loss(model, batch, "sft").item() == pytest.approx(-logps[answer].mean().item(), rel=1e-5)
+
+
+def test_the_kl_anchor_holds_the_clean_answers_while_bct_trains(job):
+    def final_anchor(*overrides):
+        config = config_for(job, *overrides, "train.max_steps=8")
+        train_consistency(config)
+        return read_metrics(config.run_dir())
+
+    free = final_anchor("train.run_name=free", "consistency.anchor=kl", "consistency.anchor_weight=0")
+    held = final_anchor("train.run_name=held", "consistency.anchor=kl", "consistency.anchor_weight=10")
+    assert free[0]["loss/anchor_kl"] < 1e-6 and held[0]["loss/anchor_kl"] < 1e-6
+    assert free[-1]["loss/anchor_kl"] > 1e-2  # BCT alone moves the clean answers
+    assert held[-1]["loss/anchor_kl"] < 0.5 * free[-1]["loss/anchor_kl"]
 
 
 def test_wrappers_fill_every_placeholder_and_bad_templates_are_named(tmp_path):
@@ -135,10 +204,11 @@ def test_act_is_zero_when_the_wrapper_adds_nothing(job):
     assert read_metrics(config.run_dir())[0]["loss/act"] < 1e-10
 
 
-def test_a_killed_run_resumes_to_the_same_weights(job):
+@pytest.mark.parametrize("anchor", ["none", "kl"])
+def test_a_killed_run_resumes_to_the_same_weights(job, anchor):
     import tether.algorithms.consistency as consistency
 
-    common = ["consistency.method=both", "train.max_steps=6", "train.save_every=3"]
+    common = ["consistency.method=both", "train.max_steps=6", "train.save_every=3", f"consistency.anchor={anchor}"]
     train_consistency(config_for(job, "train.run_name=straight", *common))
     calls = {"n": 0}
     original = consistency.consistency_loss

@@ -9,7 +9,10 @@
    templates are never trained on: the ``jailbreak_refusal`` audit measures them.
 3. Loss (``tether/losses/consistency.py``): BCT, the SFT loss of the clean answer after the wrapped
    prompt; ACT, the squared distance between the wrapped and the (detached) clean prompt's residual
-   stream at its last ``act_tokens`` tokens, on ``act_layers``; or both, weighted.
+   stream at its last ``act_tokens`` tokens, on ``act_layers``; or both, weighted. Optionally an
+   anchor on the clean prompts (``anchor: sft | kl``): each batch also scores its rows' clean prompt
+   -> clean answer, trained as a target (sft) or held at the starting model's log-probs (kl; the
+   reference is computed once, ``consistency_anchor_reference.jsonl`` in the run folder).
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ from tether.data.tokenize import encode_prompt
 from tether.data.wrappers import DEFAULT_WRAPPERS, load_wrappers
 from tether.engine import BatchPlan, check_run, console, distributed, fit, start_run
 from tether.errors import ConfigError
-from tether.losses.consistency import activation_consistency_loss
+from tether.losses.consistency import activation_consistency_loss, anchor_kl_loss
+from tether.losses.logprobs import token_logps
 from tether.losses.sft import sft_loss
 from tether.models import load_tokenizer
 from tether.rollout.generate import generate_responses
 
 TARGETS_FILE = "consistency_targets.jsonl"
+ANCHOR_REFERENCE_FILE = "consistency_anchor_reference.jsonl"
 
 
 class ConsistencySettings(Section):
@@ -44,6 +49,10 @@ class ConsistencySettings(Section):
     act_layers: list[int] | None = None  # hidden_states indices (1..num_layers); None: every block's output
     act_tokens: int = Field(4, gt=0)  # last prompt tokens compared (the generation prompt and turn end)
     act_weight: float = Field(1.0, ge=0)  # with method "both": L = L_BCT + act_weight * L_ACT
+    # Hold the clean prompt -> clean answer in place while the wrapped ones move: none; sft (train it
+    # as a target too); kl (k3 divergence from the starting model's log-probs on its tokens).
+    anchor: Literal["none", "sft", "kl"] = "none"
+    anchor_weight: float = Field(1.0, ge=0)  # L = L_method + anchor_weight * L_anchor
 
 
 class ConsistencyConfig(RunConfig):
@@ -66,6 +75,51 @@ def clean_targets(model, tokenizer, prompts: list, config: ConsistencyConfig, ru
         distributed.main_only(generate, "generating the clean answers")
         distributed.barrier()
     return [json.loads(line)["target"] for line in path.read_text().splitlines()]
+
+
+def encode_anchors(rows, targets: list[str], tokenizer, config: ConsistencyConfig) -> list[dict | None]:
+    """Per clean prompt, the clean prompt followed by its clean answer (labels on the answer), or None
+    where the answer is empty or no answer token fits in max_length."""
+    anchors = []
+    for (_, prompt, _), target in zip(rows, targets):
+        encoded = encode_sft(SFTRecord(prompt=prompt, completion=target), tokenizer, config.data.max_length)
+        has_answer = target.strip() and any(label != -100 for label in encoded["labels"][1:])
+        anchors.append({"input_ids": encoded["input_ids"], "labels": encoded["labels"]} if has_answer else None)
+    return anchors
+
+
+@torch.no_grad()
+def anchor_reference(model, anchors: list[dict | None], pad_id: int, config: ConsistencyConfig, run_dir: Path) -> None:
+    """log pi_ref of each anchor's answer tokens under the starting weights, scored once (right-padded
+    batches of ``train.batch_size``, under the run's autocast), kept in the run folder and read back
+    on resume; stored in ``anchor["ref_logps"]``."""
+    path = run_dir / ANCHOR_REFERENCE_FILE
+    if not path.is_file():
+        def score():
+            was_training = model.training
+            model.eval()
+            present = [i for i, anchor in enumerate(anchors) if anchor is not None]
+            values: list[list[float] | None] = [None] * len(anchors)
+            size = config.train.batch_size
+            for chunk in (present[start:start + size] for start in range(0, len(present), size)):
+                batch = pad_batch([{"input_ids": anchors[i]["input_ids"], "labels": anchors[i]["labels"]}
+                                   for i in chunk], pad_id)
+                batch = distributed.to_device(batch, model.device)
+                with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
+                    logps = token_logps(model, batch["input_ids"], batch["attention_mask"])  # (B, T-1)
+                answer = batch["labels"][:, 1:] != -100
+                for row, i in enumerate(chunk):
+                    values[i] = logps[row][answer[row]].float().cpu().tolist()
+            model.train(was_training)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text("".join(json.dumps({"ref_logps": v}) + "\n" for v in values))
+            temporary.replace(path)
+
+        distributed.main_only(score, "scoring the clean answers under the starting model (anchor reference)")
+        distributed.barrier()
+    for anchor, line in zip(anchors, path.read_text().splitlines()):
+        if anchor is not None:
+            anchor["ref_logps"] = json.loads(line)["ref_logps"]
 
 
 def build_examples(rows, targets: list[str] | None, wrappers, tokenizer, config: ConsistencyConfig) -> list[dict]:
@@ -91,12 +145,13 @@ def build_examples(rows, targets: list[str] | None, wrappers, tokenizer, config:
                     continue  # no answer token fits in max_length
                 # The loss covers the clean answer only, not a template's scripted assistant turns.
                 encoded["labels"] = [-100] * len(prompt_ids) + encoded["labels"][len(prompt_ids):]
-            examples.append({**encoded, "prompt_length": len(prompt_ids), "clean_ids": clean_ids,
+            examples.append({**encoded, "prompt_length": len(prompt_ids), "clean_ids": clean_ids, "row": index,
                              "source": f"{row_id}:{wrapper.name}"})
     return examples
 
 
-def collate(examples: list[dict], indices: list[int], pad_id: int, method: str) -> dict:
+def collate(examples: list[dict], indices: list[int], pad_id: int, method: str,
+            anchors: list[dict | None] | None = None) -> dict:
     chosen = [examples[i] for i in indices]
     batch = pad_batch([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in chosen], pad_id)
     width = max(len(e["clean_ids"]) for e in chosen)
@@ -106,6 +161,16 @@ def collate(examples: list[dict], indices: list[int], pad_id: int, method: str) 
     batch["prompt_length"] = torch.tensor([e["prompt_length"] for e in chosen])
     # Micro-batches are weighted by num_items: answer tokens for BCT, rows for ACT alone.
     batch["num_items"] = int((batch["labels"][:, 1:] != -100).sum()) if method != "act" else len(chosen)
+    rows_anchors = [anchors[e["row"]] for e in chosen if anchors[e["row"]] is not None] if anchors else []
+    if rows_anchors:
+        anchor = pad_batch([{"input_ids": a["input_ids"], "labels": a["labels"]} for a in rows_anchors], pad_id)
+        answer = anchor["labels"][:, 1:] != -100  # (B, T-1), aligned with token_logps' columns
+        reference = torch.zeros(answer.shape)
+        for row, a in enumerate(rows_anchors):
+            if "ref_logps" in a:
+                reference[row, answer[row]] = torch.tensor(a["ref_logps"])
+        batch.update(anchor_ids=anchor["input_ids"], anchor_mask=anchor["attention_mask"],
+                     anchor_labels=anchor["labels"], anchor_ref_logps=reference)
     return batch
 
 
@@ -133,7 +198,20 @@ def consistency_loss(model, batch: dict, settings: ConsistencySettings) -> tuple
         act = activation_consistency_loss(wrapped, clean)
         loss = loss + (settings.act_weight if settings.method == "both" else 1.0) * act
         metrics["loss/act"] = act.item()
+    if settings.anchor != "none" and "anchor_ids" in batch:
+        anchor = anchor_loss(model, batch, settings.anchor)
+        loss = loss + settings.anchor_weight * anchor
+        metrics[f"loss/anchor_{settings.anchor}"] = anchor.item()
     return loss, metrics
+
+
+def anchor_loss(model, batch: dict, kind: str) -> torch.Tensor:
+    """The clean prompts' anchor: SFT on their clean answers, or k3 divergence from the reference."""
+    if kind == "sft":
+        logits = model(input_ids=batch["anchor_ids"], attention_mask=batch["anchor_mask"], use_cache=False).logits
+        return sft_loss(logits, batch["anchor_labels"])[0]
+    logps = token_logps(model, batch["anchor_ids"], batch["anchor_mask"])  # (B, T-1)
+    return anchor_kl_loss(logps, batch["anchor_ref_logps"], batch["anchor_labels"][:, 1:] != -100)
 
 
 def train_consistency(config: ConsistencyConfig) -> Path:
@@ -158,17 +236,22 @@ def train_consistency(config: ConsistencyConfig) -> Path:
     model.to(distributed.world().device)
 
     # ---- targets from the starting weights (BCT), then wrapped examples --------------------
-    targets = (None if settings.method == "act"
-               else clean_targets(model, tokenizer, [prompt for _, prompt, _ in rows], config, run_dir))
-    examples = build_examples(rows, targets, wrappers, tokenizer, config)
+    needs_targets = settings.method != "act" or settings.anchor != "none"
+    targets = clean_targets(model, tokenizer, [prompt for _, prompt, _ in rows], config, run_dir) if needs_targets else None
+    examples = build_examples(rows, None if settings.method == "act" else targets, wrappers, tokenizer, config)
+    anchors = None
+    if settings.anchor != "none":
+        anchors = encode_anchors(rows, targets, tokenizer, config)
+        if settings.anchor == "kl":
+            anchor_reference(model, anchors, tokenizer.pad_token_id, config, run_dir)
     console.print(f"{len(rows)} clean prompts x {len(wrappers)} wrappers -> {len(examples)} examples "
-                  f"({settings.method})")
+                  f"({settings.method}, anchor {settings.anchor})")
     plan = BatchPlan(epoch_schedule([len(e["input_ids"]) for e in examples], config.data, config.train.batch_size),
                      seed=config.train.seed, grad_accum=config.train.grad_accum,
                      max_steps=config.train.max_steps, epochs=config.train.epochs)
 
     # ---- train ---------------------------------------------------------------------------
-    fit(model, plan, lambda indices: collate(examples, indices, tokenizer.pad_token_id, settings.method),
+    fit(model, plan, lambda indices: collate(examples, indices, tokenizer.pad_token_id, settings.method, anchors),
         lambda model, batch: consistency_loss(model, batch, settings), config)
     final_dir = run_dir / "final"
     distributed.save_final_model(model, tokenizer, final_dir, config=config, algorithm="consistency")
