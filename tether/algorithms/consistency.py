@@ -237,7 +237,8 @@ def train_consistency(config: ConsistencyConfig) -> Path:
 
     # ---- targets from the starting weights (BCT), then wrapped examples --------------------
     needs_targets = settings.method != "act" or settings.anchor != "none"
-    targets = clean_targets(model, tokenizer, [prompt for _, prompt, _ in rows], config, run_dir) if needs_targets else None
+    clean_prompts = [prompt for _, prompt, _ in rows]
+    targets = clean_targets(model, tokenizer, clean_prompts, config, run_dir) if needs_targets else None
     examples = build_examples(rows, None if settings.method == "act" else targets, wrappers, tokenizer, config)
     anchors = None
     if settings.anchor != "none":
