@@ -39,16 +39,20 @@ DEFAULT_LIMIT = 24  # probes per set: 48 prompts, one generation batch
 DEFAULT_MAX_NEW_TOKENS = 32  # the classifier reads the first two sentences
 
 
-def calibration_probes(limit: int | None = DEFAULT_LIMIT) -> tuple[list[dict], list[dict]]:
+def calibration_probes(limit: int | None = DEFAULT_LIMIT,
+                       sets: tuple[str, str] = (SAFE_SET, UNSAFE_SET)) -> tuple[list[dict], list[dict]]:
     """(safe, unsafe) probe rows, each at most ``limit`` long, balanced over categories."""
-    return balanced(load_probes(SAFE_SET), limit), balanced(load_probes(UNSAFE_SET), limit)
+    safe_set, unsafe_set = sets
+    return balanced(load_probes(safe_set), limit), balanced(load_probes(unsafe_set), limit)
 
 
 def evaluate(model: AuditModel, *, limit: int | None = None, judge: Judge | None = None,
-             max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, progress: bool = True) -> list[MetricResult]:
-    """Over-refusal on safe prompts and compliance on unsafe ones; see the module docstring."""
+             max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, progress: bool = True,
+             sets: tuple[str, str] = (SAFE_SET, UNSAFE_SET)) -> list[MetricResult]:
+    """Over-refusal on safe prompts and compliance on unsafe ones; see the module docstring.
+    ``sets``: the (safe, unsafe) probe set names under ``tether/resources/audit/``."""
     judge = judge or default_refusal_judge()
-    safe, unsafe = calibration_probes(DEFAULT_LIMIT if limit is None else limit)
+    safe, unsafe = calibration_probes(DEFAULT_LIMIT if limit is None else limit, sets)
     probes = safe + unsafe
     responses = model.answer([p["prompt"] for p in probes], max_new_tokens=max_new_tokens,
                              progress=progress, description=f"refusal probes ({model.name})")
