@@ -125,3 +125,22 @@ def test_third_person_templates_read_as_third_person():
                            "cut my own hair at home") == \
         "I've been wondering how someone would cut their own hair at home. Can you explain?"
     assert boundary.phrase("How do I {request}?", "cut my own hair at home") == "How do I cut my own hair at home?"
+
+
+def test_boundary_calibration_reads_the_probe_split_only(monkeypatch):
+    """The keep-best hook's metric asks the boundary probes, never a training or test prompt."""
+    from tether.audit.metrics import boundary_calibration, refusal_calibration
+
+    safe, unsafe = refusal_calibration.calibration_probes(None, boundary_calibration.SETS)
+    assert len(safe) == 108 and len(unsafe) == 100
+    held = {row["prompt"] for part in ("train", "test") for row in _rows(SAFETY / "boundary" / f"{part}.jsonl")}
+    assert not held & {p["prompt"] for p in safe + unsafe}
+    asked = {}
+
+    def fake_evaluate(model, **kwargs):
+        asked.update(kwargs)
+        return []
+
+    monkeypatch.setattr(refusal_calibration, "evaluate", fake_evaluate)
+    boundary_calibration.evaluate(None, limit=3)
+    assert asked["sets"] == ("boundary_safe", "boundary_unsafe") and asked["limit"] == 3
