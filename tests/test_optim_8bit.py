@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from test_engine import make_config, run, toy_data
 
-from tests.test_engine import make_config, run, toy_data
 from tether.engine import read_metrics
 from tether.engine.optim import build_optimizer
 

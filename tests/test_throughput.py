@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
+from test_engine import make_config, run, toy_data
 
-from tests.test_engine import make_config, run, toy_data
 from tether.engine import read_metrics
 from tether.engine.flops import ModelShape, cached_peak, causal_pairs, shared_prompt_flops, step_flops
 from tether.engine.throughput import batch_flops, sequence_lengths
