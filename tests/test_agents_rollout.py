@@ -105,23 +105,23 @@ def test_multi_turn_grpo_saves_trajectories_and_resumes_exactly(tiny):
     assert [line["step"] for line in lines] == [step for step in range(1, 5) for _ in range(8)]
     assert all(len(line["messages"]) == 1 + 3 + 2 for line in lines)  # prompt, 3 model turns, 2 tool outputs
 
-    import tether.algorithms.grpo as grpo_module
+    import tether.algorithms.rl_step as rl_step_module  # where rollouts are sampled
 
     calls = {"n": 0}
-    original = grpo_module.rollout_episodes
+    original = rl_step_module.rollout_episodes
 
     def failing(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 5:  # 1 initial eval + 3 steps, then the 4th step stops
+        if calls["n"] == 4:  # 3 steps, then the 4th step stops (held-out episodes run in grpo.py)
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    grpo_module.rollout_episodes = failing
+    rl_step_module.rollout_episodes = failing
     try:
         with pytest.raises(KeyboardInterrupt):
             train_grpo(config_for(tiny, "train.run_name=resumed", "train.save_every=2"))
     finally:
-        grpo_module.rollout_episodes = original
+        rl_step_module.rollout_episodes = original
     resumed = config_for(tiny, "train.run_name=resumed", "train.save_every=2", "train.resume=true")
     train_grpo(resumed)
     a = load_file(str(straight.run_dir() / "final" / "model.safetensors"))
@@ -176,10 +176,10 @@ def test_multi_turn_ppo_trains_on_episodes_and_resumes_exactly(tiny):
     lines = (straight.run_dir() / "trajectories.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [s for s in range(1, 4) for _ in range(8)]
 
-    import tether.algorithms.ppo as ppo_module
+    import tether.algorithms.rl_step as rl_step_module  # where rollouts are sampled
 
     calls = {"n": 0}
-    original = ppo_module.rollout_episodes
+    original = rl_step_module.rollout_episodes
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -187,12 +187,12 @@ def test_multi_turn_ppo_trains_on_episodes_and_resumes_exactly(tiny):
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    ppo_module.rollout_episodes = failing
+    rl_step_module.rollout_episodes = failing
     try:
         with pytest.raises(KeyboardInterrupt):
             train_ppo(config("train.run_name=ppo-resumed", "train.save_every=1"))
     finally:
-        ppo_module.rollout_episodes = original
+        rl_step_module.rollout_episodes = original
     resumed = config("train.run_name=ppo-resumed", "train.save_every=1", "train.resume=true")
     train_ppo(resumed)
     for name in ("model.safetensors", "value_head.safetensors"):  # full fine-tuning: the whole policy

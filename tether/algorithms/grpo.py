@@ -24,8 +24,7 @@ from tether.algorithms.rl_step import (
     completion_token_logps,
     held_out_monitor,
     load_rl_data,
-    sample_rollout,
-    score_rollout,
+    sample_and_score,
     step_prompts,
 )
 from tether.config import GoldSettings, RewardSettings, RunConfig, Section
@@ -254,18 +253,10 @@ def train_grpo(config: GRPOConfig) -> Path:
         for step in range(session.start_step, plan.total_steps):
             indices, here = step_prompts(plan, step, n)  # this rank's prompts, and its rows of the step
             batch = [data.train[i] for i in indices]
-            if settings.environment is not None:  # agents: multi-turn episodes (tether/envs/rollout.py)
-                rollout = sample_rollout(sampler, session, [env_task(t) for t in batch], settings, step,
-                                         episodes=lambda tasks, rollout_config: rollout_episodes(
-                                             sampler, tokenizer, tasks, settings.environment, rollout_config))
-            else:
-                rollout = sample_rollout(sampler, session, [t.prompt for t in batch], settings, step)
+            rollout, totals, per_reward, metrics = sample_and_score(sampler, tokenizer, session, batch, settings,
+                                                                    step, data.specs)
 
             # ---- rewards and advantages, over every rank's groups ------------------------------
-            if settings.environment is not None:  # agents: the episode's return is the reward
-                totals, per_reward, metrics = rollout.rewards, {"environment": rollout.rewards}, {}
-            else:
-                totals, per_reward, metrics = score_rollout(data.specs, batch, rollout, n, settings.on_reward_error)
             rewards, lengths, metrics, truncated = pool_scores(  # (P*N,) each, all prompts of the step
                 totals, per_reward, metrics, rollout.completion_mask.sum(1).cpu(),
                 sum(r == "length" for r in rollout.finish_reasons))

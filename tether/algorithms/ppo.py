@@ -41,8 +41,7 @@ from tether.algorithms.rl_step import (
     Reference,
     held_out_monitor,
     load_rl_data,
-    sample_rollout,
-    score_rollout,
+    sample_and_score,
     step_prompts,
 )
 from tether.config import GoldSettings, RewardSettings, RunConfig, Section
@@ -54,9 +53,7 @@ from tether.engine.plots import plot_metrics
 from tether.envs.rollout import (
     EnvironmentSettings,
     TrajectoryLog,
-    env_task,
     episode_gae,
-    rollout_episodes,
     trained_token_mask,
 )
 from tether.errors import ConfigError
@@ -348,18 +345,10 @@ def train_ppo(config: PPOConfig) -> Path:
         for step in range(session.start_step, plan.total_steps):
             indices, here = step_prompts(plan, step, n)  # this rank's prompts, and its rows of the step
             batch = [data.train[i] for i in indices]
-            if settings.environment is not None:  # agents: multi-turn episodes (tether/envs/rollout.py)
-                rollout = sample_rollout(sampler, session, [env_task(r) for r in batch], settings, step,
-                                         episodes=lambda tasks, rollout_config: rollout_episodes(
-                                             sampler, tokenizer, tasks, settings.environment, rollout_config))
-            else:
-                rollout = sample_rollout(sampler, session, [r.prompt for r in batch], settings, step)
+            rollout, totals, per_reward, metrics = sample_and_score(sampler, tokenizer, session, batch, settings,
+                                                                    step, data.specs)
 
             # ---- score, old log-probs and values, per-token rewards, GAE -----------------------
-            if settings.environment is not None:  # agents: the episode's return is the score
-                totals, per_reward, metrics = rollout.rewards, {"environment": rollout.rewards}, {}
-            else:
-                totals, per_reward, metrics = score_rollout(data.specs, batch, rollout, n, settings.on_reward_error)
             scores = torch.tensor(totals)  # (b,) this rank's completions
             truncated = torch.tensor([reason == "length" for reason in rollout.finish_reasons])  # (b,)
             if settings.missing_eos_penalty is not None:

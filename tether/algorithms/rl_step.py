@@ -16,6 +16,7 @@ from tether.audit.reward_hacking import RewardHackingMonitor
 from tether.config import ModelSettings, RunConfig
 from tether.data import load_records, seeded_subset
 from tether.engine import TrainingSession, check_run, distributed
+from tether.envs.rollout import env_task, rollout_episodes
 from tether.errors import ConfigError
 from tether.losses.logprobs import shared_prompt_token_logps
 from tether.models import load_model, load_tokenizer, reference_mode
@@ -128,6 +129,19 @@ def sample_rollout(sampler, session: TrainingSession, prompts, settings, step: i
         seed=(session.config.train.seed * 1_000_003 + step) * world.size + world.rank)
     with torch.no_grad(), session.autocast(), distributed.gathered_params(session.module):
         return episodes(prompts, config) if episodes is not None else sampler.sample(prompts, config)
+
+
+def sample_and_score(sampler, tokenizer, session: TrainingSession, tasks, settings, step: int, specs):
+    """The step's rollout and its rewards ``(rollout, totals, per-reward values, reward metrics)``:
+    completions scored by the reward functions, or, with ``settings.environment``, multi-turn
+    episodes whose return is the reward (tether/envs/rollout.py)."""
+    if settings.environment is None:
+        rollout = sample_rollout(sampler, session, [t.prompt for t in tasks], settings, step)
+        return rollout, *score_rollout(specs, tasks, rollout, settings.num_generations, settings.on_reward_error)
+    rollout = sample_rollout(sampler, session, [env_task(t) for t in tasks], settings, step,
+                             episodes=lambda env_tasks, config: rollout_episodes(
+                                 sampler, tokenizer, env_tasks, settings.environment, config))
+    return rollout, rollout.rewards, {"environment": rollout.rewards}, {}
 
 
 def score_rollout(specs, tasks, rollout: RolloutBatch, num_generations: int, on_error: str):

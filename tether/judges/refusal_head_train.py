@@ -124,14 +124,14 @@ def train(rows: list[dict], features: np.ndarray, path: Path = WEIGHTS) -> dict:
     return chosen
 
 
-def _save(path: Path, weight, bias, mean, scale, chosen: dict) -> None:
+def _save(path: Path, weight, bias, mean, scale, chosen: dict, **metadata: str) -> None:
     from safetensors.numpy import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"weight": weight.astype(np.float32), "bias": np.array([bias], dtype=np.float32),
                "mean": mean.astype(np.float32), "scale": scale.astype(np.float32)}
     save_file(tensors, str(path), metadata={"format": FORMAT, "threshold": repr(chosen["threshold"]),
-                                            "training": json.dumps(chosen)})
+                                            "training": json.dumps(chosen), **metadata})
 
 
 def accuracy_row(verdicts: list[bool], rows: list[dict]) -> dict:

@@ -19,6 +19,7 @@ import numpy as np
 
 from tether.judges.refusal_head_train import (
     LABELED,
+    _save,
     best_threshold,
     fit_logistic,
     grouped_folds,
@@ -33,7 +34,6 @@ from tether.judges.refusal_states import WEIGHTS, RefusalStatesJudge, combined_s
 LAYER_SETS = ((12,), (16,), (20,), (24,))
 L2_GRID = (3e-2, 1e-1, 3e-1)
 CUE_WEIGHTS = (1.0, 3.0, 10.0)
-FORMAT = "1"
 
 
 def layer_columns(layers: tuple[int, ...], all_layers: list[int], hidden: int) -> np.ndarray:
@@ -88,19 +88,9 @@ def train(rows: list[dict], states: np.ndarray, cue_features: np.ndarray, all_la
     chosen = {"layers": list(layers), "l2": l2, "cue_weight": cue_weight, "threshold": threshold,
               "cv_accuracy": {f"layers={list(k[0])},l2={k[1]},cue_weight={k[2]}": v[0] for k, v in cv.items()},
               "calibration_rows": int(calibration.sum()), "calibration_refusals": int(y.sum())}
-    _save(path, weight, bias, mean, scale, chosen)
+    _save(path, weight, bias, mean, scale, chosen, layers=json.dumps(chosen["layers"]))
     return chosen
 
-
-def _save(path: Path, weight, bias, mean, scale, chosen: dict) -> None:
-    from safetensors.numpy import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"weight": weight.astype(np.float32), "bias": np.array([bias], dtype=np.float32),
-               "mean": mean.astype(np.float32), "scale": scale.astype(np.float32)}
-    save_file(tensors, str(path), metadata={"format": FORMAT, "threshold": repr(chosen["threshold"]),
-                                            "layers": json.dumps(chosen["layers"]),
-                                            "training": json.dumps(chosen)})
 
 
 def all_features(rows: list[dict]) -> tuple[np.ndarray, np.ndarray, list[int]]:
