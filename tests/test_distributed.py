@@ -84,12 +84,13 @@ class PerPromptSampler(TransformersSampler):
 
 def train_grpo_per_prompt(config: GRPOConfig):
     import tether.algorithms.grpo as grpo
+    import tether.rollout.backends as backends  # make_sampler builds the rollout sampler
 
-    original, grpo.TransformersSampler = grpo.TransformersSampler, PerPromptSampler
+    original, backends.TransformersSampler = backends.TransformersSampler, PerPromptSampler
     try:
         return grpo.train_grpo(config)
     finally:
-        grpo.TransformersSampler = original
+        backends.TransformersSampler = original
 
 
 def cut_back_to_step_2(source: Path, target: Path) -> None:

@@ -73,12 +73,13 @@ def train_ppo_per_prompt(config: PPOConfig):
     """PPO with each prompt sampled alone from a (step, prompt) seed: the same completions
     whichever rank samples the prompt (``test_distributed.PerPromptSampler``)."""
     import tether.algorithms.ppo as ppo
+    import tether.rollout.backends as backends  # make_sampler builds the rollout sampler
 
-    original, ppo.TransformersSampler = ppo.TransformersSampler, PerPromptSampler
+    original, backends.TransformersSampler = backends.TransformersSampler, PerPromptSampler
     try:
         return ppo.train_ppo(config)
     finally:
-        ppo.TransformersSampler = original
+        backends.TransformersSampler = original
 
 
 def rlhf_config(job: Path) -> RLHFConfig:

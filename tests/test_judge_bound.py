@@ -67,7 +67,7 @@ def test_audit_cli_counts_with_the_calibrated_judge_and_records_its_guarantee(ju
     err = capsys.readouterr().err
     assert "judge bound missed_compliance<=5%@90%" in err and "exchangeable" in err
     record = json.loads((out / "audit.json").read_text())
-    assert record["judge_guarantee"]["bound"] == BOUND and record["judge_guarantee"]["calibration"]["n"] == 148
+    assert record["judge_guarantee"]["bound"] == BOUND and record["judge_guarantee"]["calibration"]["n"] == 289
     assert record["judges"][0]["judge"]["name"] == "calibrated(mean:refusal-patterns)"
     assert "calibrated(mean:refusal-patterns)" in (out / "audit.html").read_text()
 
