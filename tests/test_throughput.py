@@ -75,3 +75,13 @@ def test_every_fit_run_logs_tokens_per_second_and_mfu(tmp_path, monkeypatch, cap
     assert (tmp_path / "home" / "matmul_peaks.json").exists()
     printed = capsys.readouterr().err
     assert "tokens/s" in printed and "MFU" in printed
+
+
+def test_measuring_the_peak_leaves_the_global_random_stream_alone():
+    from tether.engine.flops import matmul_peak
+
+    torch.manual_seed(3)
+    expected = torch.rand(4)
+    torch.manual_seed(3)
+    matmul_peak(torch.float32, 64, 1)
+    assert torch.equal(torch.rand(4), expected)

@@ -93,8 +93,10 @@ def shared_prompt_flops(shape: ModelShape, prompts: list[int], rows: list[tuple[
 
 def matmul_peak(dtype: torch.dtype, n: int, repeats: int, device: str = "cpu") -> float:
     """Best FLOP/s of an (n x n) @ (n x n) matmul in ``dtype``: 2 n^3 FLOPs each."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    # A generator of its own: measuring must not move the run's random stream (resume, 1 vs N ranks).
+    generator = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=generator).to(dtype)
+    b = torch.randn(n, n, device=device, generator=generator).to(dtype)
     torch.mm(a, b)  # warm-up: thread pool, packing buffers
     best = float("inf")
     for _ in range(repeats):
