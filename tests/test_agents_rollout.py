@@ -95,11 +95,12 @@ def config_for(job, *overrides):
         "train.max_steps=4", *overrides])
 
 
-def test_multi_turn_grpo_saves_trajectories_and_resumes_exactly(tiny):
+@pytest.mark.parametrize("bf16", [False, True])  # bf16 autocast: the path AMX machines and GPUs take
+def test_multi_turn_grpo_saves_trajectories_and_resumes_exactly(tiny, bf16):
     with (tiny / "tasks.jsonl").open("w") as handle:
         for i in range(8):
             handle.write(json.dumps({"prompt": f"task {i}"}) + "\n")
-    straight = config_for(tiny, "train.run_name=straight")
+    straight = config_for(tiny, "train.run_name=straight", f"train.bf16={bf16}")
     train_grpo(straight)
     lines = [json.loads(line) for line in (straight.run_dir() / "trajectories.jsonl").read_text().splitlines()]
     assert [line["step"] for line in lines] == [step for step in range(1, 5) for _ in range(8)]
@@ -119,10 +120,11 @@ def test_multi_turn_grpo_saves_trajectories_and_resumes_exactly(tiny):
     rl_step_module.rollout_episodes = failing
     try:
         with pytest.raises(KeyboardInterrupt):
-            train_grpo(config_for(tiny, "train.run_name=resumed", "train.save_every=2"))
+            train_grpo(config_for(tiny, "train.run_name=resumed", "train.save_every=2", f"train.bf16={bf16}"))
     finally:
         rl_step_module.rollout_episodes = original
-    resumed = config_for(tiny, "train.run_name=resumed", "train.save_every=2", "train.resume=true")
+    resumed = config_for(tiny, "train.run_name=resumed", "train.save_every=2", "train.resume=true",
+                         f"train.bf16={bf16}")
     train_grpo(resumed)
     a = load_file(str(straight.run_dir() / "final" / "model.safetensors"))
     b = load_file(str(resumed.run_dir() / "final" / "model.safetensors"))
