@@ -49,6 +49,8 @@ from tether.engine.flops import (  # noqa: E402
     causal_pairs,
     machine_name,
     matmul_peak,
+    rl_update_flops,
+    rollout_flops,
     shared_prompt_flops,
     step_flops,
 )
@@ -150,17 +152,10 @@ def grpo_step_fn(model, tokenizer, shape: ModelShape, args):
 
         prompt_lengths = rollout.prompt_mask.sum(1).tolist()  # (P*G,) each prompt repeated G times
         completion_lengths = rollout.completion_mask.sum(1).tolist()
-        unique_prompts = prompt_lengths[::args.generations]
-        # Rollout: prefill once per prompt (last position's logits), then one token per row per step.
-        generated = sum(completion_lengths)
-        decode_pairs = sum(p * g + g * (g + 1) // 2 for p, g in zip(prompt_lengths, completion_lengths))
-        rollout_flops = (step_flops(shape, sum(unique_prompts), len(unique_prompts), causal_pairs(unique_prompts),
-                                    False)
-                         + step_flops(shape, generated, generated, decode_pairs, False))
-        # Update: a teacher-forced pass, each prompt once, then the completions on its cache.
-        update_flops = shared_prompt_flops(shape, unique_prompts, list(zip(prompt_lengths, completion_lengths)), True)
-        return Timing(end - start, rollout_flops + update_flops,
-                      {"rollout": (sampled - start, rollout_flops), "update": (end - sampled, update_flops)})
+        sampling = rollout_flops(shape, prompt_lengths, completion_lengths, args.generations)
+        update = rl_update_flops(shape, prompt_lengths, completion_lengths, args.generations)
+        return Timing(end - start, sampling + update,
+                      {"rollout": (sampled - start, sampling), "update": (end - sampled, update)})
     return step
 
 

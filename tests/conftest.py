@@ -10,6 +10,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 torch.set_num_threads(1)  # tiny models gain nothing from threads, and results stay repeatable
 
 
+@pytest.fixture(autouse=True, scope="session")
+def matmul_peaks_file(tmp_path_factory):
+    """Training runs in tests measure the matmul peak for their MFU line: keep it out of the user's
+    cache, where a peak measured while the suite loads the cores would make real runs' MFU read high."""
+    import tether.engine.flops as flops
+
+    cache = tmp_path_factory.mktemp("peaks") / "matmul_peaks.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flops, "peak_cache_path", lambda: cache)
+        yield cache
+
+
 @pytest.fixture
 def tiny():
     from tether.models.tiny import tiny_llama

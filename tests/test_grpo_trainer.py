@@ -70,6 +70,8 @@ def test_grpo_raises_reward(job, loss_type, bf16):
     assert first["logps/sampler_gap"] < (0.05 if bf16 else 1e-4)
     assert history[0]["step"] == 0 and "eval/answer_token_reward" in history[0]
     assert (config.run_dir() / "curves.png").is_file()
+    for key in ("mfu/rollout", "mfu/update", "run_mfu", "run_tokens_per_s"):  # throughput by phase
+        assert 0 < history[-1][key] < (1e9 if key.endswith("tokens_per_s") else 1), key
 
 
 def test_grpo_with_kl_and_several_updates_and_resume(job):

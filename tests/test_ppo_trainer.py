@@ -57,6 +57,7 @@ def test_ppo_raises_the_reward_and_kl_coef_0_loads_no_reference(job, monitored_l
         assert math.isfinite(steps[-1][key]), key
     assert steps[-1]["updates"] == 4.0  # ppo_epochs x one minibatch of the 16 completions
     assert all(row["logps/sampler_gap"] < 1e-4 for row in steps)  # float32: sampler and trainer agree
+    assert all(0 < row["mfu/rollout"] < 1 and 0 < row["mfu/update"] < 1 for row in steps)  # throughput by phase
     assert (final / "value_head.safetensors").is_file() and (config.run_dir() / "curves.png").is_file()
 
 

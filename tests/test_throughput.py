@@ -7,8 +7,16 @@ import torch
 from test_engine import make_config, run, toy_data
 
 from tether.engine import read_metrics
-from tether.engine.flops import ModelShape, cached_peak, causal_pairs, shared_prompt_flops, step_flops
-from tether.engine.throughput import batch_flops, sequence_lengths
+from tether.engine.flops import (
+    ModelShape,
+    cached_peak,
+    causal_pairs,
+    rl_update_flops,
+    rollout_flops,
+    shared_prompt_flops,
+    step_flops,
+)
+from tether.engine.throughput import Throughput, batch_flops, sequence_lengths
 from tether.models import apply_lora
 from tether.models.tiny import tiny_llama
 
@@ -46,6 +54,35 @@ def test_dpo_pair_rows_count_each_prompt_once():
     assert flops == shared_prompt_flops(TOY, [2], [(2, 3), (2, 1)], training=True)
 
 
+def test_rollout_prefills_each_prompt_once_and_decodes_token_by_token():
+    # one 2-token prompt, two samples of 3 and 1 tokens: prefill 2 tokens (3 pairs, lm_head at the
+    # last one), then 4 decoded tokens attending to 2+1, 2+2, 2+3 and 2+1 keys
+    assert rollout_flops(TOY, [2, 2], [3, 1], group=2) == (step_flops(TOY, 2, 1, 3, training=False)
+                                                           + step_flops(TOY, 4, 4, 15, training=False))
+    # two prompts of one sample each: each prefilled on its own
+    assert rollout_flops(TOY, [2, 5], [1, 1], group=1) == (step_flops(TOY, 7, 2, 3 + 15, training=False)
+                                                           + step_flops(TOY, 2, 2, 3 + 6, training=False))
+    update = shared_prompt_flops(TOY, [2], [(2, 3), (2, 1)], training=True)
+    assert rl_update_flops(TOY, [2, 2], [3, 1], group=2, updates=3) == 3 * update
+
+
+def test_rl_steps_report_mfu_by_phase(capsys):
+    model, _ = tiny_llama(seed=0)
+    throughput = Throughput(model, torch.float32)
+    throughput._peak = 1e9
+    throughput.add_rl_step([4, 4], [3, 5], group=2, updates=1, rollout_seconds=0.5, update_seconds=0.25)
+    shape = ModelShape.of(model)
+    sampling, update = rollout_flops(shape, [4, 4], [3, 5], 2), rl_update_flops(shape, [4, 4], [3, 5], 2)
+    window = throughput.take_window()
+    assert window["tokens_per_s"] == 8 / 0.75  # sampled completion tokens over the whole step
+    assert window["mfu"] == pytest.approx((sampling + update) / 0.75 / 1e9)
+    assert window["mfu/rollout"] == pytest.approx(sampling / 0.5 / 1e9)
+    assert window["mfu/update"] == pytest.approx(update / 0.25 / 1e9)
+    assert throughput.take_window() == {}  # the window starts again; the run keeps counting
+    summary = throughput.summary()
+    assert "sampled tokens/s" in summary and "rollout" in summary and "update" in summary
+
+
 def test_packed_and_padded_rows_split_into_their_sequences():
     assert sequence_lengths({"position_ids": torch.tensor([[0, 1, 2, 0, 1]])}) == [3, 2]
     assert sequence_lengths({"input_ids": torch.zeros(2, 5), "attention_mask": torch.tensor(
@@ -63,16 +100,21 @@ def test_the_peak_is_measured_once_and_cached(tmp_path):
     assert cached_peak(torch.float32, cache=cache) == 123.0
 
 
+def test_tests_never_write_the_users_peak_cache(matmul_peaks_file):
+    import tether.engine.flops as flops
+
+    assert flops.peak_cache_path() == matmul_peaks_file
+
+
 @pytest.mark.parametrize("grad_accum", [1, 2])
-def test_every_fit_run_logs_tokens_per_second_and_mfu(tmp_path, monkeypatch, capsys, grad_accum):
-    monkeypatch.setenv("TETHER_HOME", str(tmp_path / "home"))
+def test_every_fit_run_logs_tokens_per_second_and_mfu(tmp_path, capsys, grad_accum, matmul_peaks_file):
     config = make_config(tmp_path, "train.max_steps=3", f"train.grad_accum={grad_accum}")
     run(config, toy_data())
     history = read_metrics(tmp_path / "t")
     for row in history:
         assert row["tokens_per_s"] > 0 and 0 < row["mfu"] < 1
     assert history[-1]["run_tokens_per_s"] > 0 and 0 < history[-1]["run_mfu"] < 1
-    assert (tmp_path / "home" / "matmul_peaks.json").exists()
+    assert matmul_peaks_file.exists()  # the test session's own cache, not the user's
     printed = capsys.readouterr().err
     assert "tokens/s" in printed and "MFU" in printed
 

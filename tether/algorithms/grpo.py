@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +23,7 @@ from tether.algorithms.rl_pooled import pool_scores, pooled_masked_mean
 from tether.algorithms.rl_step import (
     Reference,
     completion_token_logps,
+    count_throughput,
     held_out_monitor,
     load_rl_data,
     sample_and_score,
@@ -253,8 +255,10 @@ def train_grpo(config: GRPOConfig) -> Path:
         for step in range(session.start_step, plan.total_steps):
             indices, here = step_prompts(plan, step, n)  # this rank's prompts, and its rows of the step
             batch = [data.train[i] for i in indices]
+            started = time.perf_counter()
             rollout, totals, per_reward, metrics = sample_and_score(sampler, tokenizer, session, batch, settings,
                                                                     step, data.specs)
+            sampled = time.perf_counter()
 
             # ---- rewards and advantages, over every rank's groups ------------------------------
             rewards, lengths, metrics, truncated = pool_scores(  # (P*N,) each, all prompts of the step
@@ -271,6 +275,7 @@ def train_grpo(config: GRPOConfig) -> Path:
 
             update_metrics, old_logps, trained = policy_updates(
                 session, rollout, advantages[here].to(session.world.device), rows, reference, settings, step)
+            count_throughput(session, rollout, n, settings.updates_per_rollout, started, sampled)
             metrics.update(update_metrics)
             metrics.update(rollout_metrics(rollout, rewards, lengths, truncated, flat_groups, old_logps, trained,
                                            settings))

@@ -23,6 +23,7 @@ the policy's. With the same samples per prompt, 2 processes train as 1 does.
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -39,6 +40,7 @@ from tether.algorithms.rl_pooled import (
 )
 from tether.algorithms.rl_step import (
     Reference,
+    count_throughput,
     held_out_monitor,
     load_rl_data,
     sample_and_score,
@@ -345,8 +347,10 @@ def train_ppo(config: PPOConfig) -> Path:
         for step in range(session.start_step, plan.total_steps):
             indices, here = step_prompts(plan, step, n)  # this rank's prompts, and its rows of the step
             batch = [data.train[i] for i in indices]
+            started = time.perf_counter()
             rollout, totals, per_reward, metrics = sample_and_score(sampler, tokenizer, session, batch, settings,
                                                                     step, data.specs)
+            sampled = time.perf_counter()
 
             # ---- score, old log-probs and values, per-token rewards, GAE -----------------------
             scores = torch.tensor(totals)  # (b,) this rank's completions
@@ -373,6 +377,7 @@ def train_ppo(config: PPOConfig) -> Path:
                 advantages = pooled_whiten(advantages, mask)
             update_metrics = ppo_updates(session, rollout, old_logps, old_values, advantages, returns, here,
                                          settings, step, rows, minibatch)
+            count_throughput(session, rollout, n, settings.ppo_epochs, started, sampled)
 
             # ---- KL controller and diagnostics, over the whole step (every rank's rows) ---------------
             _, lengths, metrics, num_truncated = pool_scores(totals, per_reward, metrics, mask.sum(1).cpu(),

@@ -7,6 +7,7 @@ statistics over every rank's rows are in ``rl_pooled.py``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -142,6 +143,14 @@ def sample_and_score(sampler, tokenizer, session: TrainingSession, tasks, settin
                              episodes=lambda env_tasks, config: rollout_episodes(
                                  sampler, tokenizer, env_tasks, settings.environment, config))
     return rollout, rollout.rewards, {"environment": rollout.rewards}, {}
+
+
+def count_throughput(session: TrainingSession, rollout: RolloutBatch, group: int, updates: int, started: float,
+                     sampled: float) -> None:
+    """Add this step to the run's tokens/s and MFU, by phase: sampling from ``started`` to ``sampled``
+    (perf_counter times), the updates from then to now (engine/throughput.py)."""
+    session.throughput.add_rl_step(rollout.prompt_mask.sum(1).tolist(), rollout.completion_mask.sum(1).tolist(),
+                                   group, updates, sampled - started, time.perf_counter() - sampled)
 
 
 def score_rollout(specs, tasks, rollout: RolloutBatch, num_generations: int, on_error: str):

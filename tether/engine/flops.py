@@ -89,6 +89,27 @@ def shared_prompt_flops(shape: ModelShape, prompts: list[int], rows: list[tuple[
     return step_flops(shape, sum(prompts) + completion_tokens, len(prompts) + completion_tokens, pairs, training)
 
 
+def rollout_flops(shape: ModelShape, prompt_lengths: list[int], completion_lengths: list[int], group: int) -> int:
+    """Sampling ``group`` completions of each prompt: the prompt prefilled once (lm_head at its last
+    token only), then one forward per generated token, token j of a row attending to p + j keys.
+
+    ``prompt_lengths``, ``completion_lengths``: per row, the ``group`` rows of a prompt adjacent (as
+    the samplers return them)."""
+    prompts = prompt_lengths[::group]
+    generated = sum(completion_lengths)
+    decode_pairs = sum(p * g + g * (g + 1) // 2 for p, g in zip(prompt_lengths, completion_lengths))
+    return (step_flops(shape, sum(prompts), len(prompts), causal_pairs(prompts), training=False)
+            + step_flops(shape, generated, generated, decode_pairs, training=False))
+
+
+def rl_update_flops(shape: ModelShape, prompt_lengths: list[int], completion_lengths: list[int], group: int,
+                    updates: int = 1) -> int:
+    """``updates`` teacher-forced training passes over the rollout: each prompt once, its completions
+    on top (``shared_prompt_flops``). Reference and value passes are not counted (useful work only)."""
+    rows = list(zip(prompt_lengths, completion_lengths))
+    return updates * shared_prompt_flops(shape, prompt_lengths[::group], rows, training=True)
+
+
 # ---- the peak ------------------------------------------------------------------------------------
 
 def matmul_peak(dtype: torch.dtype, n: int, repeats: int, device: str = "cpu") -> float:
@@ -125,16 +146,19 @@ def machine_name(device: str = "cpu") -> str:
     return platform.processor() or "unknown"
 
 
+def peak_cache_path() -> Path:
+    from tether.models.default_model import tether_home
+
+    return tether_home() / "matmul_peaks.json"
+
+
 def cached_peak(dtype: torch.dtype, device: str = "cpu", cache: Path | None = None) -> float:
     """The matmul peak of ``dtype`` on this machine and thread count, measured once (a 1024^3 matmul,
     best of 5, well under a second) and kept in ``$TETHER_HOME/matmul_peaks.json``.
 
     A peak measured while other jobs share the cores is low, which makes MFU read high; delete the
     file to measure again. ``benchmarks/mfu.py`` measures its own larger peak each time."""
-    if cache is None:
-        from tether.models.default_model import tether_home
-
-        cache = tether_home() / "matmul_peaks.json"
+    cache = cache or peak_cache_path()
     key = f"{machine_name(device)} | {device} | {torch.get_num_threads()} threads | {str(dtype).removeprefix('torch.')}"
     try:
         known = json.loads(cache.read_text())

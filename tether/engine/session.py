@@ -53,7 +53,7 @@ class TrainingSession:
                                                              resumed=self.resumed_from is not None))
                         if self.world.is_main else _NoMetrics())  # one writer: rank 0
         self.throughput = Throughput(model, torch.bfloat16 if config.train.bf16 else torch.float32,
-                                     self.world.device.type)  # fed by fit: tokens/s and MFU
+                                     self.world.device.type)  # fed by fit and the RL loops: tokens/s and MFU
         self._window_start = time.perf_counter()
         self._window_items = 0
         # called as hook(session, done) at the end of every step, before its checkpoint
@@ -120,7 +120,8 @@ class TrainingSession:
         metrics["items_per_s"] = self._window_items / max(elapsed, 1e-9)
         metrics.update(self.throughput.take_window())
         if done == self.total_steps:
-            metrics.update({f"run_{key}": value for key, value in self.throughput.rates(self.throughput.run).items()})
+            run_rates = self.throughput.rates(self.throughput.run, self.throughput.run_phases)
+            metrics.update({f"run_{key}": value for key, value in run_rates.items()})
         self._window_start, self._window_items = time.perf_counter(), 0
         self.metrics.log(done, metrics)
 

@@ -9,13 +9,26 @@ A micro-batch's model FLOPs come from its shape, with the formulas of ``engine/f
 Outside DPO the lm_head is counted on every real token, an upper bound where a loss skips the
 prompt's logits. Time is the optimizer steps' own (forward, backward, step), without evaluation
 or checkpoints. MFU divides by the matmul peak of the dtype the run computes in (``cached_peak``).
+
+RL steps (GRPO, PPO; ``add_rl_step``) have two phases, each with its own MFU (``mfu/rollout``,
+``mfu/update``): sampling (``rollout_flops``: prefill once per prompt, one forward per generated
+token) and the policy updates (``rl_update_flops``); their tokens are the sampled completion tokens.
+Reward scoring is in the step's time but not its FLOPs.
 """
 
 from __future__ import annotations
 
 import torch
 
-from tether.engine.flops import ModelShape, cached_peak, causal_pairs, shared_prompt_flops, step_flops
+from tether.engine.flops import (
+    ModelShape,
+    cached_peak,
+    causal_pairs,
+    rl_update_flops,
+    rollout_flops,
+    shared_prompt_flops,
+    step_flops,
+)
 
 
 def sequence_lengths(batch: dict) -> list[int]:
@@ -59,6 +72,8 @@ class Throughput:
         self._peak: float | None = None
         self.window = [0, 0, 0.0]  # tokens, FLOPs, seconds
         self.run = [0, 0, 0.0]
+        self.window_phases: dict[str, list] = {}  # RL steps: phase -> [FLOPs, seconds]
+        self.run_phases: dict[str, list] = {}
 
     @property
     def peak(self) -> float:
@@ -76,22 +91,48 @@ class Throughput:
             totals[1] += sum(flops for _, flops in counts)
             totals[2] += seconds
 
-    def rates(self, totals: list) -> dict[str, float]:
+    def add_rl_step(self, prompt_lengths: list[int], completion_lengths: list[int], group: int, updates: int,
+                    rollout_seconds: float, update_seconds: float) -> None:
+        """Count one RL step: ``group`` completions per prompt sampled in ``rollout_seconds`` (lengths
+        per row), then ``updates`` policy updates on them in ``update_seconds``."""
+        if self.shape is None:
+            return
+        phases = {"rollout": (rollout_flops(self.shape, prompt_lengths, completion_lengths, group), rollout_seconds),
+                  "update": (rl_update_flops(self.shape, prompt_lengths, completion_lengths, group, updates),
+                             update_seconds)}
+        for totals, by_phase in ((self.window, self.window_phases), (self.run, self.run_phases)):
+            totals[0] += sum(completion_lengths)
+            for name, (flops, seconds) in phases.items():
+                totals[1] += flops
+                totals[2] += seconds
+                by_phase.setdefault(name, [0, 0.0])
+                by_phase[name][0] += flops
+                by_phase[name][1] += seconds
+
+    def rates(self, totals: list, phases: dict[str, list] | None = None) -> dict[str, float]:
         tokens, flops, seconds = totals
         if tokens == 0 or seconds <= 0:
             return {}
-        return {"tokens_per_s": tokens / seconds, "mfu": flops / seconds / self.peak}
+        rates = {"tokens_per_s": tokens / seconds, "mfu": flops / seconds / self.peak}
+        for name, (phase_flops, phase_seconds) in (phases or {}).items():
+            if phase_seconds > 0:
+                rates[f"mfu/{name}"] = phase_flops / phase_seconds / self.peak
+        return rates
 
     def take_window(self) -> dict[str, float]:
-        rates = self.rates(self.window)
-        self.window = [0, 0, 0.0]
+        rates = self.rates(self.window, self.window_phases)
+        self.window, self.window_phases = [0, 0, 0.0], {}
         return rates
 
     def summary(self) -> str | None:
-        rates = self.rates(self.run)
+        rates = self.rates(self.run, self.run_phases)
         if not rates:
             return None
         achieved = self.run[1] / self.run[2]
         name = str(self.dtype).removeprefix("torch.")
-        return (f"throughput: {rates['tokens_per_s']:.0f} tokens/s, {achieved / 1e9:.1f} GFLOP/s of model "
-                f"matmuls, MFU {rates['mfu']:.1%} of this machine's {name} matmul peak ({self.peak / 1e9:.1f} GFLOP/s)")
+        tokens = "sampled tokens/s" if self.run_phases else "tokens/s"
+        phases = "".join(f", {phase} {rates[f'mfu/{phase}']:.1%}" for phase in self.run_phases
+                         if f"mfu/{phase}" in rates)
+        return (f"throughput: {rates['tokens_per_s']:.0f} {tokens}, {achieved / 1e9:.1f} GFLOP/s of model "
+                f"matmuls, MFU {rates['mfu']:.1%}{phases} of this machine's {name} matmul peak "
+                f"({self.peak / 1e9:.1f} GFLOP/s)")
