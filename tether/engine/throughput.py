@@ -133,6 +133,10 @@ class Throughput:
         tokens = "sampled tokens/s" if self.run_phases else "tokens/s"
         phases = "".join(f", {phase} {rates[f'mfu/{phase}']:.1%}" for phase in self.run_phases
                          if f"mfu/{phase}" in rates)
-        return (f"throughput: {rates['tokens_per_s']:.0f} {tokens}, {achieved / 1e9:.1f} GFLOP/s of model "
+        line = (f"throughput: {rates['tokens_per_s']:.0f} {tokens}, {achieved / 1e9:.1f} GFLOP/s of model "
                 f"matmuls, MFU {rates['mfu']:.1%}{phases} of this machine's {name} matmul peak "
                 f"({self.peak / 1e9:.1f} GFLOP/s)")
+        if rates["mfu"] > 1:
+            line += (" [over 100%: the peak was measured while other jobs shared the cores; a run on a quiet "
+                     "machine measures it again and keeps the higher one]")
+        return line
