@@ -37,9 +37,9 @@ from tether.losses.grpo import (
     overlong_penalty,
     policy_loss,
     rloo_advantages,
-    truncated_importance_weights,
     zero_variance_groups,
 )
+from tether.losses.importance import truncated_importance_weights
 from tether.models import evaluation_mode
 from tether.rewards.base import combine_rewards, reward_columns
 from tether.rollout.backends import RolloutSettings, make_sampler

@@ -25,9 +25,9 @@ from tether.rollout.sampler import Sampler, TransformersSampler
 class RolloutSettings(Section):
     backend: Literal["transformers", "vllm"] = "transformers"  # engine that samples rollouts
     kv_cache_gib: float = Field(1.0, gt=0)  # vllm: KV-cache memory (GiB); on CPU whole GiB, reserved at start
-    # GRPO: cap C of truncated importance sampling; each token's loss is weighted by
-    # min(exp(trainer_old_logp - sampler_logp), C). None: no correction (the sampler/trainer gap
-    # is still logged as logps/sampler_gap). PPO recomputes old log-probs and ignores it
+    # GRPO and PPO: cap C of truncated importance sampling; each token's policy loss is weighted by
+    # min(exp(trainer_old_logp - sampler_logp), C) (tether/losses/importance.py). None: no correction
+    # (the sampler/trainer gap is still logged as logps/sampler_gap)
     importance_cap: float | None = Field(None, gt=0)
     enforce_eager: bool = True  # vllm: no torch.compile (compiling takes ~1 min at every start on CPU)
 
