@@ -213,8 +213,8 @@ def test_tether_generate_on_vllm_gives_the_greedy_answers_hf_gives(tiny_dir, tmp
     model, tokenizer = load_model(str(tiny_dir))
     prompts = [(f"p{i}", text, {}) for i, text in enumerate(PROMPTS)]
     kwargs = dict(num_candidates=2, max_new_tokens=8, temperature=[0.0, 1.0], seed=0, progress=False)
-    on_vllm = generate_items(prompts, [("m", model, tokenizer)], backend="vllm", **kwargs)
-    on_hf = generate_items(prompts, [("m", model, tokenizer)], backend="transformers", **kwargs)
+    on_vllm = generate_items(prompts, [("m", model, tokenizer)], rollout=RolloutSettings(backend="vllm"), **kwargs)
+    on_hf = generate_items(prompts, [("m", model, tokenizer)], **kwargs)
     assert [c.model for c in on_vllm[0].candidates] == ["m@T0", "m@T1"]
     for a, b in zip(on_vllm, on_hf, strict=True):
         assert a.candidates[0].text == b.candidates[0].text  # greedy: the same answer on both engines
@@ -229,9 +229,88 @@ def test_ppo_samples_on_vllm_and_the_engine_follows_each_update(job):
         "train.run_name=ppo", "train.progress=false", "train.bf16=false", "train.tensorboard=false",
         "ppo.rewards=[{name: 'test_grpo_trainer:answer_token_reward'}]", "ppo.prompts_per_step=4",
         "ppo.num_generations=2", "ppo.max_new_tokens=8", "optim.lr=2e-2", "train.max_steps=3",
-        "rollout.backend=vllm", "rollout.kv_cache_gib=1"])
+        "rollout.backend=vllm", "rollout.kv_cache_gib=1", "rollout.importance_cap=2.0"])
     train_ppo(config)
     steps = [row for row in read_metrics(config.run_dir()) if "reward/mean" in row]
     assert len(steps) == 3
     # PPO recomputes old log-probs with the trainer; the engine's agree in float32 after every update
     assert all(row["logps/sampler_gap"] < 1e-4 for row in steps), [row["logps/sampler_gap"] for row in steps]
+    # so the truncated importance weights (TIS) are 1 to float rounding
+    assert all(abs(row["importance_weight/mean"] - 1) < 1e-3 for row in steps), steps
+
+
+# ---- CAI, RLHF and the audit generate through the same rollout.backend --------------------------------
+
+def speaks(texts):
+    """The comparison means something only if the tiny model says something under greedy decoding."""
+    assert sum(bool(text.strip()) for text in texts) >= len(texts) // 2, texts
+
+
+def test_cai_critiques_and_revisions_on_vllm_are_the_greedy_ones_hf_writes(tiny_dir, tmp_path):
+    from tether.algorithms.cai import CAIConfig, load_prompts, revise_stage
+    from tether.feedback.constitution import load_constitution
+
+    rows = [{"id": f"p{n}", "prompt": f"How do I hurt person number {n}?", "kind": "harmful"} for n in range(3)]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    traces = {}
+    for backend in ("vllm", "transformers"):
+        config = load_config(CAIConfig, None, [
+            f"train.output_dir={tmp_path / backend}", "train.progress=false", f"sft.model.path={tiny_dir}",
+            f"prompts.path={tmp_path / 'prompts.jsonl'}", "critique.max_new_tokens=10", "critique.temperature=0",
+            "critique.revisions=2", "sft.train.bf16=false", "dpo.train.bf16=false", f"rollout.backend={backend}"])
+        run_dir = tmp_path / backend
+        run_dir.mkdir()
+        revise_stage(config, load_prompts(config.prompts), load_constitution(config.constitution), run_dir)
+        traces[backend] = [json.loads(line) for line in (run_dir / "critiques.jsonl").read_text().splitlines()]
+    assert traces["vllm"] == traces["transformers"]
+    speaks([step["critique"] for trace in traces["vllm"] for step in trace["steps"]] +
+           [trace["initial"] for trace in traces["vllm"]])
+
+
+def test_rlhf_candidates_and_ppo_take_the_rollout_backend(tiny_dir, tmp_path):
+    from tether.algorithms.rlhf import RLHFConfig, generate_candidates, ppo_config
+    from tether.feedback.generate import read_records
+    from tether.feedback.records import FeedbackItem
+
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "prompt": text}) + "\n"
+                                                    for i, text in enumerate(PROMPTS * 2)))
+    items = {}
+    for backend in ("vllm", "transformers"):
+        config = load_config(RLHFConfig, None, [
+            f"model.path={tiny_dir}", f"data.train={tmp_path / 'prompts.jsonl'}", f"train.output_dir={tmp_path}",
+            "train.progress=false", "train.bf16=false", "generate.num_candidates=2", "generate.max_new_tokens=10",
+            "generate.temperature=[0, 1.0]", f"rollout.backend={backend}"])  # one greedy, one sampled candidate
+        generate_candidates(config, tmp_path / f"{backend}.jsonl")
+        items[backend] = read_records(tmp_path / f"{backend}.jsonl", FeedbackItem)
+        assert ppo_config(config, tmp_path, tmp_path / "rm").rollout.backend == backend  # stage 4 samples there too
+    greedy_vllm = [item.candidates[0].text for item in items["vllm"]]
+    assert greedy_vllm == [item.candidates[0].text for item in items["transformers"]]
+    assert [item.candidates[0].model for item in items["vllm"]] == ["policy@T0"] * 4
+    speaks(greedy_vllm)
+
+
+def test_audit_on_vllm_gives_the_greedy_answers_hf_gives(tmp_path, monkeypatch):
+    """``tether audit --backend vllm``: one engine takes the baseline's and the candidate's weights in
+    turn (module by module), and every greedy answer equals tether's own decode loop's."""
+    from tether.audit import suite as suite_module
+    from tether.audit.cli import main
+
+    baseline = save_tiny_llama(tmp_path / "a", seed=0, **TINY)
+    candidate = save_tiny_llama(tmp_path / "b", seed=1, **TINY)
+    greedy_modules = ["tether.audit.metrics.refusal_calibration", "tether.audit.metrics.jailbreak"]
+    monkeypatch.setitem(suite_module.SUITES, "quick", greedy_modules)
+    answers = {}
+    for backend in ("vllm", "transformers"):
+        out = tmp_path / backend
+        status = main(["--baseline", str(baseline), "--candidate", str(candidate), "--suite", "quick",
+                       "--limit", "2", "--out", str(out), "--resamples", "20", "--backend", backend])
+        assert status == 0, backend
+        record = json.loads((out / "audit.json").read_text())
+        assert record["errors"] == {}
+        answers[backend] = [(metric["name"], side, row["response"]) for metric in record["metrics"]
+                            for side in ("baseline", "candidate") for row in metric["items"][side]]
+    assert len(answers["vllm"]) >= 8
+    assert answers["vllm"] == answers["transformers"]
+    by_side = {side: [text for _, s, text in answers["vllm"] if s == side] for side in ("baseline", "candidate")}
+    assert by_side["baseline"] != by_side["candidate"]  # two models, each answered with its own weights
+    speaks([text for *_, text in answers["vllm"]])

@@ -285,6 +285,7 @@ def train_grpo(config: GRPOConfig) -> Path:
             bar.advance(1, status=f"reward {metrics['reward/mean']:.3f}")
             session.end_step(done)
     session.close()
+    sampler.close()  # vLLM: free the engine before the next stage starts one (rlhf rounds, cai)
 
     if session.world.is_main:
         plot_metrics(run_dir, ["reward/mean", "eval/math_answer", "eval/think_answer_format"],

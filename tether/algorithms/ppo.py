@@ -416,6 +416,7 @@ def train_ppo(config: PPOConfig) -> Path:
             bar.advance(1, status=f"reward {metrics['reward/mean']:.3f} kl {metrics['kl']:.3f}")
             session.end_step(done)
     session.close()
+    sampler.close()  # vLLM: free the engine before the next stage starts one (rlhf rounds, cai)
 
     if session.world.is_main:
         plot_metrics(run_dir, ["reward/mean", "kl", "kl_coef", "loss/value", "clipfrac", "eval/proxy_reward",

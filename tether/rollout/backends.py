@@ -12,6 +12,7 @@ CPU machine or ``tether[vllm]`` on CUDA (docs/scaling.md).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -48,3 +49,16 @@ def make_sampler(model: Any, tokenizer: Any, settings: RolloutSettings, *, bf16:
     from tether.rollout.vllm_engine import VLLMSampler
 
     return VLLMSampler(model, tokenizer, settings, dtype=torch.bfloat16 if bf16 else torch.float32)
+
+
+def make_samplers(models: Sequence[tuple[Any, Any]], settings: RolloutSettings, *, bf16: bool) -> list[Sampler]:
+    """One sampler per ``(model, tokenizer)``, for models of one architecture used side by side (an
+    audit's baseline and candidate). On vLLM they share one engine, which takes each model's
+    weights when that model samples (in-process vLLM runs one engine at a time); closing any of
+    them shuts it down."""
+    if settings.backend == "transformers" or not models:
+        return [make_sampler(model, tokenizer, settings, bf16=bf16) for model, tokenizer in models]
+    from tether.rollout.vllm_engine import EngineView
+
+    engine = make_sampler(*models[0], settings, bf16=bf16)
+    return [EngineView(engine, model, tokenizer) for model, tokenizer in models]
