@@ -88,7 +88,7 @@ class AuditModel:
         return generate_responses(self.model, self.tokenizer, list(prompts),
                                   max_new_tokens=max_new_tokens, batch_size=self.batch_size,
                                   progress=progress and self.progress, description=description,
-                                  sampler=self.rollout_sampler())
+                                  sampler=self.sampler)
 
     def sample(self, prompts: Sequence[Prompt], *, num_samples: int, max_new_tokens: int = 64,
                temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> list[list[str]]:
