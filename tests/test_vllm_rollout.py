@@ -207,10 +207,10 @@ def test_grpo_on_vllm_resumes_exactly(job):
         assert torch.equal(a[name], b[name]), name
 
 
-def test_tether_generate_on_vllm_gives_the_greedy_answers_hf_gives(tiny_dir, tmp_path):
+def test_tether_generate_on_vllm_gives_the_greedy_answers_hf_gives(tmp_path, engine_calls):
     from tether.feedback.generate import generate_items
 
-    model, tokenizer = load_model(str(tiny_dir))
+    model, tokenizer = load_model(str(save_talkative(tmp_path / "model")))
     prompts = [(f"p{i}", text, {}) for i, text in enumerate(PROMPTS)]
     kwargs = dict(num_candidates=2, max_new_tokens=8, temperature=[0.0, 1.0], seed=0, progress=False)
     on_vllm = generate_items(prompts, [("m", model, tokenizer)], rollout=RolloutSettings(backend="vllm"), **kwargs)
@@ -219,6 +219,8 @@ def test_tether_generate_on_vllm_gives_the_greedy_answers_hf_gives(tiny_dir, tmp
     for a, b in zip(on_vllm, on_hf, strict=True):
         assert a.candidates[0].text == b.candidates[0].text  # greedy: the same answer on both engines
         assert isinstance(a.candidates[1].text, str)
+    assert sum(engine_calls) == 2 * len(PROMPTS)  # the vllm side sampled on the engine, at both temperatures
+    speaks([item.candidates[0].text for item in on_vllm])
 
 
 def test_ppo_samples_on_vllm_and_the_engine_follows_each_update(job):
