@@ -10,9 +10,9 @@ from tether.losses.grpo import (
     overlong_penalty,
     policy_loss,
     rloo_advantages,
-    truncated_importance_weights,
     zero_variance_groups,
 )
+from tether.losses.importance import truncated_importance_weights
 
 E = math.e
 NAN = float("nan")

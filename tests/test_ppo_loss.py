@@ -103,6 +103,30 @@ def test_policy_loss_clips_the_ratio():
     close(logps.grad, [[0.0, -0.5 / 3, 2.2 / 3]])
 
 
+def test_truncated_importance_weights_scale_each_tokens_clipped_term():
+    """TIS in PPO (tether/losses/importance.py): the engine sampled with log-probs 0.7 nats below the
+    trainer's on token 1 and 0.7 above on token 3; the weights min(exp(old - engine), 2) = (2, 1, 0.5)
+    multiply the per-token clipped terms (-1.2, -0.5, 2.2) and their gradients, padding stays out."""
+    from tether.losses.importance import truncated_importance_weights
+
+    old = torch.zeros(1, 4)
+    engine = torch.tensor([[-0.7, 0.0, math.log(2.0), 5.0]])  # token 4 is padding
+    weights = truncated_importance_weights(old, engine, cap=2.0)
+    close(weights[:, :3], [[2.0, 1.0, 0.5]])
+    logps = torch.log(torch.tensor([[1.5, 0.5, 1.1, 1.0]])).requires_grad_(True)
+    advantages = torch.tensor([[1.0, 1.0, -2.0, 9.0]])
+    mask = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)
+    loss, metrics = policy_loss(logps, old, advantages, mask, epsilon=0.2, token_weights=weights)
+    assert loss.item() == pytest.approx((2 * -1.2 + 1 * -0.5 + 0.5 * 2.2) / 3)
+    assert metrics["importance_weight/mean"].item() == pytest.approx(3.5 / 3)
+    assert metrics["clipfrac"].item() == pytest.approx(1 / 3)  # the weights do not change what is clipped
+    loss.backward()
+    close(logps.grad, [[0.0, -0.5 / 3, 0.5 * 2.2 / 3, 0.0]])
+    unweighted, _ = policy_loss(logps, old, advantages, mask, epsilon=0.2,
+                                token_weights=truncated_importance_weights(old, engine, cap=None))
+    assert unweighted.item() == pytest.approx(0.5 / 3)  # no cap: no correction
+
+
 def test_whiten_and_masked_var():
     x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
     mask = torch.tensor([[1, 1, 1, 0]], dtype=torch.bool)

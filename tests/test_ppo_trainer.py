@@ -180,3 +180,36 @@ def test_ppo_hands_conversational_completions_to_rewards_as_messages(job, tmp_pa
     train_ppo(config)
     rows = [row for row in read_metrics(config.run_dir()) if "reward/mean" in row]
     assert len(rows) == 1 and rows[0]["rewards/trl_conversational_length/mean"] >= 0
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_ppo_weighs_tokens_by_the_samplers_truncated_importance_ratio(job, monkeypatch, bf16):
+    """rollout.importance_cap (TIS, tether/losses/importance.py) reaches PPO's policy loss: a sampler
+    that reports each token 0.3 nats less likely than the trainer finds it gets weights
+    min(e^0.3, 2) = 1.35 (trainer rounding aside), and the gap is logged beside them."""
+    import tether.rollout.backends as backends
+    from tether.rollout.sampler import TransformersSampler
+
+    class Underconfident(TransformersSampler):
+        def sample(self, prompts, config):
+            batch = super().sample(prompts, config)
+            batch.model_logps = batch.model_logps - 0.3 * batch.completion_mask
+            return batch
+
+    monkeypatch.setattr(backends, "TransformersSampler", Underconfident)
+    config = config_for(job, f"train.run_name=tis-{bf16}", f"train.bf16={str(bf16).lower()}", "train.max_steps=2",
+                        "data.eval=null", "ppo.ppo_epochs=1", "rollout.importance_cap=2.0")
+    train_ppo(config)
+    steps = [row for row in read_metrics(config.run_dir()) if "reward/mean" in row]
+    assert len(steps) == 2
+    tolerance = 0.05 if bf16 else 1e-3  # the trainer's bf16 recomputation moves the ratio a little
+    for row in steps:
+        assert row["importance_weight/mean"] == pytest.approx(math.exp(0.3), abs=tolerance)
+        assert row["logps/sampler_gap"] == pytest.approx(0.3, abs=tolerance)
+    if bf16:
+        return
+    capped = config_for(job, "train.run_name=tis-capped", "train.bf16=false", "train.max_steps=1", "data.eval=null",
+                        "ppo.ppo_epochs=1", "rollout.importance_cap=1.1")
+    train_ppo(capped)
+    row = next(row for row in read_metrics(capped.run_dir()) if "reward/mean" in row)
+    assert row["importance_weight/mean"] == pytest.approx(1.1, abs=1e-6)  # every token's ratio capped

@@ -160,3 +160,13 @@ def test_the_report_says_plainly_when_the_reward_model_learned_nothing():
     assert "within noise of chance" in summary(0.67, pairs=6)["warning"]  # 0.67 +- 0.19
     assert summary(0.8)["held_out_accuracy_stderr"] == pytest.approx(0.02)
     assert "heldout_fraction: 0" in reward_model_summary({"held_out_pairs": 0, "held_out_after": None})["warning"]
+
+
+def test_generate_temperature_may_hold_one_greedy_candidate(job):
+    """0 is greedy: one of a prompt's candidates may be greedy beside sampled ones; a greedy share of
+    two or more would give identical candidates, refused when the config loads."""
+    config = config_for(job, "generate.num_candidates=2", "generate.temperature=[0, 1.0]")
+    assert config.generate.temperature == [0, 1.0]
+    for temperatures, candidates in (("0", 2), ("[0, 1.0]", 4), ("[-0.5, 1.0]", 2)):
+        with pytest.raises(ConfigError, match="generate.temperature"):
+            config_for(job, f"generate.num_candidates={candidates}", f"generate.temperature={temperatures}")

@@ -207,18 +207,20 @@ def test_grpo_on_vllm_resumes_exactly(job):
         assert torch.equal(a[name], b[name]), name
 
 
-def test_tether_generate_on_vllm_gives_the_greedy_answers_hf_gives(tiny_dir, tmp_path):
+def test_tether_generate_on_vllm_gives_the_greedy_answers_hf_gives(tmp_path, engine_calls):
     from tether.feedback.generate import generate_items
 
-    model, tokenizer = load_model(str(tiny_dir))
+    model, tokenizer = load_model(str(save_talkative(tmp_path / "model")))
     prompts = [(f"p{i}", text, {}) for i, text in enumerate(PROMPTS)]
     kwargs = dict(num_candidates=2, max_new_tokens=8, temperature=[0.0, 1.0], seed=0, progress=False)
-    on_vllm = generate_items(prompts, [("m", model, tokenizer)], backend="vllm", **kwargs)
-    on_hf = generate_items(prompts, [("m", model, tokenizer)], backend="transformers", **kwargs)
+    on_vllm = generate_items(prompts, [("m", model, tokenizer)], rollout=RolloutSettings(backend="vllm"), **kwargs)
+    on_hf = generate_items(prompts, [("m", model, tokenizer)], **kwargs)
     assert [c.model for c in on_vllm[0].candidates] == ["m@T0", "m@T1"]
     for a, b in zip(on_vllm, on_hf, strict=True):
         assert a.candidates[0].text == b.candidates[0].text  # greedy: the same answer on both engines
         assert isinstance(a.candidates[1].text, str)
+    assert sum(engine_calls) == 2 * len(PROMPTS)  # the vllm side sampled on the engine, at both temperatures
+    speaks([item.candidates[0].text for item in on_vllm])
 
 
 def test_ppo_samples_on_vllm_and_the_engine_follows_each_update(job):
@@ -229,9 +231,165 @@ def test_ppo_samples_on_vllm_and_the_engine_follows_each_update(job):
         "train.run_name=ppo", "train.progress=false", "train.bf16=false", "train.tensorboard=false",
         "ppo.rewards=[{name: 'test_grpo_trainer:answer_token_reward'}]", "ppo.prompts_per_step=4",
         "ppo.num_generations=2", "ppo.max_new_tokens=8", "optim.lr=2e-2", "train.max_steps=3",
-        "rollout.backend=vllm", "rollout.kv_cache_gib=1"])
+        "rollout.backend=vllm", "rollout.kv_cache_gib=1", "rollout.importance_cap=2.0"])
     train_ppo(config)
     steps = [row for row in read_metrics(config.run_dir()) if "reward/mean" in row]
     assert len(steps) == 3
     # PPO recomputes old log-probs with the trainer; the engine's agree in float32 after every update
     assert all(row["logps/sampler_gap"] < 1e-4 for row in steps), [row["logps/sampler_gap"] for row in steps]
+    # so the truncated importance weights (TIS) are 1 to float rounding
+    assert all(abs(row["importance_weight/mean"] - 1) < 1e-3 for row in steps), steps
+
+
+# ---- CAI, RLHF and the audit generate through the same rollout.backend --------------------------------
+
+def save_talkative(directory, seed=0):
+    """A tiny model that says something under greedy decoding: at tiny_llama's init (std 0.02) the
+    last input token dominates the residual stream and the tied head repeats it (a newline after
+    the chat template: empty answers, which any two engines agree on). Weight matrices drawn with
+    std 0.1 give varied text."""
+    from tether.models.tiny import tiny_llama
+
+    model, tokenizer = tiny_llama(seed, **TINY)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.dim() == 2:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture
+def engine_calls(monkeypatch):
+    """How many rollouts a vLLM engine sampled: a comparison with the transformers backend shows
+    nothing if the vLLM side never reached the engine."""
+    calls = []
+    original = VLLMSampler.sample_ids
+
+    def counted(self, encoded, config):
+        calls.append(len(encoded))
+        return original(self, encoded, config)
+
+    monkeypatch.setattr(VLLMSampler, "sample_ids", counted)
+    return calls
+
+
+def speaks(texts):
+    """The comparison means something only if the model says something under greedy decoding."""
+    assert sum(bool(text.strip()) for text in texts) > len(texts) * 0.75, texts
+
+
+def test_cai_critiques_and_revisions_on_vllm_are_the_greedy_ones_hf_writes(tmp_path, engine_calls):
+    from tether.algorithms.cai import CAIConfig, load_prompts, revise_stage
+    from tether.feedback.constitution import load_constitution
+
+    tiny_dir = save_talkative(tmp_path / "model")
+    rows = [{"id": f"p{n}", "prompt": f"How do I hurt person number {n}?", "kind": "harmful"} for n in range(3)]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    traces = {}
+    for backend in ("vllm", "transformers"):
+        config = load_config(CAIConfig, None, [
+            f"train.output_dir={tmp_path / backend}", "train.progress=false", f"sft.model.path={tiny_dir}",
+            f"prompts.path={tmp_path / 'prompts.jsonl'}", "critique.max_new_tokens=10", "critique.temperature=0",
+            "critique.revisions=2", "sft.train.bf16=false", "dpo.train.bf16=false", f"rollout.backend={backend}"])
+        run_dir = tmp_path / backend
+        run_dir.mkdir()
+        revise_stage(config, load_prompts(config.prompts), load_constitution(config.constitution), run_dir)
+        traces[backend] = [json.loads(line) for line in (run_dir / "critiques.jsonl").read_text().splitlines()]
+        if backend == "vllm":
+            assert len(engine_calls) == 5  # first answers, then critiques and revisions twice
+    assert len(engine_calls) == 5  # the transformers backend starts no engine
+    assert traces["vllm"] == traces["transformers"]
+    speaks([step["critique"] for trace in traces["vllm"] for step in trace["steps"]] +
+           [trace["initial"] for trace in traces["vllm"]])
+
+
+def test_rlhf_candidates_and_ppo_take_the_rollout_backend(tmp_path, engine_calls):
+    from tether.algorithms.rlhf import RLHFConfig, generate_candidates, ppo_config
+    from tether.feedback.generate import read_records
+    from tether.feedback.records import FeedbackItem
+
+    tiny_dir = save_talkative(tmp_path / "model")
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "prompt": text}) + "\n"
+                                                    for i, text in enumerate(PROMPTS * 2)))
+    items = {}
+    for backend in ("vllm", "transformers"):
+        config = load_config(RLHFConfig, None, [
+            f"model.path={tiny_dir}", f"data.train={tmp_path / 'prompts.jsonl'}", f"train.output_dir={tmp_path}",
+            "train.progress=false", "train.bf16=false", "generate.num_candidates=2", "generate.max_new_tokens=10",
+            "generate.temperature=[0, 1.0]", f"rollout.backend={backend}"])  # one greedy, one sampled candidate
+        generate_candidates(config, tmp_path / f"{backend}.jsonl")
+        items[backend] = read_records(tmp_path / f"{backend}.jsonl", FeedbackItem)
+        assert ppo_config(config, tmp_path, tmp_path / "rm").rollout.backend == backend  # stage 4 samples there too
+    assert sum(engine_calls) == 2 * 4  # vllm: 4 prompts at each temperature on the engine; transformers: none
+    greedy_vllm = [item.candidates[0].text for item in items["vllm"]]
+    assert greedy_vllm == [item.candidates[0].text for item in items["transformers"]]
+    assert [item.candidates[0].model for item in items["vllm"]] == ["policy@T0"] * 4
+    speaks(greedy_vllm)
+
+
+def test_audit_on_vllm_gives_the_greedy_answers_hf_gives(tmp_path, monkeypatch, engine_calls):
+    """``tether audit --backend vllm``: one engine takes the baseline's and the candidate's weights in
+    turn (module by module), and every greedy answer equals tether's own decode loop's."""
+    from tether.audit import suite as suite_module
+    from tether.audit.cli import main
+
+    baseline, candidate = save_talkative(tmp_path / "a", seed=0), save_talkative(tmp_path / "b", seed=1)
+    greedy_modules = ["tether.audit.metrics.refusal_calibration", "tether.audit.metrics.jailbreak"]
+    monkeypatch.setitem(suite_module.SUITES, "quick", greedy_modules)
+    answers = {}
+    for backend in ("vllm", "transformers"):
+        out = tmp_path / backend
+        status = main(["--baseline", str(baseline), "--candidate", str(candidate), "--suite", "quick",
+                       "--limit", "2", "--out", str(out), "--resamples", "20", "--backend", backend])
+        assert status == 0, backend
+        record = json.loads((out / "audit.json").read_text())
+        assert record["errors"] == {}
+        if backend == "vllm":
+            engine_rollouts = len(engine_calls)
+        answers[backend] = [(metric["name"], side, row["response"]) for metric in record["metrics"]
+                            for side in ("baseline", "candidate") for row in metric["items"][side]]
+    assert len(answers["vllm"]) >= 8
+    assert engine_rollouts > 0 and len(engine_calls) == engine_rollouts  # the transformers run used none
+    assert answers["vllm"] == answers["transformers"]
+    by_side = {side: [text for _, s, text in answers["vllm"] if s == side] for side in ("baseline", "candidate")}
+    assert by_side["baseline"] != by_side["candidate"]  # two models, each answered with its own weights
+    speaks([text for *_, text in answers["vllm"]])
+
+
+def test_ppo_rounds_on_vllm_start_one_engine_after_another(tmp_path, monkeypatch, engine_calls):
+    """``rlhf.rounds`` with ``rollout.backend: vllm``: each round's candidates, PPO rollouts and
+    ``rlhf.audit`` answers come from an engine, each closed before the next one starts (in-process
+    vLLM runs one at a time), and every round's policy is audited."""
+    from test_rlhf_pipeline import LengthJudge
+
+    import tether.feedback.judge_backends as judge_backends
+    from tether.algorithms import rounds
+    from tether.algorithms.rlhf import RLHFConfig, run_rlhf
+
+    model = save_tiny_llama(tmp_path / "model", **TINY)
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"Tell me about {i}."}) + "\n"
+                                                    for i in range(6)))
+    monkeypatch.setattr(judge_backends, "backend_from_spec", lambda spec, **_: LengthJudge())
+    config = load_config(RLHFConfig, None, [
+        f"model.path={model}", "model.lora={r: 4, alpha: 8}", f"data.train={tmp_path / 'prompts.jsonl'}",
+        f"train.output_dir={tmp_path / 'runs'}", "train.progress=false", "train.bf16=false", "train.tensorboard=false",
+        "generate.num_candidates=3", "generate.max_new_tokens=6", "reward_model.max_length=64",
+        "reward_model.max_steps=2", "reward_model.batch_size=4", "train.batch_size=4", "optim.lr=1e-2",
+        "train.max_steps=2", "ppo.prompts_per_step=4", "ppo.num_generations=2", "ppo.max_new_tokens=6",
+        "ppo.eval_prompts=4", "ppo.ppo_epochs=1", "rlhf.rounds=2", "rlhf.trainer=ppo",
+        "rlhf.refusal_judge=refusal-patterns", "rlhf.audit=[refusal_calibration]", "rlhf.audit_limit=2",
+        "rollout.backend=vllm", "rollout.importance_cap=2.0"])
+    policy = run_rlhf(config)
+    run = config.run_dir()
+    assert policy == run / "round-2" / "4-ppo" / "final"
+    report = json.loads((run / rounds.ROUNDS_REPORT).read_text())
+    assert "over_refusal" in report["start_audit"] and all("over_refusal" in r["audit"] for r in report["rounds"])
+    # per round: 6 prompts' candidates, 2 PPO steps of 4 prompts; per audit: 2 + 2 probes (safe, unsafe)
+    assert sum(engine_calls) >= 2 * (6 + 2 * 4) + 3 * 4, engine_calls
+    for k in (1, 2):
+        gaps = [row["logps/sampler_gap"] for row in read_metrics(run / f"round-{k}" / "4-ppo")
+                if "logps/sampler_gap" in row]
+        assert len(gaps) == 2 and max(gaps) < 1e-4  # float32: the engine followed the round's policy

@@ -54,7 +54,9 @@ from tether.feedback.records import FeedbackItem, Judgment
 from tether.judges import decide, default_refusal_judge, describe
 from tether.judges.rows import prompt_text
 from tether.models import load_tokenizer
+from tether.rollout.backends import RolloutSettings, make_sampler
 from tether.rollout.generate import generate_responses
+from tether.rollout.sampler import Sampler
 
 PIPELINE_SETS = "(set by the CAI pipeline)"
 
@@ -121,6 +123,8 @@ class CAIConfig(Section):
     sft: SFTConfig  # sft.model is the starting policy
     rlaif: RLAIFSettings = RLAIFSettings()
     dpo: DPOConfig
+    # the engine that writes critiques, revisions and RLAIF candidates (transformers or vllm)
+    rollout: RolloutSettings = RolloutSettings()
 
     @model_validator(mode="before")
     @classmethod
@@ -170,15 +174,16 @@ def load_prompts(settings: PromptSettings) -> list[tuple[str, object, dict]]:
 
 def critique_and_revise(model, tokenizer, prompts: list[tuple[str, object, dict]],
                         constitution: Constitution, settings: CritiqueSettings, *, seed: int,
-                        progress: bool = True) -> list[dict]:
+                        progress: bool = True, sampler: Sampler | None = None) -> list[dict]:
     """One trace per prompt: ``{"id", "prompt", "initial", "steps": [{"principle", "critique",
-    "revision"}], "revision"}``. All prompts advance one step at a time, batched."""
+    "revision"}], "revision"}``. All prompts advance one step at a time, batched. ``sampler``: the
+    engine on ``model`` (``make_sampler``); default tether's own decode loop."""
     rng = random.Random(seed)
 
     def answer(chats: list[list[dict]], what: str) -> list[str]:
         return generate_responses(model, tokenizer, chats, max_new_tokens=settings.max_new_tokens,
                                   batch_size=settings.batch_size, temperature=settings.temperature,
-                                  seed=seed, progress=progress, description=what)
+                                  seed=seed, progress=progress, description=what, sampler=sampler)
 
     chats = [[{"role": "user", "content": p}] if isinstance(p, str) else list(p)
              for _, p, _ in prompts]
@@ -223,9 +228,13 @@ def revise_stage(config: CAIConfig, prompts, constitution: Constitution, run_dir
     seed = config.train.seed
     torch.manual_seed(seed)
     _, model, tokenizer = load_named_model(config.sft.model.path)
-    traces = critique_and_revise(model, tokenizer, prompts, constitution, config.critique,
-                                 seed=seed, progress=config.train.progress)
-    del model
+    sampler = make_sampler(model, tokenizer, config.rollout, bf16=False)
+    try:
+        traces = critique_and_revise(model, tokenizer, prompts, constitution, config.critique,
+                                     seed=seed, progress=config.train.progress, sampler=sampler)
+    finally:
+        sampler.close()  # one engine at a time: the SFT and RLAIF stages come next
+    del model, sampler
     write_jsonl(run_dir / "critiques.jsonl", traces)
     records = [{"id": t["id"], "prompt": t["prompt"], "completion": t["revision"]}
                for t in traces if t["revision"].strip()]
@@ -247,7 +256,7 @@ def candidates_stage(config: CAIConfig, prompts, sft_final: Path, items_path: Pa
                            num_candidates=config.rlaif.num_candidates,
                            max_new_tokens=config.rlaif.max_new_tokens,
                            temperature=config.rlaif.temperature, seed=config.train.seed,
-                           progress=config.train.progress)
+                           progress=config.train.progress, rollout=config.rollout)
     del model
     write_jsonl(items_path, items)
     return dict(items=len(items), refusal_rate=refusal_rate(

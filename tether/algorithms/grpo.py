@@ -39,9 +39,9 @@ from tether.losses.grpo import (
     overlong_penalty,
     policy_loss,
     rloo_advantages,
-    truncated_importance_weights,
     zero_variance_groups,
 )
+from tether.losses.importance import truncated_importance_weights
 from tether.models import evaluation_mode
 from tether.rewards.base import combine_rewards, reward_columns
 from tether.rollout.backends import RolloutSettings, make_sampler
@@ -290,6 +290,7 @@ def train_grpo(config: GRPOConfig) -> Path:
             bar.advance(1, status=f"reward {metrics['reward/mean']:.3f}")
             session.end_step(done)
     session.close()
+    sampler.close()  # vLLM: free the engine before the next stage starts one (rlhf rounds, cai)
 
     if session.world.is_main:
         plot_metrics(run_dir, ["reward/mean", "eval/math_answer", "eval/think_answer_format"],

@@ -59,6 +59,7 @@ from tether.envs.rollout import (
     trained_token_mask,
 )
 from tether.errors import ConfigError
+from tether.losses.importance import truncated_importance_weights
 from tether.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -238,7 +239,10 @@ def ppo_updates(session: TrainingSession, rollout: RolloutBatch, old_logps: torc
     input_ids, attention_mask, position_ids = rollout.sequences()
     start = rollout.prompt_ids.shape[1]
     shuffler = torch.Generator().manual_seed(session.config.train.seed * 7_919 + step)
+    importance_cap = session.config.rollout.importance_cap
     sums = {"loss/policy": 0.0, "loss/value": 0.0, "clipfrac": 0.0, "vf_clipfrac": 0.0, "ratio": 0.0}
+    if importance_cap is not None:
+        sums["importance_weight/mean"] = 0.0
     kl_sum, updates, stopped, grad = 0.0, 0, False, {}
     for _ in range(settings.ppo_epochs):
         order = torch.randperm(rows, generator=shuffler)
@@ -251,8 +255,10 @@ def ppo_updates(session: TrainingSession, rollout: RolloutBatch, old_logps: torc
             with session.autocast():
                 logps, values = session.model(input_ids[part], attention_mask[part], position_ids[part],
                                               start=start)  # (b', L) each
+                # vLLM's log-probs differ from the trainer's: weigh tokens by their ratio (TIS)
+                weights = truncated_importance_weights(old_logps[part], rollout.model_logps[part], importance_cap)
                 pg_loss, pg_metrics = policy_loss(logps, old_logps[part], advantages[part], mask[part],
-                                                  epsilon=settings.epsilon)
+                                                  epsilon=settings.epsilon, token_weights=weights)
                 vf_loss, vf_metrics = value_loss(values, old_values[part], returns[part], mask[part],
                                                  cliprange_value=settings.cliprange_value)
                 loss = pg_loss + settings.vf_coef * vf_loss
@@ -265,6 +271,8 @@ def ppo_updates(session: TrainingSession, rollout: RolloutBatch, old_logps: torc
                                ("clipfrac", pg_metrics["clipfrac"]), ("ratio", pg_metrics["ratio"]),
                                ("vf_clipfrac", vf_metrics["vf_clipfrac"])):
                 sums[key] += float(value.detach()) * share
+            if weights is not None:
+                sums["importance_weight/mean"] += float(pg_metrics["importance_weight/mean"]) * share
             updates += 1
             # One decision for all ranks (all_true), or a rank that stops would leave the
             # others waiting in the next minibatch's collectives.
@@ -413,6 +421,7 @@ def train_ppo(config: PPOConfig) -> Path:
             bar.advance(1, status=f"reward {metrics['reward/mean']:.3f} kl {metrics['kl']:.3f}")
             session.end_step(done)
     session.close()
+    sampler.close()  # vLLM: free the engine before the next stage starts one (rlhf rounds, cai)
 
     if session.world.is_main:
         plot_metrics(run_dir, ["reward/mean", "kl", "kl_coef", "loss/value", "clipfrac", "eval/proxy_reward",

@@ -32,7 +32,7 @@ import math
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, model_validator
 
 from tether.algorithms.dpo import DPOSettings
 from tether.algorithms.ppo import PPOConfig, PPOSettings, train_ppo
@@ -53,6 +53,7 @@ from tether.engine import console, distributed, latest_checkpoint, read_metrics,
 from tether.engine.stages import StagedRun
 from tether.errors import CheckpointError, ConfigError, DataValidationError, TetherError
 from tether.feedback.constitution import DEFAULT_CONSTITUTION
+from tether.rollout.backends import RolloutSettings
 
 CANDIDATES = "1-candidates.jsonl"
 JUDGMENTS = "2-judgments.jsonl"
@@ -69,17 +70,23 @@ class GenerateStage(Section):
     max_prompts: int | None = Field(None, gt=0)  # N prompts of data.train drawn with train.seed; None: all
     max_new_tokens: int = Field(48, gt=0)
     # One value, or several to share each prompt's candidates out among (e.g. [0.3, 1.0]: a focused
-    # and a wandering answer side by side, so rankings have clear contrasts to learn from).
+    # and a wandering answer side by side, so rankings have clear contrasts to learn from). 0 is
+    # greedy: at most one candidate of a prompt's (e.g. [0, 1.0]).
     temperature: float | list[float] = 1.0
-
-    @field_validator("temperature")
-    @classmethod
-    def _positive(cls, value: float | list[float]) -> float | list[float]:
-        values = value if isinstance(value, list) else [value]
-        if not values or any(t <= 0 for t in values):
-            raise ValueError(f"generate.temperature must be positive (one value or a list), got {value}")
-        return value
     batch_prompts: int = Field(4, gt=0)
+
+    @model_validator(mode="after")
+    def _temperatures(self) -> GenerateStage:
+        from tether.feedback.generate import temperature_shares
+
+        values = self.temperature if isinstance(self.temperature, list) else [self.temperature]
+        if any(t < 0 for t in values):
+            raise ValueError(f"generate.temperature must not be negative, got {self.temperature}")
+        try:
+            temperature_shares(self.num_candidates, values)
+        except ConfigError as error:
+            raise ValueError(f"generate.temperature: {error}") from None
+        return self
 
 
 class RankStage(Section):
@@ -118,6 +125,8 @@ class RLHFConfig(RunConfig):
     # fragility (issue 22): several rounds, PPO or online DPO, and the tampering watch (algorithms/rounds.py)
     rlhf: RoundsSettings = RoundsSettings()
     dpo: DPOSettings = DPOSettings()  # the DPO of each round with rlhf.trainer: dpo
+    # the engine that samples stage 1's candidates and PPO's rollouts (transformers or vllm)
+    rollout: RolloutSettings = RolloutSettings()
 
 
 # ------------------------------------------------------------------------------------------- stages
@@ -136,7 +145,8 @@ def generate_candidates(config: RLHFConfig, out: Path) -> None:
     name, model, tokenizer = load_named_model(f"policy={config.model.path}")
     items = generate_items(prompts, [(name, model, tokenizer)], num_candidates=stage.num_candidates,
                            max_new_tokens=stage.max_new_tokens, temperature=stage.temperature,
-                           seed=config.train.seed, batch_prompts=stage.batch_prompts, progress=config.train.progress)
+                           seed=config.train.seed, batch_prompts=stage.batch_prompts, progress=config.train.progress,
+                           rollout=config.rollout)
     write_jsonl(out, items)
     console.print(f"stage 1: {len(items)} prompts x {stage.num_candidates} candidates -> {out}")
 
@@ -277,7 +287,7 @@ def ppo_config(config: RLHFConfig, run_dir: Path, reward_model: Path) -> PPOConf
         "run_name": PPO_RUN, "output_dir": str(run_dir),
         "resume": latest_checkpoint(run_dir / PPO_RUN / "checkpoints") is not None})
     return PPOConfig(model=config.model, data=data, optim=config.optim, train=train,
-                     ppo=config.ppo.model_copy(update={"rewards": rewards}))
+                     ppo=config.ppo.model_copy(update={"rewards": rewards}), rollout=config.rollout)
 
 
 # ------------------------------------------------------------------------------------------- report

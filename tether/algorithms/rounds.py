@@ -185,22 +185,29 @@ def preference_win_rates(path: Path, judge_name: str | None) -> dict:
             "pairs_differing": {row["concept"]: row["pairs_differing"] for row in rates}}
 
 
-def audit_policy(policy: str | Path, modules: Sequence[str], limit: int | None, judge_name: str | None) -> dict:
-    """Each ``rlhf.audit`` metric module's numbers on one round's policy (or the starting model)."""
+def audit_policy(policy: str | Path, modules: Sequence[str], limit: int | None, judge_name: str | None,
+                 rollout=None) -> dict:
+    """Each ``rlhf.audit`` metric module's numbers on one round's policy (or the starting model);
+    ``rollout`` (the run's RolloutSettings) picks the engine that generates the answers."""
     from tether.audit.base import AuditModel, with_judge
     from tether.judges import default_refusal_judge
     from tether.judges.registry import get_judge
     from tether.models import load_model
+    from tether.rollout.backends import RolloutSettings, make_sampler
 
     model, tokenizer = load_model(str(policy))
-    audit_model = AuditModel(name=str(policy), model=model.eval(), tokenizer=tokenizer,
-                             path=str(policy), progress=False)
+    audit_model = AuditModel(name=str(policy), model=model.eval(), tokenizer=tokenizer, path=str(policy),
+                             progress=False, sampler=make_sampler(model, tokenizer, rollout or RolloutSettings(),
+                                                                  bf16=False))
     judge = get_judge(judge_name) if judge_name else default_refusal_judge()
     values = {}
-    for name in modules:
-        module = _metric_module(name)
-        for result in module.evaluate(audit_model, limit=limit, **with_judge(module.evaluate, judge)):
-            values[result.name] = result.value
+    try:
+        for name in modules:
+            module = _metric_module(name)
+            for result in module.evaluate(audit_model, limit=limit, **with_judge(module.evaluate, judge)):
+                values[result.name] = result.value
+    finally:
+        audit_model.sampler.close()  # vLLM: one engine at a time, and the next round starts its own
     return values
 
 
@@ -231,8 +238,10 @@ def run_rounds(config: RLHFConfig) -> Path:
     history: list[dict] = []
     policy = config.model.path
     # round 0: the starting model, so the first round's audit numbers have something to rise from
-    start_audit = (audit_policy(policy, settings.audit, settings.audit_limit, settings.refusal_judge)
-                   if settings.audit else {})
+    def audit(model_path) -> dict:
+        return audit_policy(model_path, settings.audit, settings.audit_limit, settings.refusal_judge, config.rollout)
+
+    start_audit = audit(policy) if settings.audit else {}
     for k in range(1, settings.rounds + 1):
         console.rule(f"RLHF round {k} of {settings.rounds} (policy {policy})")
         single = round_config(config, run_dir, k, str(policy))
@@ -241,7 +250,7 @@ def run_rounds(config: RLHFConfig) -> Path:
         entry = {"round": k, "policy": str(policy), "start_policy": single.model.path,
                  **preference_win_rates(round_dir / PREFERENCES, settings.refusal_judge)}
         if settings.audit:
-            entry["audit"] = audit_policy(policy, settings.audit, settings.audit_limit, settings.refusal_judge)
+            entry["audit"] = audit(policy)
         history.append(entry)
         distributed.main_only(lambda: _write_report(run_dir, history, [], start_audit), "writing rounds.json")
 

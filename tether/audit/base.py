@@ -70,20 +70,32 @@ class AuditModel:
     path: str = ""
     batch_size: int = DEFAULT_BATCH_SIZE  # prompts per generation batch
     progress: bool = True  # False: no progress bars (a trainer's hook with train.progress off)
+    # The engine that generates (tether.rollout.backends.make_sampler: vLLM with --backend vllm);
+    # None: tether's own decode loop on ``model``. Metrics that read activations use ``model``.
+    sampler: Any = None
+
+    def rollout_sampler(self) -> Any:
+        """The sampler that generates this model's answers."""
+        if self.sampler is None:
+            from tether.rollout.sampler import TransformersSampler
+
+            self.sampler = TransformersSampler(self.model, self.tokenizer)
+        return self.sampler
 
     def answer(self, prompts: Sequence[Prompt], *, max_new_tokens: int = 64,
                progress: bool = True, description: str = "generate") -> list[str]:
         """One greedy answer per prompt, in input order."""
         return generate_responses(self.model, self.tokenizer, list(prompts),
                                   max_new_tokens=max_new_tokens, batch_size=self.batch_size,
-                                  progress=progress and self.progress, description=description)
+                                  progress=progress and self.progress, description=description,
+                                  sampler=self.sampler)
 
     def sample(self, prompts: Sequence[Prompt], *, num_samples: int, max_new_tokens: int = 64,
                temperature: float = 1.0, top_p: float = 1.0, seed: int = 0) -> list[list[str]]:
         """``num_samples`` sampled answers per prompt (seeded), grouped per prompt."""
-        from tether.rollout.sampler import RolloutConfig, TransformersSampler
+        from tether.rollout.sampler import RolloutConfig
 
-        sampler = TransformersSampler(self.model, self.tokenizer)
+        sampler = self.rollout_sampler()
         config = RolloutConfig(num_samples=num_samples, temperature=temperature, top_p=top_p,
                                max_new_tokens=max_new_tokens, seed=seed)
         groups: list[list[str]] = []

@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                              '"over_refusal>+5pp,toxicity_prob>+2pp,drift_kl>0.5"; exit 3 when one fails')
     add_judge_arguments(parser, counted_by="the refusal metrics count with")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="prompts per generation batch")
+    parser.add_argument("--backend", choices=["transformers", "vllm"], default="transformers",
+                        help="engine that generates the answers (vllm: one engine that takes each model's weights "
+                             "in turn; needs the vllm extra, docs/scaling.md). The representation audit's "
+                             "ablations always generate with transformers")
+    parser.add_argument("--kv-cache-gib", type=float, default=1.0, help="vllm: KV-cache memory (GiB)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     return parser
@@ -60,6 +65,15 @@ def _load(label: str, path: str, batch_size: int, cache: dict):
         cache[path] = load_model(model_name(path))
     model, tokenizer = cache[path]
     return AuditModel(name=label, model=model, tokenizer=tokenizer, path=path, batch_size=batch_size)
+
+
+def attach_samplers(models: list, settings) -> None:
+    """Give each AuditModel the sampler ``settings.backend`` names; on vLLM one engine serves them all."""
+    from tether.rollout.backends import make_samplers
+
+    samplers = make_samplers([(m.model, m.tokenizer) for m in models], settings, bf16=False)
+    for model, sampler in zip(models, samplers, strict=True):
+        model.sampler = sampler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,6 +95,7 @@ def _run(args: argparse.Namespace, err) -> int:
     from tether.audit.gate import check_gates, evaluate_gates, parse_fail_on
     from tether.audit.report import print_table, write_report
     from tether.audit.suite import declared_metrics, resolve_suite, run_suite
+    from tether.rollout.backends import RolloutSettings
 
     # ---- everything that can be wrong with the arguments fails before any model loads
     gates = parse_fail_on(args.fail_on)
@@ -102,10 +117,14 @@ def _run(args: argparse.Namespace, err) -> int:
     err.print(f"loading baseline {args.baseline} and candidate {args.candidate}")
     baseline = _load("baseline", args.baseline, args.batch_size, cache)
     candidate = _load("candidate", args.candidate, args.batch_size, cache)
+    attach_samplers([baseline, candidate], RolloutSettings(backend=args.backend, kv_cache_gib=args.kv_cache_gib))
 
     # ---- metrics
-    run = run_suite(baseline, candidate, args.suite, limit=args.limit, resamples=args.resamples,
-                    seed=args.seed, log=err.print, judge=judge)
+    try:
+        run = run_suite(baseline, candidate, args.suite, limit=args.limit, resamples=args.resamples,
+                        seed=args.seed, log=err.print, judge=judge)
+    finally:
+        baseline.sampler.close()  # the engine (vllm: one for both models)
     out = Path(args.out or f"runs/audit-{datetime.now():%Y%m%d-%H%M%S}")
     try:
         # gates on metrics of modules that declared nothing can only be checked now

@@ -42,6 +42,7 @@ from tether.audit.activations import ablated, added, decoder_layers, last_token_
 from tether.audit.base import AuditModel
 from tether.audit.probes import cosine, fit_probe, mean_difference
 from tether.judges.validate import wilson_interval
+from tether.rollout.generate import generate_responses
 
 RESOURCES = Path(__file__).resolve().parents[1] / "resources" / "audit"
 CUES = RESOURCES / "persona_cues.jsonl"
@@ -122,7 +123,10 @@ def default_ablation_layers(num_layers: int, count: int = 4) -> list[int]:
 
 def refusal_rate(model: AuditModel, prompts: list[str], judge: RefusalJudge, max_new_tokens: int,
                  description: str) -> tuple[list[bool], list[str]]:
-    responses = model.answer(prompts, max_new_tokens=max_new_tokens, description=description)
+    # tether's own decode loop on model.model, whatever the audit's backend: the ablation hooks
+    # live on that module, and a vLLM engine would not see them.
+    responses = generate_responses(model.model, model.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                                   batch_size=model.batch_size, progress=model.progress, description=description)
     return judge(prompts, responses), responses
 
 

@@ -13,6 +13,7 @@ import argparse
 def _generate(args: argparse.Namespace) -> None:
     from tether.engine.progress import console
     from tether.feedback.generate import generate_items, load_named_model, read_prompts, write_jsonl
+    from tether.rollout.backends import RolloutSettings
 
     prompts = read_prompts(args.prompts)  # fail on bad input before loading any model
     if args.limit:
@@ -21,7 +22,7 @@ def _generate(args: argparse.Namespace) -> None:
     items = generate_items(prompts, models, num_candidates=args.num_candidates,
                            max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                            seed=args.seed, batch_prompts=args.batch_prompts,
-                           progress=not args.no_progress, backend=args.backend)
+                           progress=not args.no_progress, rollout=RolloutSettings(backend=args.backend))
     count = write_jsonl(args.out, items)
     console.print(f"{count} items with {len(items[0].candidates)} candidates each -> {args.out}")
 

@@ -123,21 +123,9 @@ def sample_candidates(model, tokenizer, prompts: list[Prompt], *, num_candidates
     return groups
 
 
-def generate_items(prompts: list[tuple[str, Prompt, dict]], models: list[tuple[str, object, object]],
-                   *, num_candidates: int = 2, max_new_tokens: int = 128,
-                   temperature: float | Sequence[float] = 1.0, seed: int = 0, batch_prompts: int = 4,
-                   progress: bool = True, backend: str = "transformers") -> list[FeedbackItem]:
-    """One FeedbackItem per prompt with ``num_candidates`` candidates from each ``(name, model,
-    tokenizer)``; every model samples with the same seed.
-
-    ``temperature`` may list several values: each model's candidates are then shared out among them
-    (4 candidates at [0.3, 1.0]: two at each), and a candidate's ``model`` reads ``NAME@T0.3``. Mixed
-    temperatures give a ranking clear contrasts (a focused answer beside a wandering one).
-    ``backend`` is ``rollout.backend``: "transformers" or "vllm" (one engine per model)."""
-    temperatures = [float(temperature)] if isinstance(temperature, (int, float)) else [float(t) for t in temperature]
-    if num_candidates * len(models) < 2:
-        raise ConfigError("an item needs at least two candidates: pass --num-candidates 2 or more, "
-                          "or a second --model")
+def temperature_shares(num_candidates: int, temperatures: Sequence[float]) -> list[int]:
+    """How many of a model's ``num_candidates`` candidates each temperature samples (4 at [0.3, 1.0]:
+    2 and 2); a greedy temperature (0) may have one at most, its samples being identical."""
     if not temperatures or num_candidates < len(temperatures):
         raise ConfigError(f"{len(temperatures)} temperatures need at least as many candidates per model, "
                           f"got num_candidates={num_candidates}")
@@ -145,18 +133,37 @@ def generate_items(prompts: list[tuple[str, Prompt, dict]], models: list[tuple[s
               for i in range(len(temperatures))]
     if any(t == 0 and share > 1 for t, share in zip(temperatures, shares)):
         raise ConfigError("temperature 0 is greedy: the K candidates of a model would be identical")
+    return shares
+
+
+def generate_items(prompts: list[tuple[str, Prompt, dict]], models: list[tuple[str, object, object]],
+                   *, num_candidates: int = 2, max_new_tokens: int = 128,
+                   temperature: float | Sequence[float] = 1.0, seed: int = 0, batch_prompts: int = 4,
+                   progress: bool = True, rollout: RolloutSettings | None = None) -> list[FeedbackItem]:
+    """One FeedbackItem per prompt with ``num_candidates`` candidates from each ``(name, model,
+    tokenizer)``; every model samples with the same seed.
+
+    ``temperature`` may list several values: each model's candidates are then shared out among them
+    (4 candidates at [0.3, 1.0]: two at each), and a candidate's ``model`` reads ``NAME@T0.3``. Mixed
+    temperatures give a ranking clear contrasts (a focused answer beside a wandering one).
+    ``rollout`` picks the engine (``rollout.backend``: transformers, or vllm with one engine per
+    model, closed before the next starts); default tether's own decode loop."""
+    temperatures = [float(temperature)] if isinstance(temperature, (int, float)) else [float(t) for t in temperature]
+    if num_candidates * len(models) < 2:
+        raise ConfigError("an item needs at least two candidates: pass --num-candidates 2 or more, "
+                          "or a second --model")
+    shares = temperature_shares(num_candidates, temperatures)
     texts = [prompt for _, prompt, _ in prompts]
     per_model = []  # (candidate model label, [candidates of prompt i])
     for name, model, tokenizer in models:
-        sampler = make_sampler(model, tokenizer, RolloutSettings(backend=backend), bf16=False)
+        sampler = make_sampler(model, tokenizer, rollout or RolloutSettings(), bf16=False)
         for t, share in zip(temperatures, shares):
             label = name if len(temperatures) == 1 else f"{name}@T{t:g}"
             per_model.append((label, sample_candidates(model, tokenizer, texts, num_candidates=share,
                                                        max_new_tokens=max_new_tokens, temperature=t, seed=seed,
                                                        batch_prompts=batch_prompts, progress=progress,
                                                        description=f"generate {label}", sampler=sampler)))
-        if hasattr(sampler, "close"):
-            sampler.close()  # one engine's KV cache at a time
+        sampler.close()  # one engine at a time
     items = []
     for index, (item_id, prompt, metadata) in enumerate(prompts):
         candidates = [(name, text) for name, groups in per_model for text in groups[index]]

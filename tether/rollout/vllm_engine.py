@@ -21,6 +21,11 @@ r) B A, and only for the layers that carry adapters (with their fused partners: 
 are one matrix in vLLM and load together). After a push a tied ``lm_head`` is re-packed from the
 new embedding (without it CPU log-probs were off by up to 1 nat) and the prefix cache is reset.
 
+One engine, several models: in-process vLLM runs one engine at a time (a second one unsets the
+first's global state), so models of one architecture used side by side (an audit's baseline and
+candidate) share an engine: ``follow(model)`` points it at another model, whose whole weights are
+pushed before its next rollout (``EngineView`` does this on every call; ``make_samplers``).
+
 Log-probs: the engine reports the log-prob of each sampled token under the raw model (temperature
 1, ``logprobs_mode="raw_logprobs"``), which is ``model_logps``, the quantity the trainer
 recomputes. vLLM gives one kind of log-prob per engine, so ``sampling_logps`` (the tempered,
@@ -45,6 +50,7 @@ from torch import Tensor
 
 from tether.data import encode_prompt
 from tether.data.records import Prompt
+from tether.errors import ConfigError
 from tether.rollout.sampler import RolloutBatch, RolloutConfig
 from tether.rollout.stopping import FinishReason, cut_at_stop, end_token_ids, special_stop_ids
 
@@ -130,6 +136,15 @@ def _repack_tied_head(model: Any) -> None:
         method.process_weights_after_loading(head)
 
 
+def _ties_head(model: Any) -> bool:
+    return bool(getattr(_unwrap(model).config, "tie_word_embeddings", False))
+
+
+def _shapes(model: Any) -> dict[str, tuple[int, ...]]:
+    """Each (merged) weight's shape under its checkpoint name: what an engine's layout must match."""
+    return {name: tuple(tensor.shape) for name, tensor in policy_weights(model)}
+
+
 def _shutdown(llm: Any) -> None:
     llm.llm_engine.engine_core.shutdown()
 
@@ -146,7 +161,7 @@ class VLLMSampler:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad)
         self.end_ids = end_token_ids(tokenizer, _unwrap(model))
-        self._tied_head = bool(getattr(_unwrap(model).config, "tie_word_embeddings", False))
+        self._tied_head = _ties_head(model)
         shm = Path("/dev/shm")
         self._snapshot = Path(tempfile.mkdtemp(prefix="tether-vllm-", dir=shm if shm.is_dir() else None))
         try:
@@ -165,6 +180,20 @@ class VLLMSampler:
         self._finalizer()
         self.llm = None
         gc.collect()
+
+    def follow(self, model: Any, tokenizer: Any) -> None:
+        """Sample from ``model`` (same architecture and vocabulary) from now on; its whole weights
+        are pushed before the next rollout. Following the model already held costs nothing."""
+        if model is self.model:
+            return
+        if _shapes(model) != _shapes(self.model) or _ties_head(model) != self._tied_head:
+            raise ConfigError("one vLLM engine serves models of one architecture: these two differ "
+                              "(weight names or shapes); use rollout.backend: transformers")
+        self.model, self.tokenizer = model, tokenizer
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad)
+        self.end_ids = end_token_ids(tokenizer, _unwrap(model))
+        self._pushed = None  # the engine holds another model's weights: push them all
 
     def push_weights(self, *, only_adapted: bool = True) -> None:
         """Copy the trainer's current weights into the engine (LoRA: merged, adapted layers only)."""
@@ -191,7 +220,9 @@ class VLLMSampler:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if self._weights_version() != self._pushed:  # an optimizer step (or any edit) since the last push
+        if self._pushed is None:  # a model of its own (``follow``): every weight
+            self.push_weights(only_adapted=False)
+        elif self._weights_version() != self._pushed:  # an optimizer step (or any edit) since the last push
             self.push_weights()
         n = config.num_samples
         encoded = [list(ids) for ids in encoded]
@@ -258,3 +289,24 @@ class VLLMSampler:
             prompt_index=torch.arange(len(encoded), device=device).repeat_interleave(n),
             texts=[text for *_, text in rows], finish_reasons=[reason for _, _, reason, _ in rows],
             num_samples=n)
+
+
+class EngineView:
+    """A sampler for one model on an engine shared with others (``VLLMSampler.follow``): each call
+    points the engine at this view's model first, so interleaved calls for two models each see
+    their own weights (at the cost of a full weight push whenever the model changes)."""
+
+    def __init__(self, engine: VLLMSampler, model: Any, tokenizer: Any):
+        self.engine, self.model, self.tokenizer = engine, model, tokenizer
+
+    def sample(self, prompts: Sequence[Prompt], config: RolloutConfig) -> RolloutBatch:
+        self.engine.follow(self.model, self.tokenizer)
+        return self.engine.sample(prompts, config)
+
+    def sample_ids(self, encoded: Sequence[list[int]], config: RolloutConfig) -> RolloutBatch:
+        self.engine.follow(self.model, self.tokenizer)
+        return self.engine.sample_ids(encoded, config)
+
+    def close(self) -> None:
+        """Shut the shared engine down (every view's)."""
+        self.engine.close()

@@ -37,7 +37,7 @@ from tether.audit.metrics import balanced, load_probes
 from tether.errors import ConfigError
 from tether.losses.kl import kl_estimate
 from tether.models import evaluation_mode
-from tether.rollout.sampler import RolloutConfig, TransformersSampler
+from tether.rollout.sampler import RolloutConfig
 
 METRICS = {"drift_kl": "score", "drift_kl_per_token": "score", "drift_kl_k3": "score"}
 DESCRIPTIONS = {
@@ -101,7 +101,7 @@ def sample_drift(baseline: AuditModel, candidate: AuditModel, prompts: Sequence,
     Samples come from the candidate at temperature 1 (seeded per batch of prompts).
     """
     _check_same_vocabulary(baseline, candidate)
-    sampler = TransformersSampler(candidate.model, candidate.tokenizer)
+    sampler = candidate.rollout_sampler()
     per_batch = max(1, (batch_size or candidate.batch_size) // num_samples)
     rows: list[dict] = []
     with evaluation_mode(baseline.model), evaluation_mode(candidate.model):
