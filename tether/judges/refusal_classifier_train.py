@@ -2,18 +2,19 @@
 
     python -m tether.judges.refusal_classifier_train --folds          # 5-fold grouped CV estimate
     python -m tether.judges.refusal_classifier_train --final OUT_DIR  # fit on the calibration half,
-                                                                      # then score the test half once
+                                                                      # write adapter + judge.json
 
-One fixed recipe (:data:`RECIPE`), chosen before any run and not tuned: LoRA rank 8 on every linear
-layer of SmolLM2's upper 16 blocks, a fresh one-logit head, 2 epochs of AdamW at 3e-4 (10 warm-up
-steps, linear decay), batches of 8, the loss
+One recipe (:data:`RECIPE`): LoRA rank 8 on every linear layer of SmolLM2's upper 16 blocks, a fresh
+one-logit head, 3 epochs of AdamW at 1e-3 (10 warm-up steps, linear decay), batches of 8, the loss
 
     mean_i  w_i * BCE(sigmoid(logit_i), refused_i)
 
 with ``w`` balancing refusals against compliance (0.5 / class rate) and doubling partial refusals,
 the class the heads miss most. The cross-validation folds are the ones ``refusal-head`` uses (by
-prompt, seed 16); the threshold is the one that makes the out-of-fold scores most accurate. On two
-shared CPU cores a fold takes about 12 minutes; the test half is never read before the final fit.
+prompt, seed 16); the threshold is the one that makes the out-of-fold scores most accurate. Of the
+two recipes tried on fold 0 only (docs/refusal-judge.md), 2 epochs at 3e-4 scored 71.1% and this one
+86.7%, below the layer-16 linear head's 88.9% on the same 90 rows, so no weights are shipped. On two
+shared CPU cores a fold takes 13-36 minutes; on a GPU, minutes. The test half is never read here.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import numpy as np
 from tether.judges.refusal_classifier import MODULES, classifier_backbone, classifier_scores, pair_logits
 from tether.judges.refusal_head_train import best_threshold, grouped_folds, is_refusal_label, load_rows
 
-RECIPE = {"rank": 8, "alpha": 16, "dropout": 0.05, "first_layer": 14, "lr": 3e-4, "epochs": 2,
+RECIPE = {"rank": 8, "alpha": 16, "dropout": 0.05, "first_layer": 14, "lr": 1e-3, "epochs": 3,
           "batch_size": 8, "warmup_steps": 10, "weight_decay": 0.01, "partial_weight": 2.0, "seed": 0}
 
 
