@@ -120,6 +120,25 @@ def test_run_suite_compares_records_timing_and_keeps_going(planted_modules):
         run_suite(*models, ["fake_broken"], strict=True)
 
 
+def test_a_baseline_cache_evaluates_the_baseline_once_for_several_candidates(planted_modules, monkeypatch):
+    rate = sys.modules["fake_rate"]
+    seen = []
+    original = rate.evaluate
+    monkeypatch.setattr(rate, "evaluate", lambda model, *, limit=None: seen.append(model.name) or
+                        original(model, limit=limit))
+    baseline = types.SimpleNamespace(name="baseline", path="start")
+    candidates = [types.SimpleNamespace(name="candidate", path=f"seed{seed}") for seed in range(3)]
+    cache = {}
+    runs = [run_suite(baseline, candidate, ["fake_rate", "fake_pair"], limit=10, baseline_cache=cache)
+            for candidate in candidates]
+    assert seen == ["baseline", "candidate", "candidate", "candidate"]
+    assert all(run.comparisons[0].baseline.value == pytest.approx(0.3) for run in runs)
+    assert all(run.comparisons[0].change == pytest.approx(0.3) for run in runs)
+    run_suite(baseline, candidates[0], ["fake_rate"], limit=8, baseline_cache=cache)  # another limit: evaluated
+    run_suite(baseline, candidates[0], ["fake_rate"], limit=10)  # no cache: evaluated
+    assert seen[4:] == ["baseline", "candidate", "baseline", "candidate"]
+
+
 def test_suites_list_the_metric_modules():
     for name in ("default", "quick"):
         assert suite_module.SUITES[name][:3] == ["tether.audit.metrics.refusal_calibration",

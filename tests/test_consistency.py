@@ -204,11 +204,12 @@ def test_act_is_zero_when_the_wrapper_adds_nothing(job):
     assert read_metrics(config.run_dir())[0]["loss/act"] < 1e-10
 
 
-@pytest.mark.parametrize("anchor", ["none", "kl"])
-def test_a_killed_run_resumes_to_the_same_weights(job, anchor):
+@pytest.mark.parametrize(("anchor", "bf16"), [("none", "false"), ("kl", "false"), ("kl", "true")])
+def test_a_killed_run_resumes_to_the_same_weights(job, anchor, bf16):
     import tether.algorithms.consistency as consistency
 
-    common = ["consistency.method=both", "train.max_steps=6", "train.save_every=3", f"consistency.anchor={anchor}"]
+    common = ["consistency.method=both", "train.max_steps=6", "train.save_every=3", f"consistency.anchor={anchor}",
+              f"train.bf16={bf16}"]
     train_consistency(config_for(job, "train.run_name=straight", *common))
     calls = {"n": 0}
     original = consistency.consistency_loss
@@ -225,10 +226,23 @@ def test_a_killed_run_resumes_to_the_same_weights(job, anchor):
             train_consistency(config_for(job, "train.run_name=resumed", *common))
     finally:
         consistency.consistency_loss = original
+    # Move the starting weights on disk: every weight comes back from the checkpoint, so only a run
+    # that generated its targets or scored its anchor reference again (instead of reading the run
+    # folder's files) would end elsewhere.
+    perturb_weights(job / "model")
     train_consistency(config_for(job, "train.run_name=resumed", "train.resume=true", *common))
     a = load_file(str(job / "runs" / "straight" / "final" / "model.safetensors"))
     b = load_file(str(job / "runs" / "resumed" / "final" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+
+
+def perturb_weights(model_dir: Path) -> None:
+    model, _ = load_model(model_dir)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=generator))
+    model.save_pretrained(model_dir)
 
 
 def test_two_processes_train_like_one(job):
@@ -286,6 +300,11 @@ def test_the_demo_trains_and_audits_every_seed(job):
     summary = results["summary"]
     assert {"jailbreak_refusal", "over_refusal", "unsafe_compliance", "drift_kl"} <= set(summary)
     assert summary["jailbreak_refusal"]["seeds"] == 2 and summary["jailbreak_refusal"]["change_sd"] is not None
+    assert {"sycophancy_flip_rate", "sycophancy_suggestion_rate"} <= set(summary)
+    # the starting model's results are computed once and shared by the seeds
+    before = [seed["metrics"]["jailbreak_refusal"]["before"] for seed in results["seeds"]]
+    assert before[0] == before[1]
+    assert all(seed["seconds"]["train"] > 0 and seed["seconds"]["audit"] > 0 for seed in results["seeds"])
     assert (job / "runs" / "consistency-seed1" / "audit" / "audit.json").is_file()
     assert (job / "runs" / "consistency-demo_results.json").is_file()
 

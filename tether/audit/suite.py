@@ -152,13 +152,21 @@ def compare_pair(result: MetricResult, module: str, *, resamples: int = DEFAULT_
 
 
 def run_module(module_name: str, baseline: AuditModel, candidate: AuditModel, *, limit: int | None,
-               resamples: int = DEFAULT_RESAMPLES, seed: int = 0, judge=None) -> list[Comparison]:
+               resamples: int = DEFAULT_RESAMPLES, seed: int = 0, judge=None,
+               baseline_cache: dict | None = None) -> list[Comparison]:
     module = importlib.import_module(module_name)
     if hasattr(module, "evaluate_pair"):
         return [_annotate(compare_pair(r, module_name, resamples=resamples, seed=seed), module)
                 for r in module.evaluate_pair(baseline, candidate, limit=limit)]
     extra = with_judge(module.evaluate, judge)
-    base = {r.name: r for r in module.evaluate(baseline, limit=limit, **extra)}
+    key = (module_name, baseline.name, getattr(baseline, "path", ""), limit)
+    if baseline_cache is not None and key in baseline_cache:
+        baseline_results = baseline_cache[key]
+    else:
+        baseline_results = module.evaluate(baseline, limit=limit, **extra)
+        if baseline_cache is not None:
+            baseline_cache[key] = baseline_results
+    base = {r.name: r for r in baseline_results}
     cand = module.evaluate(candidate, limit=limit, **extra)
     return [_annotate(compare(base[r.name], r, module_name, resamples=resamples, seed=seed), module)
             for r in cand if r.name in base]
@@ -173,11 +181,15 @@ def _annotate(comparison: Comparison, module) -> Comparison:
 
 def run_suite(baseline: AuditModel, candidate: AuditModel, suite: str | Sequence[str] = "default", *,
               limit: int | None = None, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-              strict: bool = False, log=None, judge=None) -> AuditRun:
+              strict: bool = False, log=None, judge=None, baseline_cache: dict | None = None) -> AuditRun:
     """Every module of ``suite`` on both models. ``limit`` caps probes per probe set (default: the
     suite's ``SUITE_LIMITS`` entry). ``strict`` re-raises a module's error instead of recording it.
     ``log(message)`` is called after each module with its timing. ``judge``: the refusal judge for
-    the metrics that count refusals (default: theirs, the default refusal judge)."""
+    the metrics that count refusals (default: theirs, the default refusal judge). ``baseline_cache``:
+    a dict the baseline's results are kept in (by module, baseline name and path, limit) and read
+    from on the next call, so several candidates audited against one baseline (the consistency demo's
+    seeds) generate its answers once; the metrics' answers are greedy, so they would be the same.
+    Pair metrics (drift) read both models and are always run."""
     modules = resolve_suite(suite)
     if limit is None and isinstance(suite, str):
         limit = SUITE_LIMITS.get(suite)
@@ -187,8 +199,8 @@ def run_suite(baseline: AuditModel, candidate: AuditModel, suite: str | Sequence
     for name in modules:
         start = time.perf_counter()
         try:
-            run.comparisons.extend(run_module(name, baseline, candidate, limit=limit,
-                                              resamples=resamples, seed=seed, judge=judge))
+            run.comparisons.extend(run_module(name, baseline, candidate, limit=limit, resamples=resamples,
+                                              seed=seed, judge=judge, baseline_cache=baseline_cache))
         except Exception as error:
             if strict:
                 raise

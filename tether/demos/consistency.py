@@ -20,6 +20,7 @@ then a table of every metric's change, per seed and as a mean with its spread ov
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -44,11 +45,16 @@ def run_consistency_demo(overrides: list[str], steps: int | None = None, eval_li
     extra = [f"train.max_steps={steps}"] if steps else []
     base_config = load_config(ConsistencyConfig, RECIPE, list(overrides) + extra)
     per_seed = []
+    # The starting model is the same in every seed and the audit's answers are greedy: its results
+    # are computed for the first seed and reused (drift, which reads both models, runs each time).
+    baseline_cache: dict = {}
     for seed in range(base_config.train.seed, base_config.train.seed + seeds):
         config = load_config(ConsistencyConfig, RECIPE, list(overrides) + extra + [
             f"train.seed={seed}", f"train.run_name={base_config.train.run_name}-seed{seed}"])
         console.rule(f"seed {seed}: consistency training ({config.consistency.method})")
+        started = time.perf_counter()
         final_dir = train_consistency(config)
+        trained_at = time.perf_counter()
 
         console.rule(f"seed {seed}: audit, starting model vs trained")
         start, tokenizer = load_model(config.run_dir() / "merged_base" if (config.run_dir() / "merged_base").is_dir()
@@ -56,10 +62,12 @@ def run_consistency_demo(overrides: list[str], steps: int | None = None, eval_li
         trained, _ = load_model(final_dir)
         run = run_suite(AuditModel("start", start.eval(), tokenizer, path=config.model.path),
                         AuditModel("trained", trained.eval(), tokenizer, path=str(final_dir)),
-                        SUITE, limit=eval_limit, seed=seed, log=console.print)
+                        SUITE, limit=eval_limit, seed=seed, log=console.print, baseline_cache=baseline_cache)
         write_report(run, config.run_dir() / "audit", baseline=config.model.path, candidate=str(final_dir))
         print_table(run, [])
         per_seed.append({"seed": seed, "run": str(config.run_dir()), "errors": run.errors,
+                         "seconds": {"train": round(trained_at - started, 1),
+                                     "audit": round(time.perf_counter() - trained_at, 1)},
                          "metrics": {c.name: {"before": None if c.baseline is None else c.baseline.value,
                                               "after": c.candidate.value, "change": c.change,
                                               "change_ci": [c.change_ci.low, c.change_ci.high],
