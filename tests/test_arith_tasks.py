@@ -65,3 +65,24 @@ def test_an_exhausted_question_space_raises_instead_of_looping():
     assert len(make_tasks(784, seed=0, operations=("multiply",))) == 784  # the whole space: 98 x 8
     with pytest.raises(ValueError, match="multiply"):
         make_tasks(785, seed=0, operations=("multiply",))
+
+
+def test_the_reasoning_recipe_trains_on_measured_frontier_tasks_disjoint_from_held_out():
+    from tether.algorithms.grpo import GRPOConfig
+    from tether.config import load_config
+    from tether.demos.arith import RECIPES
+
+    config = load_config(GRPOConfig, RECIPES / "arith-grpo.yaml", ["train.bf16=false"])
+    folder = Path(__file__).parent.parent / "tether" / "resources" / "arith_rl"
+    assert config.data.train.endswith("arith_rl/frontier.jsonl") and config.data.eval.endswith("arith_rl/heldout.jsonl")
+    rows = {name: [json.loads(line) for line in (folder / f"{name}.jsonl").read_text().splitlines()]
+            for name in ("train", "frontier", "heldout", "validation")}
+    rates = [json.loads(line) for line in (folder / "frontier.rates.jsonl").read_text().splitlines()]
+    # the kept rows are exactly the measured training tasks with 0 < pass rate < 1, unchanged and in order
+    measured = {row["id"]: row for row in rows["train"][:len(rates)]}
+    assert [r["id"] for r in rates] == list(measured)
+    assert rows["frontier"] == [measured[r["id"]] for r in rates if 0.0 < r["pass_rate"] < 1.0]
+    assert all(r["pass_rate"] * 8 == int(r["pass_rate"] * 8) for r in rates)  # shares of 8 samples
+    trained = {row["prompt"][-1]["content"] for row in rows["frontier"]}
+    for name in ("heldout", "validation"):
+        assert not trained & {row["prompt"][-1]["content"] for row in rows[name]}
