@@ -59,8 +59,11 @@ def main() -> dict:
     parser.add_argument("--answers", type=Path,
                         help="where answers are kept (default: RUN_ROOT/arith-grpo/heldout_answers)")
     parser.add_argument("--samples", type=int, default=0, help="also the sampled accuracy, K samples per task")
+    parser.add_argument("--heldout", default=None, help="the run's held-out tasks (default: the recipe's, "
+                        "300 tasks; runs made before them used tether:resources/arith/heldout.jsonl)")
     args = parser.parse_args()
-    config = load_config(GRPOConfig, RECIPES / "arith-grpo.yaml", [f"train.bf16={str(args.bf16).lower()}"])
+    config = load_config(GRPOConfig, RECIPES / "arith-grpo.yaml", [f"train.bf16={str(args.bf16).lower()}"]
+                         + ([f"data.eval={args.heldout}"] if args.heldout else []))
     records = load_records(config.data.eval, "verifiable")
     specs = reward_specs(config.grpo.rewards)
     grpo_dir = args.run_root / "arith-grpo"
