@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from tether.algorithms.grpo import GRPOConfig, answer_tasks, reward_columns
+from tether.algorithms.grpo import GRPOConfig, answer_tasks
 from tether.audit.base import MetricResult
 from tether.audit.bootstrap import delta_test
 from tether.config import load_config
@@ -27,9 +27,8 @@ from tether.data import load_records
 from tether.demos.arith import RECIPES, accuracy_intervals
 from tether.engine import read_metrics
 from tether.models import load_model
-from tether.rewards.base import combine_rewards
 from tether.rewards.resolve import reward_specs
-from tether.rollout.sampler import RolloutConfig, TransformersSampler
+from tether.tasks.difficulty import pass_rates
 
 
 def answers(model_path: Path, out: Path, records, specs, config: GRPOConfig) -> list[dict]:
@@ -46,13 +45,9 @@ def sampled_accuracy(model_path: Path, records, specs, config: GRPOConfig, sampl
     """Per task, the share of ``samples`` completions (temperature as in training) that are right."""
     model, tokenizer = load_model(model_path)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.train.bf16):
-        rollout = TransformersSampler(model, tokenizer).sample([r.prompt for r in records], RolloutConfig(
-            num_samples=samples, temperature=config.grpo.temperature, max_new_tokens=config.grpo.max_new_tokens,
-            seed=12345))
-    _, per_reward, _ = combine_rewards(specs, [r.prompt for r in records for _ in range(samples)], rollout.texts,
-                                       reward_columns(records, samples), on_error="score_failed")
-    right = [float(v == 1.0) for v in per_reward["math_answer"]]
-    items = [{"id": r.id, "right": sum(right[i * samples:(i + 1) * samples]) / samples} for i, r in enumerate(records)]
+        rates = pass_rates(model, tokenizer, records, specs, samples=samples, temperature=config.grpo.temperature,
+                           max_new_tokens=config.grpo.max_new_tokens, seed=12345, batch_prompts=None)
+    items = [{"id": r.id, "right": rate} for r, rate in zip(records, rates)]
     return MetricResult("sampled_accuracy", sum(i["right"] for i in items) / len(items), items,
                         statistic=lambda chosen: sum(i["right"] for i in chosen) / max(len(chosen), 1))
 
@@ -64,8 +59,11 @@ def main() -> dict:
     parser.add_argument("--answers", type=Path,
                         help="where answers are kept (default: RUN_ROOT/arith-grpo/heldout_answers)")
     parser.add_argument("--samples", type=int, default=0, help="also the sampled accuracy, K samples per task")
+    parser.add_argument("--heldout", default=None, help="the run's held-out tasks (default: the recipe's, "
+                        "300 tasks; runs made before them used tether:resources/arith/heldout.jsonl)")
     args = parser.parse_args()
-    config = load_config(GRPOConfig, RECIPES / "arith-grpo.yaml", [f"train.bf16={str(args.bf16).lower()}"])
+    config = load_config(GRPOConfig, RECIPES / "arith-grpo.yaml", [f"train.bf16={str(args.bf16).lower()}"]
+                         + ([f"data.eval={args.heldout}"] if args.heldout else []))
     records = load_records(config.data.eval, "verifiable")
     specs = reward_specs(config.grpo.rewards)
     grpo_dir = args.run_root / "arith-grpo"
