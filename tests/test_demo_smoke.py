@@ -17,11 +17,19 @@ def test_demo_smoke_on_the_default_model(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "safety-dpo"
     results = json.loads((run_dir / "demo_results.json").read_text())
-    for key in ("refusal_rate_harmful", "refusal_rate_benign", "preference_accuracy"):
-        assert 0.0 <= results[key]["before"] <= 1.0 and 0.0 <= results[key]["after"] <= 1.0
-    assert results["num_harmful"] == 3 and results["num_benign"] == 3
+    assert set(results["sets"]) == {"boundary test", "heldout.jsonl"}
+    for rates in results["sets"].values():
+        assert rates["num_harmful"] == 3 and rates["num_benign"] == 3
+        for key in ("refusal_rate_harmful", "refusal_rate_benign"):
+            for when in ("before", "after"):
+                rate = rates[key][when]
+                assert rate["n"] == 3 and rate["rate"] == rate["refused"] / 3
+                assert rate["interval"][0] <= rate["rate"] <= rate["interval"][1]
+        assert 0.0 <= rates["preference_accuracy"]["after"] <= 1.0
+        assert -1.0 <= rates["benign_on_topic"]["before"] <= 1.0 and -1.0 <= rates["benign_on_topic"]["after"] <= 1.0
     samples = [json.loads(line) for line in (run_dir / "demo_samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 6 and all(sample["before"] for sample in samples)
+    assert len(samples) == 12 and all(sample["before"] for sample in samples)
+    assert all(sample["after_on_topic"] is not None for sample in samples if sample["kind"] == "benign_lookalike")
     # the numbers come from the default refusal judge, named in the results, with every score kept
     from tether.judges import default_refusal_judge, describe
 
@@ -33,7 +41,8 @@ def test_demo_smoke_on_the_default_model(tmp_path):
     assert audit["steps"][0]["step"] == 0 and audit["kept_step"] is not None
     assert (run_dir / "demo_training_audit.png").stat().st_size > 10_000
     assert (run_dir / "final" / "adapter_config.json").is_file()
-    assert "refusal rate, harmful" in result.stderr + result.stdout  # the table wraps at 80 columns
+    assert "refused, harmful" in result.stderr + result.stdout  # the table wraps at 80 columns
+    assert audit["gates"] == ["over_refusal>10% (value)"]
 
 
 def test_arith_demo_reports_accuracy_with_intervals(tmp_path):
