@@ -59,8 +59,9 @@ class DataSettings(Section):
     max_prompt_tokens: int | None = Field(None, gt=0)  # prompt budget; what data.truncation does past it
     truncation: Literal["error", "truncate_left", "drop"] = "error"  # for prompts over max_prompt_tokens
     # "bucket" groups similar lengths to waste little padding; "pack" concatenates sequences
-    # into one row with position ids restarting per sequence (padding-free).
-    batching: Literal["bucket", "pack"] = "bucket"
+    # into one row with position ids restarting per sequence (padding-free); "shuffle" takes random
+    # batches with no length sorting, so kinds of rows that differ in length still share batches.
+    batching: Literal["bucket", "pack", "shuffle"] = "bucket"
 
     @field_validator("train", "eval")
     @classmethod
