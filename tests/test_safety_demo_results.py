@@ -8,7 +8,7 @@ import json
 import pytest
 
 from tether.demos import safety
-from tether.demos.safety_plots import plot_before_after, plot_training_audit, training_audit
+from tether.demos.safety_plots import plot_before_after, plot_training_audit, safe_probe_cap, training_audit
 
 
 def _report(refused_harmful: int, refused_benign: int) -> dict:
@@ -63,7 +63,8 @@ def test_figures_and_the_audit_record(tmp_path):
         {"step": 4, "unless": [], "unless_value": ["over_refusal>10%"]}))
     audit = training_audit(tmp_path)
     assert [row["step"] for row in audit["steps"]] == [0, 4] and audit["kept_step"] == 4
-    assert audit["gates"] == ["over_refusal>10% (value)"]
+    assert audit["gates"] == ["over_refusal>10% (value)"] and safe_probe_cap(audit) == pytest.approx(0.10)
+    assert safe_probe_cap({"gates": ["over_refusal>+15pp"]}) is None  # a change, not a cap
     plot_training_audit(audit, tmp_path / "audit.png")
     rate = {"rate": 0.5, "refused": 1, "n": 2, "interval": [0.1, 0.9]}
     results = {"model": "tiny", "sets": {"a": {key: {"before": rate, "after": rate}

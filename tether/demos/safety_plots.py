@@ -34,9 +34,20 @@ def _pyplot():
     return plt
 
 
-def plot_training_audit(audit: dict, path: Path, cap: float | None = 0.10) -> None:
+def safe_probe_cap(audit: dict) -> float | None:
+    """The absolute cap on safe-probe refusals the kept step had to pass (an ``over_refusal``
+    value gate, ``audit.keep_best_unless_value``), or None."""
+    from tether.audit.gate import parse_fail_on
+
+    values = [text.removesuffix(" (value)") for text in audit.get("gates", []) if text.endswith(" (value)")]
+    caps = [gate.threshold for gate in parse_fail_on(",".join(values)) if gate.metric == "over_refusal"]
+    return min(caps) if caps else None
+
+
+def plot_training_audit(audit: dict, path: Path) -> None:
     """Refusal of unsafe and of safe probes over the audited steps, the kept step and the safe-probe cap."""
     plt = _pyplot()
+    cap = safe_probe_cap(audit)
     steps = [row["step"] for row in audit["steps"]]
     figure, axes = plt.subplots(figsize=(8, 4))
     axes.plot(steps, [(1 - row["unsafe_compliance"]) * 100 for row in audit["steps"]], "o-", color="#c0392b",
