@@ -233,3 +233,43 @@ def test_hook_follows_train_progress(workdir, monkeypatch):
     base.AuditModel("quiet", None, None, progress=False).answer(["hi"])
     base.AuditModel("loud", None, None).answer(["hi"])
     assert calls == [False, True]
+
+
+# Planted refusal rates, one pair per audit (the baseline, then steps 2, 4, ..., 12): the start
+# refuses 5% of safe probes; step 4 is the safest but refuses 20%; step 6 sits exactly on a 10% cap;
+# step 8 refuses 14% (within +10pp of the start, over the 10% cap) and complies less than step 6.
+PLANTED = [(0.05, 0.90), (0.05, 0.80), (0.20, 0.30), (0.10, 0.50), (0.14, 0.20), (0.08, 0.60), (0.30, 0.00)]
+PLANTED_CALLS: list[int] = []
+
+
+def planted_refusals(model):
+    """Planted metric: the next (over_refusal, unsafe_compliance) of ``PLANTED``."""
+    over, unsafe = PLANTED[len(PLANTED_CALLS)]
+    PLANTED_CALLS.append(1)
+    return {"over_refusal": over, "unsafe_compliance": unsafe}
+
+
+@pytest.mark.parametrize(("gate", "expected_step"), [("audit.keep_best_unless_value=over_refusal>10%", 6),
+                                                     ("audit.keep_best_unless=over_refusal>+10pp", 8)])
+def test_keep_best_absolute_gate_reads_the_value_not_the_change(workdir, gate, expected_step):
+    """An absolute cap (keep_best_unless_value) keeps the least compliant step among those refusing at
+    most 10% of safe probes (step 6); the same number as a change from the start's 5% lets step 8 in."""
+    from tether.algorithms.sft import train_sft
+
+    PLANTED_CALLS.clear()
+    name = f"planted_{expected_step}"
+    final = train_sft(sft_config(workdir, name, "audit.every=2", "train.save_every=2", "train.keep_last=10",
+                                 "audit.metrics=[test_audit_hook:planted_refusals]",
+                                 "audit.keep_best=unsafe_compliance", gate))
+    assert len(PLANTED_CALLS) == len(PLANTED)
+    run_dir = workdir / "runs" / name
+    best = json.loads((run_dir / "audit_best" / "best.json").read_text())
+    assert best["step"] == expected_step
+    assert best["values"]["unsafe_compliance"] == PLANTED[expected_step // 2][1]
+    checkpoint = run_dir / "checkpoints" / f"checkpoint-{expected_step:07d}" / "model.safetensors"
+    assert _same_weights(final, checkpoint)
+
+
+def test_keep_best_unless_value_needs_keep_best():
+    with pytest.raises(ConfigError, match="keep_best_unless_value needs audit.keep_best"):
+        AuditHook(2, [answer_logprob], keep_best_unless_value="answer_logprob>1")

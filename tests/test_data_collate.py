@@ -122,3 +122,26 @@ def test_packed_batches_respect_budget_and_seed():
 def test_packed_batches_refuse_an_example_over_budget():
     with pytest.raises(ConfigError, match="example 1 has 9 tokens, over max_tokens_per_batch=8"):
         packed_batches([3, 9], max_tokens_per_batch=8, seed=0)
+
+
+def test_shuffled_batches_cover_every_row_once_without_sorting_by_length():
+    from tether.data import shuffled_batches
+
+    batches = shuffled_batches(103, 8, seed=3)
+    assert sorted(i for batch in batches for i in batch) == list(range(103))
+    assert [len(batch) for batch in batches] == [8] * 12 + [7]
+    assert shuffled_batches(103, 8, seed=3) == batches and shuffled_batches(103, 8, seed=4) != batches
+
+
+def test_shuffle_batching_mixes_rows_that_bucketing_separates():
+    """Two kinds of rows that differ only in length: length buckets put each kind in its own batches;
+    shuffled batches mix them."""
+    from tether.algorithms.common import epoch_schedule
+    from tether.config import DataSettings
+
+    lengths = [10] * 64 + [100] * 64  # short kind, then long kind
+    kinds = lambda batch: {lengths[i] for i in batch}  # noqa: E731
+    bucketed = epoch_schedule(lengths, DataSettings(train="x.jsonl"), 8)(0)
+    shuffled = epoch_schedule(lengths, DataSettings(train="x.jsonl", batching="shuffle"), 8)(0)
+    assert all(len(kinds(batch)) == 1 for batch in bucketed)
+    assert sum(len(kinds(batch)) == 2 for batch in shuffled) >= len(shuffled) // 2

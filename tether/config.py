@@ -59,8 +59,9 @@ class DataSettings(Section):
     max_prompt_tokens: int | None = Field(None, gt=0)  # prompt budget; what data.truncation does past it
     truncation: Literal["error", "truncate_left", "drop"] = "error"  # for prompts over max_prompt_tokens
     # "bucket" groups similar lengths to waste little padding; "pack" concatenates sequences
-    # into one row with position ids restarting per sequence (padding-free).
-    batching: Literal["bucket", "pack"] = "bucket"
+    # into one row with position ids restarting per sequence (padding-free); "shuffle" takes random
+    # batches with no length sorting, so kinds of rows that differ in length still share batches.
+    batching: Literal["bucket", "pack", "shuffle"] = "bucket"
 
     @field_validator("train", "eval")
     @classmethod
@@ -168,7 +169,9 @@ class AuditHookSettings(Section):
     # of this metric, among steps that pass the keep_best_unless gates (same syntax as stop_on).
     keep_best: str | None = None
     keep_best_mode: Literal["min", "max"] = "min"  # whether keep_best keeps the lowest or highest
-    keep_best_unless: str | None = None  # gates a step must pass to be kept
+    keep_best_unless: str | None = None  # gates a step must pass to be kept, on the change from the baseline
+    # gates on the audited value itself, e.g. "over_refusal>10%": an absolute cap, whatever the start did
+    keep_best_unless_value: str | None = None
     # The refusal judge the metrics count with (tether/judges): a name, or several joined by commas
     # under a judge_bound such as "missed_compliance<=5%@90%" (a threshold chosen on the labelled
     # judge_calibration rows so the bound holds; tether/judges/conformal.py). Default: the default judge.
@@ -176,7 +179,7 @@ class AuditHookSettings(Section):
     judge_bound: str | None = None
     judge_calibration: str | None = None
 
-    @field_validator("stop_on", "keep_best_unless")
+    @field_validator("stop_on", "keep_best_unless", "keep_best_unless_value")
     @classmethod
     def _gates_parse(cls, value: str | None) -> str | None:
         from tether.audit.gate import parse_fail_on

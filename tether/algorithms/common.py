@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tether.config import DataSettings, ModelSettings
-from tether.data import length_bucketed_batches, packed_batches
+from tether.data import length_bucketed_batches, packed_batches, shuffled_batches
 from tether.engine import distributed
 from tether.engine.progress import console
 from tether.models import apply_lora, load_model, merge_lora
@@ -71,4 +71,6 @@ def epoch_schedule(lengths: list[int], data: DataSettings,
     """``seed -> micro-batches of example indices`` for one epoch, by the configured batching."""
     if data.batching == "pack":
         return lambda seed: packed_batches(lengths, batch_size, seed)
+    if data.batching == "shuffle":
+        return lambda seed: shuffled_batches(len(lengths), batch_size, seed)
     return lambda seed: length_bucketed_batches(lengths, batch_size, seed)

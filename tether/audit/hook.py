@@ -24,9 +24,13 @@ Keeping the best audited step instead of the last (early stopping on an audit):
       metrics: [refusal_calibration]
       keep_best: unsafe_compliance                # the audited value to minimise (max: keep_best_mode)
       keep_best_unless: "over_refusal>+8pp"       # steps failing these gates cannot be the best
+      keep_best_unless_value: "over_refusal>10%"  # nor steps whose audited value itself fails these
 
-The starting weights are the first candidate (with the baseline values); each audited step that
-passes the ``keep_best_unless`` gates and strictly beats the best so far replaces it, its
+``keep_best_unless`` gates read the change from the baseline; ``keep_best_unless_value`` gates
+read the audited value itself (an absolute cap: "at most 10% of safe probes refused", whatever
+the starting model did). The starting weights are the first candidate (with the baseline values),
+whichever gates they pass, so a run with no passing step ends where it began; each audited step that
+passes both kinds of gates and strictly beats the best so far replaces it, its
 trainable weights written to ``RUN/audit_best/`` (``model.safetensors`` and ``best.json``, so a
 resumed run keeps its best). When training ends the best weights are loaded back into the model,
 so the trainer's final model is the best audited step; checkpoints keep the last step's weights.
@@ -123,18 +127,21 @@ class AuditHook:
     def __init__(self, every: int, metrics: Sequence[Metric], *, stop_on: str | Sequence[Gate] | None = None,
                  limit: int | None = 6, baseline: Mapping[str, float] | None = None,
                  keep_best: str | None = None, keep_best_mode: str = "min",
-                 keep_best_unless: str | Sequence[Gate] | None = None, judge=None):
+                 keep_best_unless: str | Sequence[Gate] | None = None,
+                 keep_best_unless_value: str | Sequence[Gate] | None = None, judge=None):
         if every < 1:
             raise ConfigError(f"audit.every must be at least 1, got {every}")
         if keep_best_mode not in ("min", "max"):
             raise ConfigError(f"audit.keep_best_mode must be min or max, got {keep_best_mode!r}")
-        if keep_best is None and keep_best_unless:
-            raise ConfigError("audit.keep_best_unless needs audit.keep_best (the metric to select on)")
+        for key, gates in (("keep_best_unless", keep_best_unless), ("keep_best_unless_value", keep_best_unless_value)):
+            if keep_best is None and gates:
+                raise ConfigError(f"audit.{key} needs audit.keep_best (the metric to select on)")
         self.every, self.limit = every, limit
         self.metrics = [_resolve(metric) for metric in metrics]
         self.gates = _gates(stop_on)
         self.keep_best, self.keep_best_mode = keep_best, keep_best_mode
-        self.best_gates = _gates(keep_best_unless)
+        self.best_gates = _gates(keep_best_unless)  # on the change from the baseline
+        self.best_value_gates = _gates(keep_best_unless_value)  # on the audited value itself
         self.best: dict | None = None  # {"step", "values", "changes"} of the best candidate so far
         self.baseline = dict(baseline) if baseline is not None else None
         self.tokenizer = None
@@ -158,7 +165,8 @@ class AuditHook:
             judge = judge_from_options(settings.judge, settings.judge_bound, settings.judge_calibration)
         return cls(settings.every, settings.metrics, stop_on=settings.stop_on, limit=settings.limit,
                    baseline=baseline, keep_best=settings.keep_best, keep_best_mode=settings.keep_best_mode,
-                   keep_best_unless=settings.keep_best_unless, judge=judge)
+                   keep_best_unless=settings.keep_best_unless,
+                   keep_best_unless_value=settings.keep_best_unless_value, judge=judge)
 
     # ---- set-up ------------------------------------------------------------------------------
 
@@ -186,7 +194,7 @@ class AuditHook:
         for _, thing in self.metrics:
             declared = getattr(thing, "METRICS", None)
             units.update(declared if isinstance(declared, dict) else {})
-        check_gates(self.gates + self.best_gates, units)  # "+5pp" only on rates
+        check_gates(self.gates + self.best_gates + self.best_value_gates, units)  # "+5pp" only on rates
         if self.keep_best:
             self._start_best(session)
         if not self._needs_pairs():
@@ -206,6 +214,7 @@ class AuditHook:
     def _check_gate_names(self, reported: set[str]) -> None:
         for key, names in (("stop_on", [gate.metric for gate in self.gates]),
                            ("keep_best_unless", [gate.metric for gate in self.best_gates]),
+                           ("keep_best_unless_value", [gate.metric for gate in self.best_value_gates]),
                            ("keep_best", [self.keep_best] if self.keep_best else [])):
             unknown = [name for name in names if name not in reported]
             if unknown:
@@ -281,6 +290,8 @@ class AuditHook:
     def _consider(self, session, done: int, values: dict[str, float], changes: dict[str, float]) -> None:
         if any(gate.fails(changes[gate.metric]) for gate in self.best_gates):
             return
+        if any(gate.fails(values[gate.metric]) for gate in self.best_value_gates):
+            return
         value, best = values[self.keep_best], self.best["values"][self.keep_best]
         better = value < best if self.keep_best_mode == "min" else value > best
         if better and not math.isnan(value):
@@ -292,7 +303,9 @@ class AuditHook:
         folder = self._best_dir(session)
         save_trainable_state(session.module, folder / "model.safetensors")
         self.best = {"step": step, "metric": self.keep_best, "mode": self.keep_best_mode,
-                     "unless": [gate.text for gate in self.best_gates], "values": values, "changes": changes,
+                     "unless": [gate.text for gate in self.best_gates],
+                     "unless_value": [gate.text for gate in self.best_value_gates],
+                     "values": values, "changes": changes,
                      "refusal_judge": self.judge_record()}
         if session.world.is_main:
             (folder / BEST_FILE).write_text(json.dumps(self.best, indent=2), encoding="utf-8")
@@ -320,7 +333,8 @@ class AuditHook:
         load_trainable_state(session.module, self._best_dir(session) / "model.safetensors")
         step, value = self.best["step"], self.best["values"][self.keep_best]
         where = "the starting weights (no audited step beat them)" if step == 0 else f"step {step}"
-        rule = f" among steps passing {', '.join(self.best['unless'])}" if self.best["unless"] else ""
+        passing = self.best["unless"] + [f"{text} (value)" for text in self.best.get("unless_value", [])]
+        rule = f" among steps passing {', '.join(passing)}" if passing else ""
         console.print(f"audit: keeping {where}: {self.keep_best} {value:.4g} "
                       f"({self.keep_best_mode}imum{rule})")
 

@@ -93,6 +93,16 @@ def length_bucketed_batches(lengths: list[int], batch_size: int, seed: int,
     return batches
 
 
+def shuffled_batches(count: int, batch_size: int, seed: int) -> list[list[int]]:
+    """Batches of example indices in a random order with no sorting by length: every batch is a
+    random sample of the data, so its kinds mix as in the file (preference rows whose kinds differ
+    in length, such as refusals and helpful answers, would otherwise share batches by kind). The
+    same seed gives the same batches."""
+    order = list(range(count))
+    random.Random(seed).shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, count, batch_size)]
+
+
 def packed_batches(lengths: list[int], max_tokens_per_batch: int, seed: int,
                    shuffle: bool = True) -> list[list[int]]:
     """Group example indices so each group's total length is at most `max_tokens_per_batch`.
