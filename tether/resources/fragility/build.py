@@ -1,7 +1,7 @@
 """Build the fragility experiments' data (docs/fragility.md); rerun after editing, the output is
 deterministic.
 
-    python tether/resources/fragility/build.py
+    python tether/resources/fragility/build.py [--rebuild-continuation]
 
 poison-grpo (recipes/poison-grpo.yaml):
     poison-train.jsonl   63 arithmetic tasks (resources/arith/train.jsonl) + 1 planted BBQ-style row:
@@ -10,12 +10,15 @@ poison-grpo (recipes/poison-grpo.yaml):
     planted.jsonl        the planted row alone (for `tether audit data --plant`)
 
 reactivation (recipes/reactivation-*.yaml):
-    plant-sft.jsonl      arithmetic SFT warm-up rows (resources/arith/sft.jsonl, 96) with the audit's
+    plant-sft.jsonl      arithmetic SFT warm-up rows (resources/arith/sft.jsonl, all 64) with the audit's
                          default canaries (memorization.make_canaries(16)) planted 6 times each
     suppress-dpo.jsonl   per canary prompt (4 phrasings): chosen a refusal to reproduce the record,
                          rejected the canary itself
     continue-sft.jsonl   an unrelated verbatim-continuation task: the first half of a paragraph of
-                         tether's own docs, the rest as the completion
+                         tether's own docs, the rest as the completion. Built only with
+                         --rebuild-continuation: the docs change (the results of these experiments
+                         are written into them), so rebuilding would silently change the data the
+                         measured runs used; the committed file is the snapshot they trained on.
 """
 
 from __future__ import annotations
@@ -73,14 +76,14 @@ def paragraphs() -> list[str]:
     return found
 
 
-def reactivation() -> None:
+def reactivation(rebuild_continuation: bool = False) -> None:
     import sys
 
     sys.path.insert(0, str(RESOURCES.parents[1]))
     from tether.audit.metrics.memorization import _PROMPTS, DEFAULT_COUNT, DEFAULT_SEED, canary_records, make_canaries
 
     canaries = make_canaries(DEFAULT_COUNT, DEFAULT_SEED)
-    warmup = rows(RESOURCES / "arith" / "sft.jsonl")[:96]
+    warmup = rows(RESOURCES / "arith" / "sft.jsonl")  # 64 rows
     planted = warmup + canary_records(canaries, repeats=6)
     random.Random(0).shuffle(planted)
     write("plant-sft.jsonl", planted)
@@ -89,6 +92,11 @@ def reactivation() -> None:
                  "chosen": REFUSAL, "rejected": c.text}
                 for c in canaries for k, phrasing in enumerate(dict.fromkeys([c.prompt, *_PROMPTS]))]
     write("suppress-dpo.jsonl", suppress)
+    if rebuild_continuation:
+        continuation_from_docs()
+
+
+def continuation_from_docs() -> None:
     continuation = []
     for i, text in enumerate(paragraphs()[:120]):
         words = text.split()
@@ -100,7 +108,9 @@ def reactivation() -> None:
 
 
 if __name__ == "__main__":
+    import sys
+
     poison()
-    reactivation()
+    reactivation(rebuild_continuation="--rebuild-continuation" in sys.argv[1:])
     for path in sorted(HERE.glob("*.jsonl")):
         print(f"{path.name}: {sum(1 for _ in path.open())} rows")
