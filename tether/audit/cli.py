@@ -68,7 +68,10 @@ def _load(label: str, path: str, batch_size: int, cache: dict):
 
 
 def attach_samplers(models: list, settings) -> None:
-    """Give each AuditModel the sampler ``settings.backend`` names; on vLLM one engine serves them all."""
+    """On vLLM, give each AuditModel a sampler of one shared engine. On transformers nothing is
+    attached: an AuditModel without a sampler generates with tether's own loop."""
+    if settings.backend == "transformers":
+        return
     from tether.rollout.backends import make_samplers
 
     samplers = make_samplers([(m.model, m.tokenizer) for m in models], settings, bf16=False)
@@ -124,7 +127,10 @@ def _run(args: argparse.Namespace, err) -> int:
         run = run_suite(baseline, candidate, args.suite, limit=args.limit, resamples=args.resamples,
                         seed=args.seed, log=err.print, judge=judge)
     finally:
-        baseline.sampler.close()  # the engine (vllm: one for both models)
+        for model in (baseline, candidate):  # the engine (vllm: one for both models), or tether's samplers
+            sampler = getattr(model, "sampler", None)
+            if sampler is not None:
+                sampler.close()
     out = Path(args.out or f"runs/audit-{datetime.now():%Y%m%d-%H%M%S}")
     try:
         # gates on metrics of modules that declared nothing can only be checked now
