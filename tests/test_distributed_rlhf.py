@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,10 @@ def worker(job: Path) -> None:
         (job / "cai-stamps.json").write_text(json.dumps({name: (cai_run / name).stat().st_mtime_ns
                                                          for name in CAI_OUTPUTS}))
     run_cai_with_length_judge(cai_config(job))
+    late = job / "written-once.txt"
+    if not distributed.is_main():
+        time.sleep(2)  # rank 0 has written the file before this rank first looks for it
+    distributed.main_writes(late, lambda: late.open("a").write("written\n"), "writing a file once")
     try:
         distributed.main_only(failing_stage, "the failing stage")
     except TetherError as error:  # ConfigError on rank 0, a TetherError naming the stage elsewhere
@@ -200,6 +205,11 @@ def job(tmp_path_factory):
             handle.write(json.dumps({"id": f"p{i}", "prompt": f"Say something about {i}."}) + "\n")
     run_torchrun(__file__, str(job))
     return job
+
+
+def test_a_file_rank_0_writes_is_written_once_and_no_rank_hangs(job):
+    # every rank returned from main_writes although rank 1 looked only after rank 0 had written
+    assert (job / "written-once.txt").read_text() == "written\n"
 
 
 def test_reward_model_under_ddp_and_fsdp_matches_one_process(job):

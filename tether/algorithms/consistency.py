@@ -34,7 +34,7 @@ from tether.errors import ConfigError
 from tether.losses.consistency import activation_consistency_loss, anchor_kl_loss
 from tether.losses.logprobs import token_logps
 from tether.losses.sft import sft_loss
-from tether.models import load_tokenizer
+from tether.models import evaluation_mode, load_tokenizer
 from tether.rollout.generate import generate_responses
 
 TARGETS_FILE = "consistency_targets.jsonl"
@@ -62,18 +62,16 @@ class ConsistencyConfig(RunConfig):
 def clean_targets(model, tokenizer, prompts: list, config: ConsistencyConfig, run_dir: Path) -> list[str]:
     """The model's own greedy answers to the clean prompts, generated once and kept in the run folder."""
     path = run_dir / TARGETS_FILE
-    if not path.is_file():
-        def generate():
-            answers = generate_responses(model, tokenizer, prompts, progress=config.train.progress,
-                                         max_new_tokens=config.consistency.target_max_new_tokens,
-                                         description="clean answers (BCT targets)")
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text("".join(json.dumps({"prompt": p, "target": a}) + "\n"
-                                         for p, a in zip(prompts, answers)))
-            temporary.replace(path)
 
-        distributed.main_only(generate, "generating the clean answers")
-        distributed.barrier()
+    def generate():
+        answers = generate_responses(model, tokenizer, prompts, progress=config.train.progress,
+                                     max_new_tokens=config.consistency.target_max_new_tokens,
+                                     description="clean answers (BCT targets)")
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text("".join(json.dumps({"prompt": p, "target": a}) + "\n" for p, a in zip(prompts, answers)))
+        temporary.replace(path)
+
+    distributed.main_writes(path, generate, "generating the clean answers")
     return [json.loads(line)["target"] for line in path.read_text().splitlines()]
 
 
@@ -94,29 +92,26 @@ def anchor_reference(model, anchors: list[dict | None], pad_id: int, config: Con
     batches of ``train.batch_size``, under the run's autocast), kept in the run folder and read back
     on resume; stored in ``anchor["ref_logps"]``."""
     path = run_dir / ANCHOR_REFERENCE_FILE
-    if not path.is_file():
-        def score():
-            was_training = model.training
-            model.eval()
-            present = [i for i, anchor in enumerate(anchors) if anchor is not None]
-            values: list[list[float] | None] = [None] * len(anchors)
-            size = config.train.batch_size
+
+    def score():
+        present = [i for i, anchor in enumerate(anchors) if anchor is not None]
+        values: list[list[float] | None] = [None] * len(anchors)
+        size = config.train.batch_size
+        with evaluation_mode(model) as device:
             for chunk in (present[start:start + size] for start in range(0, len(present), size)):
                 batch = pad_batch([{"input_ids": anchors[i]["input_ids"], "labels": anchors[i]["labels"]}
                                    for i in chunk], pad_id)
-                batch = distributed.to_device(batch, model.device)
-                with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
+                batch = distributed.to_device(batch, device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.bf16):
                     logps = token_logps(model, batch["input_ids"], batch["attention_mask"])  # (B, T-1)
                 answer = batch["labels"][:, 1:] != -100
                 for row, i in enumerate(chunk):
                     values[i] = logps[row][answer[row]].float().cpu().tolist()
-            model.train(was_training)
-            temporary = path.with_suffix(".tmp")
-            temporary.write_text("".join(json.dumps({"ref_logps": v}) + "\n" for v in values))
-            temporary.replace(path)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text("".join(json.dumps({"ref_logps": v}) + "\n" for v in values))
+        temporary.replace(path)
 
-        distributed.main_only(score, "scoring the clean answers under the starting model (anchor reference)")
-        distributed.barrier()
+    distributed.main_writes(path, score, "scoring the clean answers under the starting model (anchor reference)")
     for anchor, line in zip(anchors, path.read_text().splitlines()):
         if anchor is not None:
             anchor["ref_logps"] = json.loads(line)["ref_logps"]

@@ -157,10 +157,10 @@ def run_dpo_round(config: RLHFConfig) -> Path:
 
     check_rlhf(config)
     run_dir = start_run(config)
-    if not (run_dir / CANDIDATES).is_file():
-        distributed.main_only(lambda: generate_candidates(config, run_dir / CANDIDATES), "generating candidates")
-    if not (run_dir / PREFERENCES).is_file():
-        distributed.main_only(lambda: rank_candidates(config, run_dir, run_dir / PREFERENCES), "ranking")
+    distributed.main_writes(run_dir / CANDIDATES, lambda: generate_candidates(config, run_dir / CANDIDATES),
+                            "generating candidates")
+    distributed.main_writes(run_dir / PREFERENCES, lambda: rank_candidates(config, run_dir, run_dir / PREFERENCES),
+                            "ranking")
     policy = run_dir / DPO_RUN / "final"
     if not policy.is_dir():
         train = config.train.model_copy(update={

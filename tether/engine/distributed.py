@@ -296,6 +296,15 @@ def main_only(fn: Callable[[], T], what: str = "a step run by rank 0") -> T | No
     return result
 
 
+def main_writes(path: Path, write: Callable[[], object], what: str) -> None:
+    """``write()`` on rank 0 (``main_only``) unless ``path`` already exists; every rank returns once it
+    does. All ranks look before any rank writes: a rank that looked only after rank 0 had written
+    would skip the collective the others wait in, and the job would hang."""
+    if all_true(Path(path).exists()):
+        return
+    main_only(write, what)
+
+
 def save_final_model(model: torch.nn.Module, tokenizer, directory, *, config=None,
                      algorithm: str | None = None) -> Path:
     """``models.save_model`` from rank 0 with whole weights; every rank returns the path.
