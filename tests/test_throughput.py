@@ -66,6 +66,16 @@ def test_rollout_prefills_each_prompt_once_and_decodes_token_by_token():
     assert rl_update_flops(TOY, [2, 2], [3, 1], group=2, updates=3) == 3 * update
 
 
+def test_rl_updates_count_only_the_rows_they_train():
+    # two prompts (2 and 5 tokens) of two samples each; dynamic sampling kept the second group only
+    lengths, completions = [2, 2, 5, 5], [3, 1, 4, 2]
+    kept = shared_prompt_flops(TOY, [5], [(5, 4), (5, 2)], training=True)
+    assert rl_update_flops(TOY, lengths, completions, group=2, updates=2, trained=[2, 3]) == 2 * kept
+    assert rl_update_flops(TOY, lengths, completions, group=2, trained=[]) == 0
+    assert rl_update_flops(TOY, lengths, completions, group=2, trained=[0, 1, 2, 3]) == rl_update_flops(
+        TOY, lengths, completions, group=2)
+
+
 def test_rl_steps_report_mfu_by_phase(capsys):
     model, _ = tiny_llama(seed=0)
     throughput = Throughput(model, torch.float32)

@@ -275,7 +275,7 @@ def train_grpo(config: GRPOConfig) -> Path:
 
             update_metrics, old_logps, trained = policy_updates(
                 session, rollout, advantages[here].to(session.world.device), rows, reference, settings, step)
-            count_throughput(session, rollout, n, settings.updates_per_rollout, started, sampled)
+            count_throughput(session, rollout, n, settings.updates_per_rollout, started, sampled, trained)
             metrics.update(update_metrics)
             metrics.update(rollout_metrics(rollout, rewards, lengths, truncated, flat_groups, old_logps, trained,
                                            settings))

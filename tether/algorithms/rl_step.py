@@ -146,11 +146,13 @@ def sample_and_score(sampler, tokenizer, session: TrainingSession, tasks, settin
 
 
 def count_throughput(session: TrainingSession, rollout: RolloutBatch, group: int, updates: int, started: float,
-                     sampled: float) -> None:
+                     sampled: float, trained: torch.Tensor | None = None) -> None:
     """Add this step to the run's tokens/s and MFU, by phase: sampling from ``started`` to ``sampled``
-    (perf_counter times), the updates from then to now (engine/throughput.py)."""
+    (perf_counter times), the updates of the ``trained`` rows (default all) from then to now
+    (engine/throughput.py)."""
     session.throughput.add_rl_step(rollout.prompt_mask.sum(1).tolist(), rollout.completion_mask.sum(1).tolist(),
-                                   group, updates, sampled - started, time.perf_counter() - sampled)
+                                   group, updates, sampled - started, time.perf_counter() - sampled,
+                                   None if trained is None else trained.tolist())
 
 
 def score_rollout(specs, tasks, rollout: RolloutBatch, num_generations: int, on_error: str):

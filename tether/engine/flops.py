@@ -103,11 +103,14 @@ def rollout_flops(shape: ModelShape, prompt_lengths: list[int], completion_lengt
 
 
 def rl_update_flops(shape: ModelShape, prompt_lengths: list[int], completion_lengths: list[int], group: int,
-                    updates: int = 1) -> int:
-    """``updates`` teacher-forced training passes over the rollout: each prompt once, its completions
+                    updates: int = 1, trained: list[int] | None = None) -> int:
+    """``updates`` teacher-forced training passes over the rollout's ``trained`` rows (default all;
+    dynamic sampling drops groups with equal rewards): each of their prompts once, the completions
     on top (``shared_prompt_flops``). Reference and value passes are not counted (useful work only)."""
-    rows = list(zip(prompt_lengths, completion_lengths))
-    return updates * shared_prompt_flops(shape, prompt_lengths[::group], rows, training=True)
+    trained = range(len(prompt_lengths)) if trained is None else trained
+    rows = [(prompt_lengths[i], completion_lengths[i]) for i in trained]
+    prompts = [prompt_lengths[p * group] for p in sorted({i // group for i in trained})]
+    return updates * shared_prompt_flops(shape, prompts, rows, training=True) if rows else 0
 
 
 # ---- the peak ------------------------------------------------------------------------------------

@@ -92,13 +92,13 @@ class Throughput:
             totals[2] += seconds
 
     def add_rl_step(self, prompt_lengths: list[int], completion_lengths: list[int], group: int, updates: int,
-                    rollout_seconds: float, update_seconds: float) -> None:
+                    rollout_seconds: float, update_seconds: float, trained: list[int] | None = None) -> None:
         """Count one RL step: ``group`` completions per prompt sampled in ``rollout_seconds`` (lengths
-        per row), then ``updates`` policy updates on them in ``update_seconds``."""
+        per row), then ``updates`` policy updates on the ``trained`` rows (default all) in ``update_seconds``."""
         if self.shape is None:
             return
         phases = {"rollout": (rollout_flops(self.shape, prompt_lengths, completion_lengths, group), rollout_seconds),
-                  "update": (rl_update_flops(self.shape, prompt_lengths, completion_lengths, group, updates),
+                  "update": (rl_update_flops(self.shape, prompt_lengths, completion_lengths, group, updates, trained),
                              update_seconds)}
         for totals, by_phase in ((self.window, self.window_phases), (self.run, self.run_phases)):
             totals[0] += sum(completion_lengths)
