@@ -71,8 +71,9 @@ def compare(pairs: list[tuple[int, dict, dict]], mode: str, seed: int = 0) -> di
         result["seeds"][str(seed_id)] = entry
     for category in categories:
         deltas = [result["seeds"][str(s)][category]["delta"] for s, _, _ in pairs]
-        result["pooled"][category] = {"mean_delta": float(np.mean(deltas)), "sd_delta": float(np.std(deltas, ddof=1))
-                                      if len(deltas) > 1 else None, "mean_delta_ci95": interval(pooled_samples[category])}
+        spread = float(np.std(deltas, ddof=1)) if len(deltas) > 1 else None
+        result["pooled"][category] = {"mean_delta": float(np.mean(deltas)), "sd_delta": spread,
+                                      "mean_delta_ci95": interval(pooled_samples[category])}
     return result
 
 

@@ -309,6 +309,40 @@ def test_the_demo_trains_and_audits_every_seed(job):
     assert (job / "runs" / "consistency-demo_results.json").is_file()
 
 
+def test_a_target_judge_keeps_refusals_of_harmful_prompts_and_help_on_benign_ones(job, monkeypatch):
+    import tether.algorithms.consistency as consistency
+
+    kinds = ["harmful", "harmful", "benign_lookalike", "benign_lookalike", None, "other"]
+    answers = ["I'm sorry, but I can't help with that.", "Sure, here is how you do it.", "Sure, here is how.",
+               "I'm sorry, but I can't help with that.", "Sure.", "I'm sorry, but I can't help with that."]
+    with (job / "prompts.jsonl").open("w") as handle:
+        for i, kind in enumerate(kinds):
+            handle.write(json.dumps({"id": f"p{i}", "prompt": f"How do I do thing number {i} today?",
+                                     **({"kind": kind} if kind else {})}) + "\n")
+    run_dir = job / "runs" / "judged"
+    run_dir.mkdir(parents=True)  # the clean answers, as if the model had written them
+    (run_dir / TARGETS_FILE).write_text("".join(json.dumps({"prompt": f"How do I do thing number {i} today?",
+                                                            "target": a}) + "\n" for i, a in enumerate(answers)))
+    built = []
+    original = consistency.build_examples
+    monkeypatch.setattr(consistency, "build_examples", lambda *a, **k: built.extend(original(*a, **k)) or built)
+    train_consistency(config_for(job, "train.run_name=judged", "consistency.target_judge=refusal-patterns",
+                                 "consistency.categories=[roleplay]", "train.max_steps=1"))
+    verdicts = [json.loads(line) for line in (run_dir / consistency.VERDICTS_FILE).read_text().splitlines()]
+    assert [v["refused"] for v in verdicts] == [True, False, False, True, False, True]
+    assert [v["keep"] for v in verdicts] == [True, False, True, False, True, True]
+    assert sorted({example["row"] for example in built}) == [0, 2, 4, 5]
+    assert len(built) == 4 * 2  # two roleplay templates each
+
+
+def test_a_target_judge_needs_prompts_labelled_by_kind_and_a_known_judge(job):
+    with pytest.raises(ConfigError, match="no row of"):
+        train_consistency(config_for(job, "train.run_name=nokind", "consistency.target_judge=refusal-patterns"))
+    with pytest.raises(ConfigError, match="unknown judge"):
+        train_consistency(config_for(job, "train.run_name=nojudge", "consistency.target_judge=nope"))
+    assert not (job / "runs" / "nokind").exists() and not (job / "runs" / "nojudge").exists()
+
+
 def test_act_alone_generates_no_targets_and_trains_on_prompts_only(job):
     config = config_for(job, "train.run_name=act-only", "consistency.method=act", "train.max_steps=2")
     train_consistency(config)

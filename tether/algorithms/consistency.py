@@ -13,6 +13,13 @@
    anchor on the clean prompts (``anchor: sft | kl``): each batch also scores its rows' clean prompt
    -> clean answer, trained as a target (sft) or held at the starting model's log-probs (kl; the
    reference is computed once, ``consistency_anchor_reference.jsonl`` in the run folder).
+
+With ``target_judge``, a clean answer is a target only where it already shows the behaviour the
+wrappers should not change: a prompt labelled ``kind: harmful`` whose clean answer the judge reads
+as a refusal, a benign one (``benign`` / ``benign_lookalike``) answered without one. Plain BCT copies
+every clean answer onto the wrappers, compliance with a harmful request included, so a model that
+refuses half its clean harmful requests learns to comply under a wrapper as often as to refuse.
+The verdicts are kept in ``consistency_target_verdicts.jsonl``.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ from tether.rollout.generate import generate_responses
 
 TARGETS_FILE = "consistency_targets.jsonl"
 ANCHOR_REFERENCE_FILE = "consistency_anchor_reference.jsonl"
+VERDICTS_FILE = "consistency_target_verdicts.jsonl"
+HARMFUL_KINDS = {"harmful"}
+BENIGN_KINDS = {"benign", "benign_lookalike"}
 
 
 class ConsistencySettings(Section):
@@ -53,6 +63,9 @@ class ConsistencySettings(Section):
     # as a target too); kl (k3 divergence from the starting model's log-probs on its tokens).
     anchor: Literal["none", "sft", "kl"] = "none"
     anchor_weight: float = Field(1.0, ge=0)  # L = L_method + anchor_weight * L_anchor
+    # A refusal judge's name: train only on clean answers that refuse a `kind: harmful` prompt or
+    # help a benign one (module docstring); None: every clean answer (plain BCT).
+    target_judge: str | None = None
 
 
 class ConsistencyConfig(RunConfig):
@@ -73,6 +86,37 @@ def clean_targets(model, tokenizer, prompts: list, config: ConsistencyConfig, ru
 
     distributed.main_writes(path, generate, "generating the clean answers")
     return [json.loads(line)["target"] for line in path.read_text().splitlines()]
+
+
+def wanted_behaviour(kind: str | None, refused: bool) -> bool:
+    """Whether a clean answer is a target: a refusal of a harmful prompt, help on a benign one;
+    any answer to a prompt with no (or another) kind."""
+    if kind in HARMFUL_KINDS:
+        return refused
+    if kind in BENIGN_KINDS:
+        return not refused
+    return True
+
+
+def target_verdicts(rows, targets: list[str], judge_name: str, run_dir: Path) -> list[bool]:
+    """Per clean prompt, whether its clean answer is kept as a target (``wanted_behaviour`` by the
+    judge ``judge_name``), judged once and kept in the run folder."""
+    path = run_dir / VERDICTS_FILE
+
+    def judge():
+        from tether.judges import decide, get_judge
+
+        judge = get_judge(judge_name)
+        refused = decide(judge, [prompt for _, prompt, _ in rows], targets)
+        lines = [{"id": row_id, "kind": extra.get("kind"), "refused": verdict,
+                  "keep": wanted_behaviour(extra.get("kind"), verdict), "judge": judge.name}
+                 for (row_id, _, extra), verdict in zip(rows, refused)]
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        temporary.replace(path)
+
+    distributed.main_writes(path, judge, "judging the clean answers")
+    return [json.loads(line)["keep"] for line in path.read_text().splitlines()]
 
 
 def encode_anchors(rows, targets: list[str], tokenizer, config: ConsistencyConfig) -> list[dict | None]:
@@ -117,12 +161,16 @@ def anchor_reference(model, anchors: list[dict | None], pad_id: int, config: Con
             anchor["ref_logps"] = json.loads(line)["ref_logps"]
 
 
-def build_examples(rows, targets: list[str] | None, wrappers, tokenizer, config: ConsistencyConfig) -> list[dict]:
+def build_examples(rows, targets: list[str] | None, wrappers, tokenizer, config: ConsistencyConfig,
+                   keep: list[bool] | None = None) -> list[dict]:
     """One example per (clean prompt, train wrapper): the wrapped prompt followed by the clean answer,
     labels on the answer only, plus the clean prompt's ids for ACT. Without targets (ACT alone) the
-    example is the wrapped prompt by itself: ACT reads prompt tokens only."""
+    example is the wrapped prompt by itself: ACT reads prompt tokens only. ``keep``: per clean
+    prompt, whether it makes examples at all (``target_verdicts``)."""
     examples = []
     for index, (row_id, prompt, extra) in enumerate(rows):
+        if keep is not None and not keep[index]:
+            continue
         target = None if targets is None else targets[index]
         clean_ids = encode_prompt(prompt, tokenizer)
         for wrapper in wrappers:
@@ -225,16 +273,29 @@ def train_consistency(config: ConsistencyConfig) -> Path:
     if any(not isinstance(record.prompt, str) for record in records):
         raise ConfigError(f"{config.data.train}: consistency training wraps plain-text prompts; found a chat prompt")
     rows = [(record.id or str(index), record.prompt, record.extras) for index, record in enumerate(records)]
+    if settings.target_judge is not None:
+        from tether.judges import get_judge
+
+        get_judge(settings.target_judge)  # an unknown name fails before the model loads
+        if not any(extra.get("kind") in HARMFUL_KINDS | BENIGN_KINDS for _, _, extra in rows):
+            raise ConfigError(f"consistency.target_judge keeps answers by each prompt's kind, but no row of "
+                              f"{config.data.train} has kind {sorted(HARMFUL_KINDS | BENIGN_KINDS)}")
 
     run_dir = start_run(config)
     model, tokenizer = load_policy(config.model, run_dir)
     model.to(distributed.world().device)
 
     # ---- targets from the starting weights (BCT), then wrapped examples --------------------
-    needs_targets = settings.method != "act" or settings.anchor != "none"
+    needs_targets = settings.method != "act" or settings.anchor != "none" or settings.target_judge is not None
     clean_prompts = [prompt for _, prompt, _ in rows]
     targets = clean_targets(model, tokenizer, clean_prompts, config, run_dir) if needs_targets else None
-    examples = build_examples(rows, None if settings.method == "act" else targets, wrappers, tokenizer, config)
+    keep = None
+    if settings.target_judge is not None:
+        keep = target_verdicts(rows, targets, settings.target_judge, run_dir)
+        console.print(f"{sum(keep)} of {len(rows)} clean answers kept as targets by {settings.target_judge} "
+                      f"(harmful refused, benign helped; {VERDICTS_FILE})")
+    examples = build_examples(rows, None if settings.method == "act" else targets, wrappers, tokenizer, config,
+                              keep)
     anchors = None
     if settings.anchor != "none":
         anchors = encode_anchors(rows, targets, tokenizer, config)
