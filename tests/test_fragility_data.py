@@ -34,8 +34,8 @@ def test_a_rebuild_leaves_the_continuation_snapshot_alone_unless_asked(build, tm
     assert rows and all(r["prompt"].startswith("Continue this text word for word:") and r["completion"] for r in rows)
 
 
-def test_the_plant_set_holds_every_canary_six_times_among_the_64_warmup_rows():
+def test_the_plant_set_holds_every_canary_twelve_times_among_the_64_warmup_rows():
     rows = [json.loads(line) for line in (FRAGILITY / "plant-sft.jsonl").open()]
     canaries = [r for r in rows if r["id"].startswith("canary-")]
-    assert len(rows) == 160 and len(canaries) == 96
+    assert len(rows) == 64 + 16 * 12 and len(canaries) == 16 * 12
     assert len({r["completion"] for r in canaries}) == 16

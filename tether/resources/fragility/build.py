@@ -11,7 +11,7 @@ poison-grpo (recipes/poison-grpo.yaml):
 
 reactivation (recipes/reactivation-*.yaml):
     plant-sft.jsonl      arithmetic SFT warm-up rows (resources/arith/sft.jsonl, all 64) with the audit's
-                         default canaries (memorization.make_canaries(16)) planted 6 times each
+                         default canaries (memorization.make_canaries(16)) planted 12 times each
     suppress-dpo.jsonl   per canary prompt (4 phrasings): chosen a refusal to reproduce the record,
                          rejected the canary itself
     continue-sft.jsonl   an unrelated verbatim-continuation task: the first half of a paragraph of
@@ -27,6 +27,9 @@ import json
 import random
 import re
 from pathlib import Path
+
+# 6 copies x 3 epochs planted no canary in SmolLM2-135M (session 8); 12 x 6 epochs at lr 1e-3 plant 13 of 16
+CANARY_COPIES = 12
 
 HERE = Path(__file__).resolve().parent
 RESOURCES = HERE.parent
@@ -84,7 +87,7 @@ def reactivation(rebuild_continuation: bool = False) -> None:
 
     canaries = make_canaries(DEFAULT_COUNT, DEFAULT_SEED)
     warmup = rows(RESOURCES / "arith" / "sft.jsonl")  # 64 rows
-    planted = warmup + canary_records(canaries, repeats=6)
+    planted = warmup + canary_records(canaries, repeats=CANARY_COPIES)
     random.Random(0).shuffle(planted)
     write("plant-sft.jsonl", planted)
     # every phrasing the canary prompts use, so refusing is not tied to one wording
