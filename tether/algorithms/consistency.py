@@ -278,8 +278,9 @@ def train_consistency(config: ConsistencyConfig) -> Path:
 
         get_judge(settings.target_judge)  # an unknown name fails before the model loads
         if not any(extra.get("kind") in HARMFUL_KINDS | BENIGN_KINDS for _, _, extra in rows):
+            kinds = sorted(HARMFUL_KINDS | BENIGN_KINDS)
             raise ConfigError(f"consistency.target_judge keeps answers by each prompt's kind, but no row of "
-                              f"{config.data.train} has kind {sorted(HARMFUL_KINDS | BENIGN_KINDS)}; label them, or set "
+                              f"{config.data.train} has kind {kinds}; label them, or set "
                               "consistency.target_judge=null to train on every clean answer")
 
     run_dir = start_run(config)
