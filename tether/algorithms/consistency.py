@@ -38,6 +38,7 @@ from tether.data.tokenize import encode_prompt
 from tether.data.wrappers import DEFAULT_WRAPPERS, load_wrappers
 from tether.engine import BatchPlan, check_run, console, distributed, fit, start_run
 from tether.errors import ConfigError
+from tether.feedback.generate import write_jsonl
 from tether.losses.consistency import activation_consistency_loss, anchor_kl_loss
 from tether.losses.logprobs import token_logps
 from tether.losses.sft import sft_loss
@@ -80,9 +81,7 @@ def clean_targets(model, tokenizer, prompts: list, config: ConsistencyConfig, ru
         answers = generate_responses(model, tokenizer, prompts, progress=config.train.progress,
                                      max_new_tokens=config.consistency.target_max_new_tokens,
                                      description="clean answers (BCT targets)")
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text("".join(json.dumps({"prompt": p, "target": a}) + "\n" for p, a in zip(prompts, answers)))
-        temporary.replace(path)
+        write_jsonl(path, ({"prompt": p, "target": a} for p, a in zip(prompts, answers)))
 
     distributed.main_writes(path, generate, "generating the clean answers")
     return [json.loads(line)["target"] for line in path.read_text().splitlines()]
@@ -108,12 +107,9 @@ def target_verdicts(rows, targets: list[str], judge_name: str, run_dir: Path) ->
 
         judge = get_judge(judge_name)
         refused = decide(judge, [prompt for _, prompt, _ in rows], targets)
-        lines = [{"id": row_id, "kind": extra.get("kind"), "refused": verdict,
-                  "keep": wanted_behaviour(extra.get("kind"), verdict), "judge": judge.name}
-                 for (row_id, _, extra), verdict in zip(rows, refused)]
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text("".join(json.dumps(line) + "\n" for line in lines))
-        temporary.replace(path)
+        write_jsonl(path, ({"id": row_id, "kind": extra.get("kind"), "refused": verdict,
+                            "keep": wanted_behaviour(extra.get("kind"), verdict), "judge": judge.name}
+                           for (row_id, _, extra), verdict in zip(rows, refused)))
 
     distributed.main_writes(path, judge, "judging the clean answers")
     return [json.loads(line)["keep"] for line in path.read_text().splitlines()]
@@ -151,9 +147,7 @@ def anchor_reference(model, anchors: list[dict | None], pad_id: int, config: Con
                 answer = batch["labels"][:, 1:] != -100
                 for row, i in enumerate(chunk):
                     values[i] = logps[row][answer[row]].float().cpu().tolist()
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text("".join(json.dumps({"ref_logps": v}) + "\n" for v in values))
-        temporary.replace(path)
+        write_jsonl(path, ({"ref_logps": v} for v in values))
 
     distributed.main_writes(path, score, "scoring the clean answers under the starting model (anchor reference)")
     for anchor, line in zip(anchors, path.read_text().splitlines()):
