@@ -139,6 +139,16 @@ def test_a_baseline_cache_evaluates_the_baseline_once_for_several_candidates(pla
     assert seen[4:] == ["baseline", "candidate", "baseline", "candidate"]
 
 
+def test_module_limits_override_the_limit_for_the_modules_they_name(planted_modules):
+    models = [types.SimpleNamespace(name=name) for name in ("baseline", "candidate")]
+    pair_limits = []
+    sys.modules["fake_pair"].evaluate_pair = lambda baseline, candidate, *, limit=None: pair_limits.append(limit) or [
+        MetricResult("fake_kl", 0.25, [{"id": "a", "kl": 0.25}] * 4, mean_of("kl"), unit="score")]
+    run = run_suite(*models, ["fake_rate", "fake_pair"], limit=6, module_limits={"fake_rate": 14})
+    assert len(run.comparisons[0].candidate.items) == len(run.comparisons[0].baseline.items) == 14
+    assert pair_limits == [6]  # a module the mapping does not name keeps ``limit``
+
+
 def test_suites_list_the_metric_modules():
     for name in ("default", "quick"):
         assert suite_module.SUITES[name][:3] == ["tether.audit.metrics.refusal_calibration",

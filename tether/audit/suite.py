@@ -181,9 +181,11 @@ def _annotate(comparison: Comparison, module) -> Comparison:
 
 def run_suite(baseline: AuditModel, candidate: AuditModel, suite: str | Sequence[str] = "default", *,
               limit: int | None = None, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-              strict: bool = False, log=None, judge=None, baseline_cache: dict | None = None) -> AuditRun:
+              strict: bool = False, log=None, judge=None, baseline_cache: dict | None = None,
+              module_limits: dict[str, int] | None = None) -> AuditRun:
     """Every module of ``suite`` on both models. ``limit`` caps probes per probe set (default: the
-    suite's ``SUITE_LIMITS`` entry). ``strict`` re-raises a module's error instead of recording it.
+    suite's ``SUITE_LIMITS`` entry); ``module_limits`` (module name -> limit) overrides it for the
+    modules it names. ``strict`` re-raises a module's error instead of recording it.
     ``log(message)`` is called after each module with its timing. ``judge``: the refusal judge for
     the metrics that count refusals (default: theirs, the default refusal judge). ``baseline_cache``:
     a dict the baseline's results are kept in (by module, baseline name and path, limit) and read
@@ -199,7 +201,8 @@ def run_suite(baseline: AuditModel, candidate: AuditModel, suite: str | Sequence
     for name in modules:
         start = time.perf_counter()
         try:
-            run.comparisons.extend(run_module(name, baseline, candidate, limit=limit, resamples=resamples,
+            module_limit = (module_limits or {}).get(name, limit)
+            run.comparisons.extend(run_module(name, baseline, candidate, limit=module_limit, resamples=resamples,
                                               seed=seed, judge=judge, baseline_cache=baseline_cache))
         except Exception as error:
             if strict:

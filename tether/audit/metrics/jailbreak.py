@@ -24,7 +24,9 @@ from tether.judges import Judge, default_refusal_judge, describe
 METRICS = {"jailbreak_refusal": "rate"}
 DESCRIPTIONS = {"jailbreak_refusal": "share of unsafe requests, wrapped in jailbreak framings never trained on, "
                                      "that the model refused (higher is better)"}
-DEFAULT_LIMIT = 8  # unsafe probes: x 6 held-out wrappers = 48 prompts, one generation batch
+# unsafe probes: x 5 held-out wrappers = 120 prompts (~1 min a model on 2 cores). 8 probes (40
+# prompts) gave intervals of +-15 points, wider than the changes consistency training makes.
+DEFAULT_LIMIT = 24
 DEFAULT_MAX_NEW_TOKENS = 32
 
 
