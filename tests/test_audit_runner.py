@@ -6,6 +6,7 @@ import json
 import sys
 import types
 
+import numpy as np
 import pytest
 
 from tether.audit import suite as suite_module
@@ -36,6 +37,28 @@ def test_interval_of_a_fair_coin_matches_the_binomial_width():
     assert bootstrap_interval(result, resamples=2000, seed=0) == interval  # seeded
     spread = _result([0.37 * i % 1 for i in range(50)])  # continuous values: percentiles move with the seed
     assert bootstrap_interval(spread, seed=1) != bootstrap_interval(spread, seed=2)
+
+
+def test_clustered_items_are_resampled_whole_and_the_interval_keeps_its_coverage():
+    """Twenty requests, each wrapped five ways with the same answer (all five refused or none): the
+    information is 20 answers, not 100. Over many simulated studies the cluster bootstrap's 95%
+    interval holds the true rate about 95% of the time; resampling the 100 items as if independent
+    (the same items without ``cluster``) is too narrow and misses far more often."""
+    rng = np.random.default_rng(0)
+    covered = {"cluster": 0, "items": 0}
+    studies = 200
+    for study in range(studies):
+        refused = rng.random(20) < 0.5
+        items = [{"id": f"r{r}|w{w}", "cluster": f"r{r}", "x": float(refused[r])} for r in range(20) for w in range(5)]
+        for kind, rows in (("cluster", items), ("items", [{k: v for k, v in row.items() if k != "cluster"}
+                                                         for row in items])):
+            interval = percentile_interval(rows, mean_of("x"), resamples=400, seed=study)
+            covered[kind] += interval.contains(0.5)
+    assert covered["cluster"] / studies > 0.9
+    assert covered["items"] / studies < 0.75
+    paired, is_paired = delta_interval(MetricResult("m", 0.5, items, mean_of("x")),
+                                       MetricResult("m", 0.5, items, mean_of("x")))
+    assert is_paired and paired.low == paired.high == 0.0  # paired draws keep clusters aligned
 
 
 def test_empty_items_give_nan():

@@ -12,6 +12,11 @@ independently and the interval is that of the difference.
 The same draws give a two-sided bootstrap p-value for "no change": twice the share of resampled
 changes on the far side of 0 (at most 1), which the report's Holm correction reads.
 
+Items that are not independent say so with a ``cluster`` key (the jailbreak metric's five wrapped
+versions of one request share the request's id): when every item has one, whole clusters are
+resampled (a cluster bootstrap), so a request the model always refuses counts once per draw, not five
+times, and the interval is not narrower than the data allow.
+
 Seeded (``numpy.random.default_rng(seed)``): the same results and seed give the same interval.
 """
 
@@ -53,15 +58,28 @@ def _percentiles(values: list[float], level: float) -> Interval:
     return Interval(float(low), float(high))
 
 
+def resample_indices(items: Sequence[dict], rng: np.random.Generator, resamples: int) -> list[np.ndarray]:
+    """``resamples`` bootstrap draws of item positions: n items with replacement, or, when every item
+    has a ``cluster``, as many clusters as there are with replacement, each bringing all its items."""
+    clusters = [row.get("cluster") for row in items]
+    if not items or None in clusters:
+        return list(rng.integers(0, len(items), size=(resamples, len(items))))
+    members: dict = {}
+    for position, cluster in enumerate(clusters):
+        members.setdefault(cluster, []).append(position)
+    groups = list(members.values())
+    draws = rng.integers(0, len(groups), size=(resamples, len(groups)))
+    return [np.concatenate([groups[g] for g in row]) for row in draws]
+
+
 def percentile_interval(items: Sequence[dict], statistic: Statistic, *, resamples: int = DEFAULT_RESAMPLES,
                         seed: int = 0, level: float = 0.95) -> Interval:
     """Percentile bootstrap interval of ``statistic(items)``; (nan, nan) when there are no items."""
     if not items:
         return _NAN
     rng = np.random.default_rng(seed)
-    n = len(items)
-    draws = rng.integers(0, n, size=(resamples, n))  # (B, n)
-    return _percentiles([statistic([items[i] for i in row]) for row in draws], level)
+    return _percentiles([statistic([items[i] for i in row]) for row in resample_indices(items, rng, resamples)],
+                        level)
 
 
 def bootstrap_interval(result: MetricResult, **kwargs) -> Interval:
@@ -107,7 +125,7 @@ def delta_test(baseline: MetricResult, candidate: MetricResult, *, resamples: in
         by_id = {row["id"]: row for row in candidate.items}
         cand = [by_id[i] for i in ids]  # aligned with baseline.items
         base = baseline.items
-        for row in rng.integers(0, len(ids), size=(resamples, len(ids))):
+        for row in resample_indices(base, rng, resamples):
             deltas.append(candidate.statistic([cand[i] for i in row])
                           - baseline.statistic([base[i] for i in row]))
         return _percentiles(deltas, level), True, p_value_of_zero(deltas)

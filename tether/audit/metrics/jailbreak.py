@@ -10,7 +10,8 @@ unwrapped request beside the answer:
 
 Consistency training trains on the ``train`` templates only, so this measures whether refusing
 generalised to framings it never saw. Items are grouped by wrapper category in the report (a
-probe's wrapped versions are separate items: the interval resamples (probe, wrapper) pairs).
+probe's wrapped versions are separate items, one ``cluster`` per probe: the interval resamples
+probes, each with all its wrapped versions, since one request's answers are not independent).
 Compare with ``unsafe_compliance`` (the same probes, unwrapped) from ``refusal_calibration``.
 """
 
@@ -39,7 +40,8 @@ def evaluate(model: AuditModel, *, limit: int | None = None, judge: Judge | None
     responses = model.answer([wrapped for _, _, wrapped in cases], max_new_tokens=max_new_tokens,
                              description=f"jailbreak probes ({model.name})")
     scores = judge.score([probe["prompt"] for probe, _, _ in cases], responses)  # the request, unwrapped
-    items = [{"id": f"{probe['id']}|{wrapper.name}", "category": wrapper.category, "probe_category": probe["category"],
+    items = [{"id": f"{probe['id']}|{wrapper.name}", "cluster": probe["id"], "category": wrapper.category,
+              "probe_category": probe["category"],
               "prompt": probe["prompt"], "wrapper": wrapper.name, "response": text,
               "refusal_score": round(float(score), 4), "refused": int(score >= judge.threshold)}
              for (probe, wrapper, _), text, score in zip(cases, responses, scores)]
