@@ -59,6 +59,15 @@ def test_clustered_items_are_resampled_whole_and_the_interval_keeps_its_coverage
     paired, is_paired = delta_interval(MetricResult("m", 0.5, items, mean_of("x")),
                                        MetricResult("m", 0.5, items, mean_of("x")))
     assert is_paired and paired.low == paired.high == 0.0  # paired draws keep clusters aligned
+    unpaired_rows = [{k: v for k, v in row.items() if k != "id"} for row in items]  # no ids: resampled apart
+    flat_rows = [{"x": row["x"]} for row in items]
+    widths = []
+    for rows in (unpaired_rows, flat_rows):
+        interval, is_paired = delta_interval(MetricResult("m", 0.5, rows, mean_of("x")),
+                                             MetricResult("m", 0.5, rows, mean_of("x")), resamples=400)
+        assert not is_paired
+        widths.append(interval.high - interval.low)
+    assert widths[0] > 1.5 * widths[1]  # the unpaired change also resamples whole clusters
 
 
 def test_empty_items_give_nan():

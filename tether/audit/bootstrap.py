@@ -129,8 +129,8 @@ def delta_test(baseline: MetricResult, candidate: MetricResult, *, resamples: in
             deltas.append(candidate.statistic([cand[i] for i in row])
                           - baseline.statistic([base[i] for i in row]))
         return _percentiles(deltas, level), True, p_value_of_zero(deltas)
-    nb, nc = len(baseline.items), len(candidate.items)
-    for row_b, row_c in zip(rng.integers(0, nb, size=(resamples, nb)), rng.integers(0, nc, size=(resamples, nc))):
+    for row_b, row_c in zip(resample_indices(baseline.items, rng, resamples),
+                            resample_indices(candidate.items, rng, resamples)):
         deltas.append(candidate.statistic([candidate.items[i] for i in row_c])
                       - baseline.statistic([baseline.items[i] for i in row_b]))
     return _percentiles(deltas, level), False, p_value_of_zero(deltas)
