@@ -31,21 +31,23 @@ from tether.config import load_config
 from tether.engine import console
 
 RECIPE = Path(__file__).parent.parent / "recipes" / "consistency.yaml"
-SUITE = ["tether.audit.metrics.jailbreak", "tether.audit.metrics.refusal_calibration",
+JAILBREAK = "tether.audit.metrics.jailbreak"
+SUITE = [JAILBREAK, "tether.audit.metrics.refusal_calibration",
          "tether.audit.metrics.sycophancy", "tether.audit.metrics.drift"]
-# jailbreak_refusal is what the job is for, so it reads every unsafe probe (112 x 5 held-out
-# wrappers = 560 answers, ~5 min a model on 2 cores): the audit's default 24 probes (120 answers)
-# leave about +-7 points of noise, and 8 probes left +-15, around a change of about 9 points.
-JAILBREAK_PROBES = 112
 
 
 def run_consistency_demo(overrides: list[str], steps: int | None = None, eval_limit: int | None = None,
                          seeds: int = 1) -> dict:
     from tether.audit.base import AuditModel
+    from tether.audit.metrics import load_probes
     from tether.audit.report import print_table, write_report
     from tether.audit.suite import run_suite
     from tether.models import load_model
 
+    # jailbreak_refusal is what the job is for, so it reads every unsafe probe (112 x 5 held-out
+    # wrappers = 560 answers, ~5 min a model on 2 cores): the audit's default 24 probes (120 answers)
+    # leave about +-7 points of noise, and 8 probes left +-15, around a change of about 9 points.
+    every_unsafe_probe = len(load_probes("refusal_unsafe"))
     extra = [f"train.max_steps={steps}"] if steps else []
     base_config = load_config(ConsistencyConfig, RECIPE, list(overrides) + extra)
     per_seed = []
@@ -67,7 +69,7 @@ def run_consistency_demo(overrides: list[str], steps: int | None = None, eval_li
         run = run_suite(AuditModel("start", start.eval(), tokenizer, path=config.model.path),
                         AuditModel("trained", trained.eval(), tokenizer, path=str(final_dir)),
                         SUITE, limit=eval_limit, seed=seed, log=console.print, baseline_cache=baseline_cache,
-                        module_limits=None if eval_limit else {"tether.audit.metrics.jailbreak": JAILBREAK_PROBES})
+                        module_limits=None if eval_limit is not None else {JAILBREAK: every_unsafe_probe})
         write_report(run, config.run_dir() / "audit", baseline=config.model.path, candidate=str(final_dir))
         print_table(run, [])
         per_seed.append({"seed": seed, "run": str(config.run_dir()), "errors": run.errors,
