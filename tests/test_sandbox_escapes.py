@@ -400,7 +400,6 @@ def _sandbox_copy_nobody_can_read() -> str:
     """A world-readable folder holding the real sandbox modules (``tether.rewards``'s own
     ``__init__`` is left empty: it imports rewards that need third-party packages)."""
     folder = tempfile.mkdtemp(prefix="tether-sandbox-")
-    os.chmod(folder, 0o755)
     for name in _SANDBOX_FILES:
         os.makedirs(os.path.join(folder, os.path.dirname(name)), mode=0o755, exist_ok=True)
         shutil.copyfile(os.path.join(REPO, name), os.path.join(folder, name))
